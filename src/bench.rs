@@ -1,0 +1,474 @@
+//! The benchmark behind `aiowal bench` and `cargo bench`.
+//!
+//! For each (record size, concurrency) pair it runs, on the same disk and in
+//! the same process, first a raw baseline and then aiowal, and reports
+//! aiowal's throughput and latency as ratios to the baseline.
+//!
+//! The baseline is the simplest correct group commit: N threads hand records
+//! to one writer thread, which writes everything staged (padded to 4 KiB) with
+//! one `pwrite` and one `fdatasync` into a preallocated, zero-filled file, then
+//! wakes the threads whose records that sync covered.
+
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::{Backend, Error, Options, Result, Wal};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Parent directory for the temporary log and baseline file.
+    pub dir: PathBuf,
+    /// How long each run appends.
+    pub duration: Duration,
+    /// Concurrent appenders (each waits for its ack before the next append).
+    pub concurrency: Vec<usize>,
+    /// Record sizes in bytes.
+    pub sizes: Vec<usize>,
+    /// Backends to measure.
+    pub backends: Vec<Backend>,
+    /// Segment size of the log.
+    pub segment_bytes: u64,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            dir: PathBuf::from("."),
+            duration: Duration::from_millis(2000),
+            concurrency: vec![1, 16, 64, 256],
+            sizes: vec![100, 4096],
+            backends: vec![Backend::Auto],
+            segment_bytes: 64 << 20,
+            progress: true,
+        }
+    }
+}
+
+/// One run's numbers.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    /// Durable appends completed.
+    pub appends: u64,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// Data syncs issued.
+    pub syncs: u64,
+    /// Latency of each append, in nanoseconds.
+    pub latency_ns: Histogram<u64>,
+}
+
+impl Measurement {
+    /// Durable appends per second.
+    pub fn per_sec(&self) -> f64 {
+        self.appends as f64 / self.elapsed.as_secs_f64()
+    }
+    /// Records per data sync.
+    pub fn per_sync(&self) -> f64 {
+        if self.syncs == 0 {
+            0.0
+        } else {
+            self.appends as f64 / self.syncs as f64
+        }
+    }
+    /// Latency at quantile `q`, in microseconds.
+    pub fn us(&self, q: f64) -> f64 {
+        self.latency_ns.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+/// A baseline and an aiowal run of one configuration.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// Record size in bytes.
+    pub size: usize,
+    /// Concurrent appenders.
+    pub concurrency: usize,
+    /// The backend aiowal used.
+    pub backend: &'static str,
+    /// The raw write+fdatasync baseline.
+    pub baseline: Measurement,
+    /// aiowal.
+    pub wal: Measurement,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new(3).expect("3 significant figures is a valid precision")
+}
+
+fn bench_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::io(
+        crate::IoOp::Write,
+        what,
+        std::io::Error::other(e.to_string()),
+    )
+}
+
+const BASELINE_FILE_BYTES: u64 = 64 << 20;
+const BLOCK: usize = 4096;
+
+struct Staged {
+    buf: Vec<u8>,
+    staged_seq: u64,
+    durable_seq: u64,
+    syncs: u64,
+    failed: Option<String>,
+}
+
+/// The raw group-commit baseline (see the module docs).
+pub fn baseline(dir: &Path, size: usize, n: usize, duration: Duration) -> Result<Measurement> {
+    let path = dir.join("baseline.dat");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(|e| Error::io(crate::IoOp::Open, &path, e))?;
+    let zero = vec![0u8; 1 << 20];
+    for i in 0..BASELINE_FILE_BYTES / (1 << 20) {
+        file.write_all_at(&zero, i << 20)
+            .map_err(|e| Error::io(crate::IoOp::Write, &path, e))?;
+    }
+    file.sync_all()
+        .map_err(|e| Error::io(crate::IoOp::Sync, &path, e))?;
+    let shared = Arc::new((
+        Mutex::new(Staged {
+            buf: Vec::new(),
+            staged_seq: 0,
+            durable_seq: 0,
+            syncs: 0,
+            failed: None,
+        }),
+        Condvar::new(),
+        Condvar::new(),
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
+        std::thread::spawn(move || baseline_writer(&file, &shared, &stop))
+    };
+    let start = Instant::now();
+    let deadline = start + duration;
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let shared = Arc::clone(&shared);
+            std::thread::spawn(move || {
+                let rec = vec![0xA5u8; size];
+                let mut h = histogram();
+                let mut count = 0u64;
+                while Instant::now() < deadline {
+                    let t0 = Instant::now();
+                    let (m, work, done) = &*shared;
+                    let mut st = m.lock().unwrap_or_else(PoisonError::into_inner);
+                    st.buf
+                        .extend_from_slice(&u32::try_from(size).unwrap_or(u32::MAX).to_le_bytes());
+                    st.buf.extend_from_slice(&rec);
+                    st.staged_seq += 1;
+                    let mine = st.staged_seq;
+                    work.notify_one();
+                    while st.durable_seq < mine && st.failed.is_none() {
+                        st = done.wait(st).unwrap_or_else(PoisonError::into_inner);
+                    }
+                    if st.failed.is_some() {
+                        break;
+                    }
+                    drop(st);
+                    let _ = h.record(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                    count += 1;
+                }
+                (count, h)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    let mut latency_ns = histogram();
+    for t in threads {
+        let (c, h) = t
+            .join()
+            .map_err(|_| bench_err("baseline", "appender panicked"))?;
+        total += c;
+        let _ = latency_ns.add(h);
+    }
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Release);
+    shared.1.notify_one();
+    writer
+        .join()
+        .map_err(|_| bench_err("baseline", "writer panicked"))?;
+    let st = shared.0.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(e) = &st.failed {
+        return Err(bench_err("baseline", e));
+    }
+    let syncs = st.syncs;
+    drop(st);
+    let _ = std::fs::remove_file(&path);
+    Ok(Measurement {
+        appends: total,
+        elapsed,
+        syncs,
+        latency_ns,
+    })
+}
+
+fn baseline_writer(file: &File, shared: &(Mutex<Staged>, Condvar, Condvar), stop: &AtomicBool) {
+    let (m, work, done) = shared;
+    let mut pos = 0u64;
+    let mut out = Vec::new();
+    loop {
+        let last = {
+            let mut st = m.lock().unwrap_or_else(PoisonError::into_inner);
+            while st.buf.is_empty() && !stop.load(Ordering::Acquire) {
+                st = work.wait(st).unwrap_or_else(PoisonError::into_inner);
+            }
+            if st.buf.is_empty() {
+                return;
+            }
+            std::mem::swap(&mut st.buf, &mut out);
+            st.staged_seq
+        };
+        out.resize(out.len().div_ceil(BLOCK) * BLOCK, 0);
+        if pos + out.len() as u64 > BASELINE_FILE_BYTES {
+            pos = 0;
+        }
+        let r = file.write_all_at(&out, pos).and_then(|()| file.sync_data());
+        pos += out.len() as u64;
+        out.clear();
+        let mut st = m.lock().unwrap_or_else(PoisonError::into_inner);
+        match r {
+            Ok(()) => {
+                st.durable_seq = last;
+                st.syncs += 1;
+            }
+            Err(e) => st.failed = Some(e.to_string()),
+        }
+        done.notify_all();
+    }
+}
+
+/// aiowal with `n` concurrent tasks on a 2-worker tokio runtime.
+pub fn wal(
+    dir: &Path,
+    backend: Backend,
+    size: usize,
+    n: usize,
+    cfg: &Config,
+) -> Result<(Measurement, &'static str)> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io(crate::IoOp::Spawn, "tokio runtime", e))?;
+    let log = dir.join("wal");
+    let opts = Options::default()
+        .backend(backend)
+        .segment_bytes(cfg.segment_bytes)
+        .max_record_bytes(u32::try_from(size.max(1 << 16)).unwrap_or(u32::MAX));
+    let duration = cfg.duration;
+    let r = rt.block_on(async move {
+        let wal = Wal::open(&log, opts).await?;
+        let name = wal.backend_name();
+        let start = Instant::now();
+        let deadline = start + duration;
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let wal = wal.clone();
+                tokio::spawn(async move {
+                    let rec = vec![0xA5u8; size];
+                    let mut h = histogram();
+                    let mut count = 0u64;
+                    while Instant::now() < deadline {
+                        let t0 = Instant::now();
+                        wal.append(&rec).await?;
+                        let _ =
+                            h.record(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                        count += 1;
+                    }
+                    Ok::<_, Error>((count, h))
+                })
+            })
+            .collect();
+        let mut appends = 0;
+        let mut latency_ns = histogram();
+        for t in tasks {
+            let (c, h) = t.await.map_err(|e| bench_err("wal", e))??;
+            appends += c;
+            let _ = latency_ns.add(h);
+        }
+        let elapsed = start.elapsed();
+        let syncs = wal.stats().syncs;
+        wal.close().await?;
+        Ok::<_, Error>((
+            Measurement {
+                appends,
+                elapsed,
+                syncs,
+                latency_ns,
+            },
+            name,
+        ))
+    });
+    let _ = std::fs::remove_dir_all(dir.join("wal"));
+    r
+}
+
+/// Where the benchmark runs: machine, filesystem and kernel.
+pub fn environment(dir: &Path) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown cpu".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| {
+            format!(
+                "{} {}",
+                u.sysname().to_string_lossy(),
+                u.release().to_string_lossy()
+            )
+        })
+        .unwrap_or_else(|_| "unknown kernel".into());
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(
+        "machine: {host}, {cores} cores, {cpu}\nfilesystem: {}\nkernel: {kernel}",
+        filesystem(dir)
+    )
+}
+
+/// The mount (device, type) holding `dir`, from /proc/mounts.
+fn filesystem(dir: &Path) -> String {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mut best: Option<(usize, String)> = None;
+    for line in mounts.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [dev, mnt, fstype, ..] = f[..] else {
+            continue;
+        };
+        if dir.starts_with(mnt) && best.as_ref().is_none_or(|(l, _)| mnt.len() > *l) {
+            best = Some((
+                mnt.len(),
+                format!(
+                    "{fstype} on {dev} (mounted at {mnt}), bench dir {}",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    best.map_or_else(
+        || format!("unknown, bench dir {}", dir.display()),
+        |(_, s)| s,
+    )
+}
+
+/// Runs every configuration; calls `on_row` as each finishes.
+///
+/// # Errors
+/// Any I/O failure of the baseline or the log.
+pub fn run(cfg: &Config, mut on_row: impl FnMut(&Row)) -> Result<Vec<Row>> {
+    let tmp = tempfile::Builder::new()
+        .prefix("aiowal-bench-")
+        .tempdir_in(&cfg.dir)
+        .map_err(|e| Error::io(crate::IoOp::CreateDir, &cfg.dir, e))?;
+    let mut rows = Vec::new();
+    let total = cfg.sizes.len() * cfg.concurrency.len() * cfg.backends.len();
+    let bar = progress_bar(cfg, total);
+    for &size in &cfg.sizes {
+        for &n in &cfg.concurrency {
+            for &backend in &cfg.backends {
+                bar.set_message(format!("{size} B x {n}: baseline"));
+                let baseline = baseline(tmp.path(), size, n, cfg.duration)?;
+                bar.set_message(format!("{size} B x {n}: aiowal {}", backend.name()));
+                let (wal, name) = wal(tmp.path(), backend, size, n, cfg)?;
+                let row = Row {
+                    size,
+                    concurrency: n,
+                    backend: name,
+                    baseline,
+                    wal,
+                };
+                bar.suspend(|| on_row(&row));
+                rows.push(row);
+                bar.inc(1);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    Ok(rows)
+}
+
+fn progress_bar(cfg: &Config, total: usize) -> indicatif::ProgressBar {
+    if !cfg.progress {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total as u64);
+    let style = indicatif::ProgressStyle::with_template(
+        "{elapsed_precise} [{bar:30}] {pos}/{len} runs  {msg}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style.progress_chars("=> "));
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// The table's header line.
+pub fn header() -> String {
+    format!(
+        "{:>6} {:>4} {:>9} | {:>10} {:>8} {:>8} | {:>10} {:>7} {:>7} {:>8} {:>8} {:>8} | {:>7} {:>7}",
+        "size",
+        "N",
+        "backend",
+        "base/s",
+        "b.p50us",
+        "b.p99us",
+        "aiowal/s",
+        "MB/s",
+        "rec/syn",
+        "p50us",
+        "p99us",
+        "p999us",
+        "x thru",
+        "x p50"
+    )
+}
+
+/// One formatted table row, ratios to the baseline at the end.
+pub fn format_row(r: &Row) -> String {
+    let mut s = String::new();
+    let (b, w) = (&r.baseline, &r.wal);
+    let mb = w.per_sec() * r.size as f64 / 1e6;
+    let _ = write!(
+        s,
+        "{:>6} {:>4} {:>9} | {:>10.0} {:>8.1} {:>8.1} | {:>10.0} {:>7.1} {:>7.1} {:>8.1} {:>8.1} {:>8.1} | {:>6.2}x {:>6.2}x",
+        r.size,
+        r.concurrency,
+        r.backend,
+        b.per_sec(),
+        b.us(0.5),
+        b.us(0.99),
+        w.per_sec(),
+        mb,
+        w.per_sync(),
+        w.us(0.5),
+        w.us(0.99),
+        w.us(0.999),
+        w.per_sec() / b.per_sec(),
+        w.us(0.5) / b.us(0.5),
+    );
+    s
+}

@@ -1,0 +1,116 @@
+//! A blocking handle for thread-based callers.
+//!
+//! Many storage engines are not async. [`Wal`] here owns a small tokio
+//! runtime (one worker) and blocks the calling thread on each call; any
+//! number of threads may call it at once and still share group commits.
+//!
+//! ```
+//! # let tmp = tempfile::tempdir().unwrap();
+//! let wal = aiowal::blocking::Wal::open(tmp.path(), aiowal::Options::default())?;
+//! let lsn = wal.append(b"record")?;
+//! assert_eq!(wal.sync()?, lsn);
+//! wal.close()?;
+//! # Ok::<(), aiowal::Error>(())
+//! ```
+//!
+//! Do not call it from inside an async task: it blocks the thread.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{Error, IoOp, Result};
+use crate::{Lsn, LsnRange, Options, ReadIter, RecoveryReport, Stats};
+
+/// Blocking counterpart of [`crate::Wal`]; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Wal {
+    rt: Arc<tokio::runtime::Runtime>,
+    inner: crate::Wal,
+}
+
+impl Wal {
+    /// Opens the log in `dir`; see [`crate::Wal::open`].
+    ///
+    /// # Errors
+    /// As [`crate::Wal::open`], plus [`Error::Io`] if the runtime cannot start.
+    pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Wal> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("aiowal-rt")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io(IoOp::Spawn, "tokio runtime", e))?;
+        let inner = rt.block_on(crate::Wal::open(dir, opts))?;
+        Ok(Wal {
+            rt: Arc::new(rt),
+            inner,
+        })
+    }
+
+    /// Appends one record and blocks until it is durable; see [`crate::Wal::append`].
+    ///
+    /// # Errors
+    /// As [`crate::Wal::append`].
+    pub fn append(&self, record: &[u8]) -> Result<Lsn> {
+        self.rt.block_on(self.inner.append(record))
+    }
+
+    /// Appends records atomically; see [`crate::Wal::append_batch`].
+    ///
+    /// # Errors
+    /// As [`crate::Wal::append_batch`].
+    pub fn append_batch<I, R>(&self, records: I) -> Result<LsnRange>
+    where
+        I: IntoIterator<Item = R>,
+        R: AsRef<[u8]>,
+    {
+        self.rt.block_on(self.inner.append_batch(records))
+    }
+
+    /// Blocks until everything appended so far is durable; see [`crate::Wal::sync`].
+    ///
+    /// # Errors
+    /// As [`crate::Wal::sync`].
+    pub fn sync(&self) -> Result<Lsn> {
+        self.rt.block_on(self.inner.sync())
+    }
+
+    /// Iterates over durable records from `from`; see [`crate::Wal::read_from`].
+    ///
+    /// # Errors
+    /// As [`crate::Wal::read_from`].
+    pub fn read_from(&self, from: Lsn) -> Result<ReadIter> {
+        self.inner.read_from(from)
+    }
+
+    /// Removes whole segments below `lsn`; see [`crate::Wal::truncate_before`].
+    ///
+    /// # Errors
+    /// As [`crate::Wal::truncate_before`].
+    pub fn truncate_before(&self, lsn: Lsn) -> Result<u64> {
+        self.rt.block_on(self.inner.truncate_before(lsn))
+    }
+
+    /// What recovery found; see [`crate::Wal::recovery_report`].
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        self.inner.recovery_report()
+    }
+
+    /// Counters since open; see [`crate::Wal::stats`].
+    pub fn stats(&self) -> Stats {
+        self.inner.stats()
+    }
+
+    /// The async handle this one wraps.
+    pub fn as_async(&self) -> &crate::Wal {
+        &self.inner
+    }
+
+    /// Flushes and closes; see [`crate::Wal::close`].
+    ///
+    /// # Errors
+    /// As [`crate::Wal::close`].
+    pub fn close(&self) -> Result<()> {
+        self.rt.block_on(self.inner.close())
+    }
+}

@@ -1,0 +1,624 @@
+//! The group-commit pipeline: staging, sealing, placement, the durable
+//! watermark and the poison latch.
+//!
+//! Appenders encode their frames straight into the open batch under one
+//! mutex, which also assigns LSNs, so byte order and LSN order agree. A batch
+//! is sealed (padded to the alignment) when the next record would not fit in
+//! `batch_bytes_max` or in its segment, or when the I/O backend is idle and
+//! takes it. One batch is in flight at a time; while it is, the next one
+//! fills. A completed batch advances the durable watermark and wakes every
+//! waiter whose LSN it covers, then the next batch is taken — from the
+//! completing thread, without another hand-off.
+//!
+//! Batch states: `open` (filling, at most one) → `sealed` (padded, queued,
+//! at most [`SEALED_MAX`]) → in flight (owned by the backend, at most one) →
+//! durable. Appenders that find the queue full wait; they are not dropped.
+
+mod stats;
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Instant;
+
+use tokio::sync::{Notify, watch};
+
+pub use stats::Stats;
+
+use crate::error::{Error, IoOp, Result};
+use crate::format::{self, FrameKind, SegmentHeader};
+use crate::io::{BatchMeta, Completion, IoBackend, IoBatch, IoFailure, WriteBuf};
+use crate::lsn::{Lsn, LsnRange};
+use crate::options::Options;
+use crate::recovery::SegmentMeta;
+use crate::segment::{self, DirLock, Preparing};
+
+/// Sealed batches that may wait behind the one in flight.
+pub(crate) const SEALED_MAX: usize = 2;
+
+/// Why the log refuses work after a failed write or sync.
+#[derive(Debug, Clone)]
+pub(crate) struct Poison {
+    pub op: IoOp,
+    pub cause: Arc<io::Error>,
+}
+
+/// What waiters watch: how far the log is durable, and whether it died.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Durable {
+    pub lsn: u64,
+    pub poison: Option<Poison>,
+}
+
+/// Where the next new batch will be written.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Place {
+    pub seq: u64,
+    pub salt: u64,
+    pub offset: u64,
+    pub seg_end: u64,
+}
+
+/// The segment the backend is writing.
+#[derive(Debug)]
+pub(crate) struct Active {
+    pub seq: u64,
+    pub file: Arc<File>,
+    pub path: Arc<PathBuf>,
+}
+
+/// A batch being filled or waiting for the backend.
+#[derive(Debug)]
+struct Batch {
+    place: Place,
+    buf: Vec<u8>,
+    first_lsn: u64,
+    /// LSN after the batch's last record.
+    end_lsn: u64,
+    header: Option<SegmentHeader>,
+}
+
+impl Batch {
+    fn records(&self) -> u64 {
+        self.end_lsn - self.first_lsn
+    }
+}
+
+/// Segment files ready for (or on their way to) being written.
+#[derive(Debug)]
+pub(crate) enum Next {
+    /// Nothing prepared yet.
+    None,
+    /// Being zero-filled in the background.
+    Preparing(Preparing),
+    /// Prepared: sequence number and file.
+    Ready(u64, File),
+}
+
+pub(crate) struct State {
+    next_lsn: u64,
+    open: Option<Batch>,
+    sealed: VecDeque<Batch>,
+    in_flight: bool,
+    place: Place,
+    active: Option<Active>,
+    next: Next,
+    free_bufs: Vec<Vec<u8>>,
+    poison: Option<Poison>,
+    closing: bool,
+    lock: Option<DirLock>,
+    stats: stats::Counters,
+}
+
+/// Everything one log shares between its handles and its backend.
+pub(crate) struct Core {
+    pub dir: PathBuf,
+    pub opts: Options,
+    state: Mutex<State>,
+    durable: watch::Sender<Durable>,
+    space: Notify,
+    backend: OnceLock<Box<dyn IoBackend>>,
+    /// Segments holding (or about to hold) records, oldest first.
+    segments: Mutex<Vec<SegmentMeta>>,
+}
+
+/// How `open` leaves the tail for the pipeline.
+pub(crate) struct Start {
+    pub next_lsn: u64,
+    pub place: Place,
+    pub active: Option<Active>,
+    pub next: Next,
+    pub segments: Vec<SegmentMeta>,
+    pub lock: DirLock,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub(crate) fn random_salt() -> u64 {
+    let mut b = [0u8; 8];
+    // A failing OS random source is not worth refusing writes over: fall back
+    // to a clock-derived salt, which still differs between incarnations.
+    if getrandom::fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        b = (t as u64 ^ u64::from(std::process::id()).rotate_left(32)).to_le_bytes();
+    }
+    u64::from_le_bytes(b)
+}
+
+enum Staged {
+    /// The records are in a batch; wait for this LSN range to be durable.
+    Done(LsnRange, Option<IoBatch>),
+    /// No room: wait for the backend to take a batch, then retry.
+    Full,
+}
+
+impl Core {
+    pub(crate) fn new(dir: PathBuf, opts: Options, start: Start) -> Arc<Core> {
+        let durable = Durable {
+            lsn: start.next_lsn - 1,
+            poison: None,
+        };
+        Arc::new(Core {
+            dir,
+            opts,
+            state: Mutex::new(State {
+                next_lsn: start.next_lsn,
+                open: None,
+                sealed: VecDeque::new(),
+                in_flight: false,
+                place: start.place,
+                active: start.active,
+                next: start.next,
+                free_bufs: Vec::new(),
+                poison: None,
+                closing: false,
+                lock: Some(start.lock),
+                stats: stats::Counters::default(),
+            }),
+            durable: watch::Sender::new(durable),
+            space: Notify::new(),
+            backend: OnceLock::new(),
+            segments: Mutex::new(start.segments),
+        })
+    }
+
+    pub(crate) fn set_backend(&self, b: Box<dyn IoBackend>) {
+        let _ = self.backend.set(b);
+    }
+
+    pub(crate) fn backend_name(&self) -> &'static str {
+        self.backend.get().map_or("none", |b| b.name())
+    }
+
+    fn submit(&self, batch: Option<IoBatch>) {
+        if let (Some(batch), Some(b)) = (batch, self.backend.get()) {
+            b.submit(batch);
+        }
+    }
+
+    /// Appends `records` (one record, or an atomic batch) and waits until durable.
+    pub(crate) async fn append(&self, records: &[&[u8]], atomic: bool) -> Result<LsnRange> {
+        let max = self.opts.max_record_bytes;
+        if let Some(r) = records.iter().find(|r| r.len() > max as usize) {
+            return Err(Error::RecordTooLarge {
+                len: r.len() as u64,
+                max: u64::from(max),
+            });
+        }
+        let range = loop {
+            let notified = self.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.stage(records, atomic)? {
+                Staged::Done(range, kick) => {
+                    self.submit(kick);
+                    break range;
+                }
+                Staged::Full => notified.await,
+            }
+        };
+        self.wait_durable(range.last.0).await?;
+        Ok(range)
+    }
+
+    fn check_open(st: &State) -> Result<()> {
+        if let Some(p) = &st.poison {
+            return Err(Error::Poisoned {
+                op: p.op,
+                cause: Arc::clone(&p.cause),
+            });
+        }
+        if st.closing {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// Encodes the records into the open batch; returns a batch to submit if
+    /// the backend was idle.
+    fn stage(&self, records: &[&[u8]], atomic: bool) -> Result<Staged> {
+        let encoded: u64 = records
+            .iter()
+            .map(|r| format::frame_len(r.len()) as u64)
+            .sum();
+        let align = u64::from(self.opts.alignment);
+        let batch_max = u64::from(self.opts.batch_bytes_max);
+        if atomic && align + encoded + format::padding_for(encoded, align) > batch_max {
+            return Err(Error::BatchTooLarge {
+                bytes: encoded,
+                max: batch_max,
+            });
+        }
+        let mut st = lock(&self.state);
+        Self::check_open(&st)?;
+        if let Some(open) = &st.open {
+            if !fits(
+                open.place.offset,
+                open.buf.len() as u64,
+                encoded,
+                align,
+                batch_max,
+                open.place.seg_end,
+            ) {
+                self.seal_open(&mut st);
+            }
+        }
+        if st.open.is_none() {
+            if st.sealed.len() >= SEALED_MAX {
+                return Ok(Staged::Full);
+            }
+            self.open_batch(&mut st, encoded);
+        }
+        let first = st.next_lsn;
+        let n = records.len() as u64;
+        let Some(open) = st.open.as_mut() else {
+            return Ok(Staged::Full);
+        };
+        for (i, r) in records.iter().enumerate() {
+            let kind = match (atomic && records.len() > 1, i) {
+                (false, _) => FrameKind::Record,
+                (true, 0) => FrameKind::BatchBegin,
+                (true, i) if i + 1 == records.len() => FrameKind::BatchEnd,
+                (true, _) => FrameKind::BatchMiddle,
+            };
+            let lsn = first + i as u64;
+            format::encode_frame(&mut open.buf, open.place.salt, lsn, kind, r).map_err(|_| {
+                Error::RecordTooLarge {
+                    len: r.len() as u64,
+                    max: u64::from(self.opts.max_record_bytes),
+                }
+            })?;
+        }
+        open.end_lsn = first + n;
+        st.next_lsn = first + n;
+        st.stats.appends += n;
+        st.stats.bytes += records.iter().map(|r| r.len() as u64).sum::<u64>();
+        let kick = self.take_next(&mut st);
+        Ok(Staged::Done(
+            LsnRange {
+                first: Lsn(first),
+                last: Lsn(first + n - 1),
+            },
+            kick,
+        ))
+    }
+
+    /// Starts a new open batch at the placement cursor, moving it to a new
+    /// segment if `encoded` more bytes would not fit in the current one.
+    fn open_batch(&self, st: &mut State, encoded: u64) {
+        let align = u64::from(self.opts.alignment);
+        let batch_max = u64::from(self.opts.batch_bytes_max);
+        let p = st.place;
+        let mut buf = st.free_bufs.pop().unwrap_or_default();
+        buf.clear();
+        let mut header = None;
+        if p.offset == 0 || !fits(p.offset, 0, encoded, align, batch_max, p.seg_end) {
+            let seq = if p.offset == 0 { p.seq } else { p.seq + 1 };
+            st.place = Place {
+                seq,
+                salt: random_salt(),
+                offset: 0,
+                seg_end: self.opts.segment_bytes,
+            };
+            let h = SegmentHeader {
+                alignment: self.opts.alignment,
+                sequence: seq,
+                first_lsn: st.next_lsn,
+                salt: st.place.salt,
+                segment_bytes: self.opts.segment_bytes,
+                window_bytes: self.opts.window_bytes(),
+            };
+            buf.extend_from_slice(&h.encode());
+            buf.resize(self.opts.alignment as usize, 0);
+            header = Some(h);
+        }
+        st.open = Some(Batch {
+            place: st.place,
+            buf,
+            first_lsn: st.next_lsn,
+            end_lsn: st.next_lsn,
+            header,
+        });
+    }
+
+    /// Pads the open batch to the alignment and queues it.
+    fn seal_open(&self, st: &mut State) {
+        let Some(mut b) = st.open.take() else { return };
+        let align = u64::from(self.opts.alignment);
+        let pad = format::padding_for(b.buf.len() as u64, align);
+        if pad > 0 {
+            // Cannot fail: `pad` is a multiple of 8 and at least a frame header.
+            let _ = format::encode_padding(&mut b.buf, b.place.salt, b.end_lsn, pad);
+        }
+        st.place.offset = b.place.offset + b.buf.len() as u64;
+        st.sealed.push_back(b);
+    }
+
+    /// The next batch for the backend, if it is idle and one is staged.
+    fn take_next(&self, st: &mut State) -> Option<IoBatch> {
+        if st.in_flight || st.poison.is_some() {
+            return None;
+        }
+        if st.sealed.is_empty() {
+            if st.open.as_ref().is_none_or(|b| b.records() == 0) {
+                return None;
+            }
+            self.seal_open(st);
+        }
+        let batch = st.sealed.pop_front()?;
+        match self.activate(st, &batch) {
+            Ok(active) => {
+                st.in_flight = true;
+                let meta = BatchMeta {
+                    first_lsn: batch.first_lsn,
+                    last_lsn: batch.end_lsn - 1,
+                    bytes: batch.buf.len() as u64,
+                    submitted: Instant::now(),
+                };
+                let writes = vec![WriteBuf {
+                    offset: batch.place.offset,
+                    buf: batch.buf,
+                }];
+                Some(IoBatch {
+                    file: Arc::clone(&active.0),
+                    path: active.1,
+                    writes,
+                    meta,
+                })
+            }
+            Err(p) => {
+                self.poison(st, p);
+                None
+            }
+        }
+    }
+
+    /// Makes the batch's segment the active one (rotating if needed).
+    fn activate(
+        &self,
+        st: &mut State,
+        batch: &Batch,
+    ) -> std::result::Result<(Arc<File>, Arc<PathBuf>), Poison> {
+        if let Some(a) = &st.active {
+            if a.seq == batch.place.seq {
+                return Ok((Arc::clone(&a.file), Arc::clone(&a.path)));
+            }
+        }
+        let seq = batch.place.seq;
+        let file = match std::mem::replace(&mut st.next, Next::None) {
+            Next::Ready(s, f) if s == seq => Ok(f),
+            Next::Preparing(p) if p.seq() == seq => p.wait(),
+            _ => segment::prepare(&self.dir, seq, self.opts.segment_bytes),
+        };
+        let file = file.map_err(|e| poison_of(IoOp::Write, e))?;
+        let path = Arc::new(segment::segment_path(&self.dir, seq));
+        st.active = Some(Active {
+            seq,
+            file: Arc::new(file),
+            path: Arc::clone(&path),
+        });
+        if let Some(h) = batch.header {
+            lock(&self.segments).push(SegmentMeta {
+                seq,
+                path: (*path).clone(),
+                header: h,
+            });
+        }
+        // Prepare the segment after this one while this one fills.
+        match Preparing::start(self.dir.clone(), seq + 1, self.opts.segment_bytes) {
+            Ok(p) => st.next = Next::Preparing(p),
+            Err(_) => st.next = Next::None,
+        }
+        let a = st
+            .active
+            .as_ref()
+            .map(|a| (Arc::clone(&a.file), Arc::clone(&a.path)));
+        a.ok_or_else(|| poison_of(IoOp::Open, Error::Closed))
+    }
+
+    fn poison(&self, st: &mut State, p: Poison) {
+        if st.poison.is_none() {
+            tracing::error!(op = ?p.op, cause = %p.cause, "aiowal: log poisoned");
+            st.poison = Some(p.clone());
+        }
+        st.open = None;
+        st.sealed.clear();
+        self.durable.send_modify(|d| d.poison = Some(p));
+        self.space.notify_waiters();
+    }
+
+    /// Waits until `lsn` is durable (or the log is poisoned).
+    pub(crate) async fn wait_durable(&self, lsn: u64) -> Result<Lsn> {
+        let mut rx = self.durable.subscribe();
+        let d = rx
+            .wait_for(|d| d.lsn >= lsn || d.poison.is_some())
+            .await
+            .map_err(|_| Error::Closed)?;
+        if d.lsn >= lsn {
+            return Ok(Lsn(d.lsn));
+        }
+        match &d.poison {
+            Some(p) => Err(Error::Poisoned {
+                op: p.op,
+                cause: Arc::clone(&p.cause),
+            }),
+            None => Err(Error::Closed),
+        }
+    }
+
+    /// Makes everything appended so far durable; returns the durable LSN.
+    pub(crate) async fn sync(&self) -> Result<Lsn> {
+        let (target, kick) = {
+            let mut st = lock(&self.state);
+            if let Some(p) = &st.poison {
+                return Err(Error::Poisoned {
+                    op: p.op,
+                    cause: Arc::clone(&p.cause),
+                });
+            }
+            (st.next_lsn - 1, self.take_next(&mut st))
+        };
+        self.submit(kick);
+        self.wait_durable(target).await
+    }
+
+    /// The durable watermark.
+    pub(crate) fn durable_lsn(&self) -> u64 {
+        self.durable.borrow().lsn
+    }
+
+    /// The LSN the next append will get.
+    pub(crate) fn next_lsn(&self) -> u64 {
+        lock(&self.state).next_lsn
+    }
+
+    /// Snapshot of the live segments.
+    pub(crate) fn segments(&self) -> Vec<SegmentMeta> {
+        lock(&self.segments).clone()
+    }
+
+    /// Removes whole segments whose every record is below `lsn`, never the
+    /// one being written. Returns how many were removed.
+    pub(crate) fn truncate_before(&self, lsn: u64) -> Result<u64> {
+        let active = lock(&self.state).active.as_ref().map(|a| a.seq);
+        let victims: Vec<PathBuf> = {
+            let segs = lock(&self.segments);
+            let mut v = Vec::new();
+            for pair in segs.windows(2) {
+                let [cur, next] = pair else { continue };
+                if next.header.first_lsn <= lsn && Some(cur.seq) != active {
+                    v.push(cur.path.clone());
+                } else {
+                    break;
+                }
+            }
+            v
+        };
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        // Forget them first so new readers do not start on a file being removed.
+        lock(&self.segments).retain(|s| !victims.contains(&s.path));
+        segment::remove(&self.dir, &victims)?;
+        Ok(victims.len() as u64)
+    }
+
+    /// Refuses new appends, waits for staged records to become durable and
+    /// stops the backend.
+    pub(crate) async fn close(&self) -> Result<()> {
+        let target = {
+            let mut st = lock(&self.state);
+            st.closing = true;
+            st.next_lsn - 1
+        };
+        let flushed = self.wait_durable(target).await;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Some(b) = self.backend.get() {
+            b.stop(Box::new(move || {
+                let _ = tx.send(());
+            }));
+            let _ = rx.await;
+        }
+        let next = {
+            let mut st = lock(&self.state);
+            st.lock = None;
+            std::mem::replace(&mut st.next, Next::None)
+        };
+        if let Next::Preparing(p) = next {
+            // Let a preparation in progress finish rather than leave a temp file.
+            let _ = tokio::task::spawn_blocking(move || p.wait()).await;
+        }
+        flushed.map(|_| ())
+    }
+
+    /// Stops the backend without waiting (the last handle was dropped).
+    pub(crate) fn shutdown(&self) {
+        lock(&self.state).closing = true;
+        if let Some(b) = self.backend.get() {
+            b.stop(Box::new(|| {}));
+        }
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        lock(&self.state).stats.snapshot()
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn poison_of(op: IoOp, e: Error) -> Poison {
+    let cause = match e {
+        Error::Io { source, .. } => source,
+        Error::NoSpace { .. } => io::Error::from_raw_os_error(libc::ENOSPC),
+        other => io::Error::other(other.to_string()),
+    };
+    Poison {
+        op,
+        cause: Arc::new(cause),
+    }
+}
+
+/// Whether `more` bytes fit a batch of `used` bytes at `offset`, padding included.
+fn fits(offset: u64, used: u64, more: u64, align: u64, batch_max: u64, seg_end: u64) -> bool {
+    let total = used + more;
+    let padded = total + format::padding_for(total, align);
+    padded <= batch_max && offset + padded <= seg_end
+}
+
+impl Completion for Core {
+    fn complete(&self, mut batch: IoBatch, result: std::result::Result<(), IoFailure>) {
+        let (next, lsn) = {
+            let mut st = lock(&self.state);
+            st.in_flight = false;
+            if let Err(f) = result {
+                self.poison(
+                    &mut st,
+                    Poison {
+                        op: f.op,
+                        cause: Arc::new(f.error),
+                    },
+                );
+                return;
+            }
+            st.stats.record_sync(&batch.meta);
+            if let Some(w) = batch.writes.pop() {
+                if st.free_bufs.len() < SEALED_MAX + 2 {
+                    st.free_bufs.push(w.buf);
+                }
+            }
+            (self.take_next(&mut st), batch.meta.last_lsn)
+        };
+        self.submit(next);
+        self.durable.send_modify(|d| d.lsn = d.lsn.max(lsn));
+        self.space.notify_waiters();
+    }
+}

@@ -1,0 +1,87 @@
+//! Counters kept by the pipeline and the public snapshot of them.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::io::BatchMeta;
+
+/// What the log has done since it was opened, from [`crate::Wal::stats`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Records appended (single or in batches).
+    pub appends: u64,
+    /// Payload bytes appended.
+    pub bytes: u64,
+    /// Batches written (each is one write followed by one data sync).
+    pub batches: u64,
+    /// Data syncs completed.
+    pub syncs: u64,
+    /// Bytes written to segments, headers and padding included.
+    pub bytes_written: u64,
+    /// Records made durable per data sync, on average.
+    pub records_per_sync: f64,
+    /// Median time from submitting a batch to its completed sync.
+    pub sync_latency_p50: Duration,
+    /// 99th percentile of the same.
+    pub sync_latency_p99: Duration,
+    /// 99.9th percentile of the same.
+    pub sync_latency_p999: Duration,
+    /// Slowest batch.
+    pub sync_latency_max: Duration,
+}
+
+pub(crate) struct Counters {
+    pub appends: u64,
+    pub bytes: u64,
+    batches: u64,
+    durable_records: u64,
+    bytes_written: u64,
+    sync_ns: Histogram<u64>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            appends: 0,
+            bytes: 0,
+            batches: 0,
+            durable_records: 0,
+            bytes_written: 0,
+            // 3 significant digits, auto-resizing: a few KiB, bounded by the
+            // range of u64 nanoseconds.
+            sync_ns: Histogram::new(3).expect("3 significant figures is a valid precision"),
+        }
+    }
+}
+
+impl Counters {
+    pub fn record_sync(&mut self, m: &BatchMeta) {
+        self.batches += 1;
+        self.durable_records += m.last_lsn + 1 - m.first_lsn;
+        self.bytes_written += m.bytes;
+        let ns = u64::try_from(m.submitted.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let _ = self.sync_ns.record(ns.max(1));
+    }
+
+    pub fn snapshot(&self) -> Stats {
+        let q = |p: f64| Duration::from_nanos(self.sync_ns.value_at_quantile(p));
+        Stats {
+            appends: self.appends,
+            bytes: self.bytes,
+            batches: self.batches,
+            syncs: self.batches,
+            bytes_written: self.bytes_written,
+            records_per_sync: if self.batches == 0 {
+                0.0
+            } else {
+                self.durable_records as f64 / self.batches as f64
+            },
+            sync_latency_p50: q(0.5),
+            sync_latency_p99: q(0.99),
+            sync_latency_p999: q(0.999),
+            sync_latency_max: Duration::from_nanos(self.sync_ns.max()),
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The portable backend: one thread per log runs `pwrite` + `fdatasync`.
+//!
+//! The thread is the pipeline's flusher: a completion that finds more work
+//! staged submits it from this same thread, so a busy log pays one hand-off
+//! (appender → thread) per batch and none per record.
+
+use std::collections::VecDeque;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+
+use super::{Completion, IoBackend, IoBatch, IoFailure};
+use crate::error::{Error, IoOp, Result};
+
+#[derive(Default)]
+struct Queue {
+    batches: VecDeque<IoBatch>,
+    stop: Option<Box<dyn FnOnce() + Send>>,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+}
+
+pub(crate) struct Threaded {
+    shared: Arc<Shared>,
+}
+
+impl Threaded {
+    pub(crate) fn start(sink: Arc<dyn Completion>) -> Result<Threaded> {
+        let shared = Arc::new(Shared {
+            queue: Mutex::default(),
+            ready: Condvar::new(),
+        });
+        let worker = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("aiowal-io".into())
+            .spawn(move || run(&worker, sink))
+            .map_err(|e| Error::io(IoOp::Spawn, PathBuf::from("aiowal-io"), e))?;
+        Ok(Threaded { shared })
+    }
+}
+
+fn write_and_sync(batch: &IoBatch) -> std::result::Result<(), IoFailure> {
+    for w in &batch.writes {
+        batch
+            .file
+            .write_all_at(&w.buf, w.offset)
+            .map_err(|error| IoFailure {
+                op: IoOp::Write,
+                error,
+            })?;
+    }
+    batch.file.sync_data().map_err(|error| IoFailure {
+        op: IoOp::Sync,
+        error,
+    })
+}
+
+fn run(shared: &Shared, sink: Arc<dyn Completion>) {
+    loop {
+        let next = {
+            let mut q = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            loop {
+                if let Some(b) = q.batches.pop_front() {
+                    break Ok(b);
+                }
+                if let Some(done) = q.stop.take() {
+                    break Err(done);
+                }
+                q = shared.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
+            }
+        };
+        match next {
+            Ok(batch) => {
+                let result = write_and_sync(&batch);
+                sink.complete(batch, result);
+            }
+            Err(done) => {
+                drop(sink);
+                done();
+                return;
+            }
+        }
+    }
+}
+
+impl IoBackend for Threaded {
+    fn name(&self) -> &'static str {
+        "threaded"
+    }
+
+    fn submit(&self, batch: IoBatch) {
+        let mut q = self
+            .shared
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        q.batches.push_back(batch);
+        drop(q);
+        self.shared.ready.notify_one();
+    }
+
+    fn stop(&self, done: Box<dyn FnOnce() + Send>) {
+        let mut q = self
+            .shared
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if q.stop.is_none() {
+            q.stop = Some(done);
+        }
+        drop(q);
+        self.shared.ready.notify_one();
+    }
+}

@@ -1,0 +1,57 @@
+//! aiowal: a write-ahead log for databases.
+//!
+//! Append records, await a durable commit, recover the log on startup.
+//!
+//! * [`Wal::append`] resolves with an [`Lsn`] only once the record and every
+//!   record before it are on disk (written and data-synced). Concurrent
+//!   appends share one write and one sync per batch (group commit).
+//! * [`Wal::append_batch`] is atomic: after a crash, all of it or none.
+//! * [`Wal::open`] verifies every checksummed frame, cuts the torn tail a
+//!   crash leaves, and refuses (or, in [`RecoveryMode::PointInTime`], stops
+//!   before) damage to acknowledged data.
+//! * After a failed write or sync the log is poisoned: every call fails with
+//!   [`Error::Poisoned`] and nothing is retried; reopening recovers what is
+//!   really on disk.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), aiowal::Error> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! let wal = aiowal::Wal::open(dir.path(), aiowal::Options::default()).await?;
+//! let lsn = wal.append(b"hello").await?;
+//! assert_eq!(lsn, aiowal::Lsn::FIRST);
+//! for rec in wal.read_from(aiowal::Lsn::FIRST)? {
+//!     let rec = rec?;
+//!     assert_eq!(rec.data(), b"hello");
+//! }
+//! wal.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Thread-based code uses [`blocking::Wal`], which owns a small runtime.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+#[cfg(feature = "cli")]
+pub mod bench;
+pub mod blocking;
+mod commit;
+mod error;
+pub mod format;
+mod io;
+mod lsn;
+mod options;
+mod recovery;
+mod segment;
+mod wal;
+
+pub use commit::Stats;
+pub use error::{CorruptKind, Error, IoOp, Result};
+pub use lsn::{Lsn, LsnRange};
+pub use options::{Backend, Options, RecoveryMode};
+pub use recovery::{ReadIter, Record, RecoveryReport, StopReason};
+pub use wal::{Wal, dump, verify};
+
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,0 +1,204 @@
+use crate::error::{Error, Result};
+use crate::format::{self, ALIGNMENT_MAX, ALIGNMENT_MIN, FRAME_HEADER_LEN};
+
+/// Which I/O backend writes and syncs the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Backend {
+    /// The best backend for this platform (see the crate docs).
+    #[default]
+    Auto,
+    /// `pwritev` + `fdatasync` on a dedicated thread per log; works everywhere.
+    Threaded,
+}
+
+impl Backend {
+    /// The backend's name as the CLI spells it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Threaded => "threaded",
+        }
+    }
+}
+
+/// What `Wal::open` does when it finds a damaged frame.
+///
+/// | found                                              | TolerateTornTail | AbsoluteConsistency | PointInTime |
+/// |----------------------------------------------------|------------------|---------------------|-------------|
+/// | clean end: zeroes, nothing valid within the window | open             | open                | open        |
+/// | torn tail: bad bytes, valid data only within the in-flight window after them | cut, open | error | cut, open |
+/// | bad bytes with valid data beyond the window, a bad header, an LSN gap, or damage in a segment followed by another | error | error | stop before it, set later data aside, open |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RecoveryMode {
+    /// A crash's torn tail is cut off; damage to acknowledged data is an error.
+    #[default]
+    TolerateTornTail,
+    /// Any damage, even a torn tail, is an error (for logs closed cleanly).
+    AbsoluteConsistency,
+    /// Recover up to the first damage, whatever it is, and discard the rest.
+    PointInTime,
+}
+
+/// Settings for [`crate::Wal::open`], built with chained setters.
+///
+/// ```
+/// let opts = aiowal::Options::default()
+///     .segment_bytes(16 << 20)
+///     .max_record_bytes(64 << 10)
+///     .backend(aiowal::Backend::Threaded);
+/// assert_eq!(opts.get_segment_bytes(), 16 << 20);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub(crate) segment_bytes: u64,
+    pub(crate) alignment: u32,
+    pub(crate) max_record_bytes: u32,
+    pub(crate) batch_bytes_max: u32,
+    pub(crate) recovery_mode: RecoveryMode,
+    pub(crate) backend: Backend,
+    pub(crate) create: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            segment_bytes: 64 << 20,
+            alignment: 4096,
+            max_record_bytes: 1 << 20,
+            batch_bytes_max: 2 << 20,
+            recovery_mode: RecoveryMode::TolerateTornTail,
+            backend: Backend::Auto,
+            create: true,
+        }
+    }
+}
+
+impl Options {
+    /// Size each segment file is preallocated to (default 64 MiB).
+    pub fn segment_bytes(mut self, bytes: u64) -> Self {
+        self.segment_bytes = bytes;
+        self
+    }
+
+    /// Write alignment: every batch is padded to it (default 4096, a power of
+    /// two from 512 to 65536).
+    pub fn alignment(mut self, bytes: u32) -> Self {
+        self.alignment = bytes;
+        self
+    }
+
+    /// Largest record accepted by `append` (default 1 MiB).
+    pub fn max_record_bytes(mut self, bytes: u32) -> Self {
+        self.max_record_bytes = bytes;
+        self
+    }
+
+    /// Largest single write (default 2 MiB): a group commit seals its batch
+    /// when the next record would not fit. Staging memory is bounded by two of
+    /// these (one batch filling, one in flight), and so is the window of bytes
+    /// that a crash can leave half-written.
+    pub fn batch_bytes_max(mut self, bytes: u32) -> Self {
+        self.batch_bytes_max = bytes;
+        self
+    }
+
+    /// How recovery treats damage (default [`RecoveryMode::TolerateTornTail`]).
+    pub fn recovery_mode(mut self, mode: RecoveryMode) -> Self {
+        self.recovery_mode = mode;
+        self
+    }
+
+    /// Which I/O backend to use (default [`Backend::Auto`]).
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Whether `open` may create the directory and the first segment (default true).
+    pub fn create(mut self, create: bool) -> Self {
+        self.create = create;
+        self
+    }
+
+    /// The configured segment size.
+    pub fn get_segment_bytes(&self) -> u64 {
+        self.segment_bytes
+    }
+
+    /// The configured maximum record size.
+    pub fn get_max_record_bytes(&self) -> u32 {
+        self.max_record_bytes
+    }
+
+    /// The configured backend.
+    pub fn get_backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The configured recovery mode.
+    pub fn get_recovery_mode(&self) -> RecoveryMode {
+        self.recovery_mode
+    }
+
+    /// Checks that the settings fit together.
+    pub(crate) fn validate(&self) -> Result<()> {
+        let invalid = |name, reason: String| Err(Error::InvalidOption { name, reason });
+        let a = u64::from(self.alignment);
+        if !self.alignment.is_power_of_two()
+            || !(ALIGNMENT_MIN..=ALIGNMENT_MAX).contains(&self.alignment)
+        {
+            return invalid(
+                "alignment",
+                format!(
+                    "{} is not a power of two in {ALIGNMENT_MIN}..={ALIGNMENT_MAX}",
+                    self.alignment
+                ),
+            );
+        }
+        if self.max_record_bytes == 0 {
+            return invalid("max_record_bytes", "must be at least 1".into());
+        }
+        let one_record = self.largest_single_write();
+        if u64::from(self.batch_bytes_max) < one_record {
+            return invalid(
+                "batch_bytes_max",
+                format!(
+                    "{} cannot hold one record of max_record_bytes = {} with its header block and padding (needs {one_record})",
+                    self.batch_bytes_max, self.max_record_bytes
+                ),
+            );
+        }
+        if self.segment_bytes % a != 0 || self.segment_bytes < u64::from(self.batch_bytes_max) + a {
+            return invalid(
+                "segment_bytes",
+                format!(
+                    "{} must be a multiple of the alignment ({a}) and hold a header block plus batch_bytes_max ({})",
+                    self.segment_bytes, self.batch_bytes_max
+                ),
+            );
+        }
+        if self.segment_bytes > u64::from(u32::MAX) {
+            return invalid(
+                "segment_bytes",
+                format!("{} exceeds 4 GiB - 1", self.segment_bytes),
+            );
+        }
+        Ok(())
+    }
+
+    /// Bytes of the largest possible write holding one record: a header block,
+    /// the frame and its padding.
+    fn largest_single_write(&self) -> u64 {
+        let a = u64::from(self.alignment);
+        let frame = format::frame_len(self.max_record_bytes as usize) as u64;
+        a + frame + format::padding_for(frame, a)
+    }
+
+    /// Bytes that one batch may take, header block and padding included.
+    pub(crate) fn window_bytes(&self) -> u64 {
+        u64::from(self.batch_bytes_max)
+    }
+}
+
+const _: () = assert!(FRAME_HEADER_LEN < ALIGNMENT_MIN as usize);

@@ -1,0 +1,428 @@
+//! The `Wal` handle.
+
+use std::fmt;
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::commit::{Active, Core, Next, Place, Start, Stats};
+use crate::error::{CorruptKind, Error, IoOp, Result};
+use crate::format::{self, FRAME_HEADER_LEN};
+use crate::io;
+use crate::lsn::{Lsn, LsnRange};
+use crate::options::Options;
+use crate::recovery::{self, Plan, ReadIter, RecoveryReport, SegmentMeta, Tail};
+use crate::segment;
+
+/// A write-ahead log. Cheap to clone; all clones share one log.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), aiowal::Error> {
+/// # let tmp = tempfile::tempdir().unwrap();
+/// let wal = aiowal::Wal::open(tmp.path(), aiowal::Options::default()).await?;
+/// let lsn = wal.append(b"put k1 v1").await?; // durable when this returns
+/// let batch = wal.append_batch([&b"put k2 v2"[..], &b"del k1"[..]]).await?;
+/// assert_eq!(batch.first(), lsn.next());
+/// wal.close().await?;
+///
+/// let wal = aiowal::Wal::open(tmp.path(), aiowal::Options::default()).await?;
+/// let replayed: Vec<Vec<u8>> = wal
+///     .read_from(aiowal::Lsn::FIRST)?
+///     .map(|r| r.map(|r| r.to_vec()))
+///     .collect::<Result<_, _>>()?;
+/// assert_eq!(replayed, [&b"put k1 v1"[..], b"put k2 v2", b"del k1"]);
+/// wal.close().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Wal {
+    handle: Arc<Handle>,
+}
+
+struct Handle {
+    core: Arc<Core>,
+    report: RecoveryReport,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.core.shutdown();
+    }
+}
+
+impl fmt::Debug for Wal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.handle.core.dir())
+            .field("backend", &self.handle.core.backend_name())
+            .field("durable_lsn", &self.handle.core.durable_lsn())
+            .finish()
+    }
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir`, recovering what is on disk first.
+    ///
+    /// Recovery verifies every frame, cuts a torn tail left by a crash and
+    /// reports what it found in [`Wal::recovery_report`].
+    ///
+    /// # Errors
+    /// [`Error::Locked`] if another handle has the directory open,
+    /// [`Error::Corrupt`] if acknowledged data is damaged (see
+    /// [`crate::RecoveryMode`]), [`Error::ForeignFile`] for a segment-named file
+    /// that is not a segment, [`Error::InvalidOption`] for inconsistent
+    /// options, and [`Error::Io`] / [`Error::NoSpace`] for failing file calls.
+    pub async fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Wal> {
+        let dir = dir.as_ref().to_path_buf();
+        let (o, d) = (opts.clone(), dir.clone());
+        let (start, report) = tokio::task::spawn_blocking(move || recover(&d, &o))
+            .await
+            .map_err(|e| Error::io(IoOp::Spawn, "spawn_blocking", std::io::Error::other(e)))??;
+        let core = Core::new(dir, opts.clone(), start);
+        let sink: Arc<dyn io::Completion> = core.clone();
+        core.set_backend(io::start(opts.backend, sink)?);
+        Ok(Wal {
+            handle: Arc::new(Handle { core, report }),
+        })
+    }
+
+    /// Appends one record and waits until it (and everything before it) is durable.
+    ///
+    /// Concurrent appends share group commits: one write and one data sync
+    /// per batch, however many records it holds.
+    ///
+    /// # Errors
+    /// [`Error::RecordTooLarge`] above `max_record_bytes`; [`Error::Poisoned`]
+    /// after a failed write or sync; [`Error::Closed`] after `close`.
+    ///
+    /// # Cancel safety
+    /// Dropping the future before its first poll does nothing. Once polled,
+    /// the record is staged: dropping the future then does not withdraw it,
+    /// so it may still become durable (and recovered) under its LSN. Its
+    /// buffer is owned by the pipeline, never by the future.
+    pub async fn append(&self, record: &[u8]) -> Result<Lsn> {
+        self.handle
+            .core
+            .append(&[record], false)
+            .await
+            .map(|r| r.last())
+    }
+
+    /// Appends records atomically: after a crash, recovery yields all or none.
+    ///
+    /// The batch is written in one piece, so its encoded size must fit
+    /// `batch_bytes_max`.
+    ///
+    /// # Errors
+    /// [`Error::EmptyBatch`], [`Error::BatchTooLarge`], and those of [`Wal::append`].
+    ///
+    /// # Cancel safety
+    /// As for [`Wal::append`]: once polled, the batch may become durable.
+    pub async fn append_batch<I, R>(&self, records: I) -> Result<LsnRange>
+    where
+        I: IntoIterator<Item = R>,
+        R: AsRef<[u8]>,
+    {
+        let owned: Vec<R> = records.into_iter().collect();
+        let refs: Vec<&[u8]> = owned.iter().map(AsRef::as_ref).collect();
+        if refs.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        self.handle.core.append(&refs, true).await
+    }
+
+    /// Waits until everything appended so far is durable; returns the durable LSN
+    /// ([`Lsn::ZERO`] for a log that never held a record).
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`] after a failed write or sync.
+    ///
+    /// # Cancel safety
+    /// Safe to drop at any point.
+    pub async fn sync(&self) -> Result<Lsn> {
+        self.handle.core.sync().await
+    }
+
+    /// Iterates over the durable records with LSN `>= from`, in order.
+    ///
+    /// Records below the oldest segment still in the log (see
+    /// [`Wal::truncate_before`]) are gone; the iterator starts at the oldest
+    /// record available, which [`Wal::first_lsn`] tells. Records appended
+    /// after this call are not included.
+    ///
+    /// # Errors
+    /// The iterator's items fail with [`Error::Corrupt`] or [`Error::Io`] if a
+    /// segment was damaged or removed after open.
+    pub fn read_from(&self, from: Lsn) -> Result<ReadIter> {
+        let core = &self.handle.core;
+        let until = core.durable_lsn();
+        let segs = core.segments();
+        let start = segs
+            .iter()
+            .rposition(|s| s.header.first_lsn <= from.0)
+            .unwrap_or(0);
+        let segs: Vec<SegmentMeta> = segs.into_iter().skip(start).collect();
+        Ok(ReadIter::new(
+            segs,
+            from.0,
+            until,
+            u64::from(core.opts.max_record_bytes),
+        ))
+    }
+
+    /// The oldest LSN still in the log, or the next LSN if it holds none.
+    pub fn first_lsn(&self) -> Lsn {
+        let core = &self.handle.core;
+        core.segments()
+            .first()
+            .map_or(Lsn(core.next_lsn()), |s| Lsn(s.header.first_lsn))
+    }
+
+    /// The highest durable LSN.
+    pub fn durable_lsn(&self) -> Lsn {
+        Lsn(self.handle.core.durable_lsn())
+    }
+
+    /// Removes whole segments whose records all precede `lsn` (a checkpoint),
+    /// never the segment being written. Records `>= lsn` are never lost, and
+    /// some below it may remain. Returns how many segments were removed.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if a file cannot be removed or the directory synced.
+    ///
+    /// # Cancel safety
+    /// The removal runs on a blocking thread and completes even if the future is dropped.
+    pub async fn truncate_before(&self, lsn: Lsn) -> Result<u64> {
+        let core = Arc::clone(&self.handle.core);
+        tokio::task::spawn_blocking(move || core.truncate_before(lsn.0))
+            .await
+            .map_err(|e| Error::io(IoOp::Spawn, "spawn_blocking", std::io::Error::other(e)))?
+    }
+
+    /// What recovery found when this log was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.handle.report
+    }
+
+    /// Counters and sync latency since open.
+    pub fn stats(&self) -> Stats {
+        self.handle.core.stats()
+    }
+
+    /// The backend in use (`"threaded"`, ...).
+    pub fn backend_name(&self) -> &'static str {
+        self.handle.core.backend_name()
+    }
+
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        self.handle.core.dir()
+    }
+
+    /// Makes every staged record durable, stops the I/O backend and releases
+    /// the directory lock. Later calls on any clone fail with [`Error::Closed`].
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`] if records could not be made durable.
+    pub async fn close(&self) -> Result<()> {
+        self.handle.core.close().await
+    }
+}
+
+/// Recovery plus the tail repair it calls for; runs on a blocking thread.
+fn recover(dir: &Path, opts: &Options) -> Result<(Start, RecoveryReport)> {
+    opts.validate()?;
+    if opts.create {
+        fs::create_dir_all(dir).map_err(|e| Error::io(IoOp::CreateDir, dir, e))?;
+    }
+    let lock = segment::lock_dir(dir)?;
+    let mut plan = recovery::plan(dir, opts.recovery_mode, u64::from(opts.max_record_bytes))?;
+    segment::remove(dir, &plan.leftovers)?;
+    if !plan.discard.is_empty() {
+        plan.report.set_aside = segment::set_aside(dir, &plan.discard)?;
+    }
+    let report = std::mem::replace(&mut plan.report, empty_report());
+    let start = apply(dir, opts, plan, lock)?;
+    Ok((start, report))
+}
+
+fn empty_report() -> RecoveryReport {
+    RecoveryReport {
+        segments: 0,
+        records: 0,
+        bytes: 0,
+        first_lsn: Lsn::ZERO,
+        last_lsn: Lsn::ZERO,
+        stop: recovery::StopReason::Empty,
+        set_aside: Vec::new(),
+    }
+}
+
+/// Writes what the plan needs (a seal) and sets up where appends go next.
+fn apply(dir: &Path, opts: &Options, plan: Plan, lock: segment::DirLock) -> Result<Start> {
+    let Plan {
+        segments,
+        unused,
+        next_lsn,
+        tail,
+        ..
+    } = plan;
+    let last = segments.last().cloned();
+    if let (Tail::Continue { offset }, Some(last)) = (tail, &last) {
+        let file = segment::open_for_write(&last.path)?;
+        let place = Place {
+            seq: last.seq,
+            salt: last.header.salt,
+            offset,
+            seg_end: last.header.segment_bytes,
+        };
+        let active = Active {
+            seq: last.seq,
+            file: Arc::new(file),
+            path: Arc::new(last.path.clone()),
+        };
+        let next = reuse_or_prepare(dir, opts, unused, last.seq + 1, false)?;
+        return Ok(Start {
+            next_lsn,
+            place,
+            active: Some(active),
+            next,
+            segments,
+            lock,
+        });
+    }
+    if let (Tail::Seal { offset }, Some(last)) = (tail, &last) {
+        seal(last, offset, next_lsn)?;
+    }
+    let seq = last.map_or_else(|| unused.first().map_or(1, |u| u.0), |l| l.seq + 1);
+    let next = reuse_or_prepare(dir, opts, unused, seq, true)?;
+    let place = Place {
+        seq,
+        salt: 0,
+        offset: 0,
+        seg_end: opts.segment_bytes,
+    };
+    Ok(Start {
+        next_lsn,
+        place,
+        active: None,
+        next,
+        segments,
+        lock,
+    })
+}
+
+/// Reuses a never-written trailing segment as segment `seq` if it fits the
+/// options, removing the others; otherwise prepares `seq` (now, or in the
+/// background when `now` is false).
+fn reuse_or_prepare(
+    dir: &Path,
+    opts: &Options,
+    unused: Vec<(u64, PathBuf)>,
+    seq: u64,
+    now: bool,
+) -> Result<Next> {
+    let mut reuse = None;
+    let mut remove = Vec::new();
+    for (s, path) in unused {
+        let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if s == seq && len == opts.segment_bytes && reuse.is_none() {
+            reuse = Some(path);
+        } else {
+            remove.push(path);
+        }
+    }
+    segment::remove(dir, &remove)?;
+    if let Some(path) = reuse {
+        return Ok(Next::Ready(seq, segment::open_for_write(&path)?));
+    }
+    if now {
+        return Ok(Next::Ready(
+            seq,
+            segment::prepare(dir, seq, opts.segment_bytes)?,
+        ));
+    }
+    Ok(Next::Preparing(segment::Preparing::start(
+        dir.to_path_buf(),
+        seq,
+        opts.segment_bytes,
+    )?))
+}
+
+/// Cuts a segment at `offset`: a padding frame from there to the segment's
+/// end, so the scan skips whatever the crash left after it. Only the block
+/// holding `offset` is rewritten, with its bytes before `offset` unchanged.
+fn seal(seg: &SegmentMeta, offset: u64, next_lsn: u64) -> Result<()> {
+    let h = &seg.header;
+    if offset + FRAME_HEADER_LEN as u64 > h.segment_bytes {
+        return Ok(());
+    }
+    let align = u64::from(h.alignment);
+    let block = offset - offset % align;
+    let prefix = usize::try_from(offset - block).unwrap_or(0);
+    let file = segment::open_for_write(&seg.path)?;
+    let mut buf = vec![0u8; h.alignment as usize];
+    if prefix > 0 {
+        file.read_exact_at(&mut buf[..prefix], block)
+            .map_err(|e| Error::io(IoOp::Read, &seg.path, e))?;
+    }
+    let hdr = format::padding_header(h.salt, next_lsn, h.segment_bytes - offset).map_err(|e| {
+        Error::Corrupt {
+            segment: seg.path.clone(),
+            offset,
+            lsn: next_lsn,
+            kind: CorruptKind::Frame(e),
+        }
+    })?;
+    buf[prefix..prefix + FRAME_HEADER_LEN].copy_from_slice(&hdr);
+    file.write_all_at(&buf, block)
+        .map_err(|e| Error::io(IoOp::Write, &seg.path, e))?;
+    file.sync_data()
+        .map_err(|e| Error::io(IoOp::Sync, &seg.path, e))
+}
+
+/// Scans the log in `dir` without writing anything and without taking the
+/// lock: what [`Wal::open`] would find, as a report (the `aiowal verify` tool).
+///
+/// Damage that `open` would cut (a torn tail) is reported in
+/// [`RecoveryReport::stop`]; damage it would refuse is returned as the same
+/// error `open` gives in `opts`' recovery mode.
+///
+/// # Errors
+/// [`Error::Corrupt`], [`Error::ForeignFile`] and [`Error::Io`] as for `open`.
+///
+/// ```
+/// # let tmp = tempfile::tempdir().unwrap();
+/// let report = aiowal::verify(tmp.path(), &aiowal::Options::default())?;
+/// assert_eq!(report.records, 0);
+/// # Ok::<(), aiowal::Error>(())
+/// ```
+pub fn verify(dir: impl AsRef<Path>, opts: &Options) -> Result<RecoveryReport> {
+    dump(dir, opts, Lsn::FIRST).map(|(r, _)| r)
+}
+
+/// Reads the records of the log in `dir` from `from` on, read-only and
+/// without the lock (the `aiowal dump` tool). Stops where recovery would.
+///
+/// # Errors
+/// As [`verify`].
+pub fn dump(
+    dir: impl AsRef<Path>,
+    opts: &Options,
+    from: Lsn,
+) -> Result<(RecoveryReport, ReadIter)> {
+    let max = u64::from(opts.max_record_bytes);
+    let plan = recovery::plan(dir.as_ref(), opts.recovery_mode, max)?;
+    let start = plan
+        .segments
+        .iter()
+        .rposition(|s| s.header.first_lsn <= from.0)
+        .unwrap_or(0);
+    let segs: Vec<SegmentMeta> = plan.segments.into_iter().skip(start).collect();
+    let until = plan.next_lsn - 1;
+    Ok((plan.report, ReadIter::new(segs, from.0, until, max)))
+}

@@ -1,0 +1,125 @@
+//! Shared helpers for the behavioural tests. Every case is an `async fn
+//! case(backend: Backend)`; `per_backend!` instantiates it once per backend
+//! available on this platform, so a new backend runs every test by adding one
+//! arm here.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use aiowal::format::{self, FormatError, FrameKind, SegmentHeader};
+use aiowal::{Lsn, Options, Wal};
+
+/// Instantiates each listed case for every backend.
+#[macro_export]
+macro_rules! per_backend {
+    ($($case:ident),* $(,)?) => {
+        mod threaded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(aiowal::Backend::Threaded).await
+                }
+            )*
+        }
+    };
+}
+
+/// Small segments and batches so tests rotate and exercise windows quickly.
+pub fn small(backend: aiowal::Backend) -> Options {
+    Options::default()
+        .backend(backend)
+        .segment_bytes(256 << 10)
+        .batch_bytes_max(32 << 10)
+        .max_record_bytes(8 << 10)
+}
+
+/// Deterministic pseudo-random record for (task, index).
+pub fn record(task: u64, i: u64, len: usize) -> Vec<u8> {
+    let mut x = task.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Small xorshift generator for sizes and choices.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Every record in the log, in order.
+pub fn read_all(wal: &Wal, from: Lsn) -> Vec<(u64, Vec<u8>)> {
+    wal.read_from(from)
+        .expect("read_from")
+        .map(|r| {
+            let r = r.expect("record");
+            (r.lsn().get(), r.to_vec())
+        })
+        .collect()
+}
+
+/// Segment files of a log directory, oldest first.
+pub fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A frame found by walking a segment: offset, kind, LSN, bytes on disk.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameAt {
+    pub offset: u64,
+    pub kind: FrameKind,
+    pub lsn: u64,
+    pub len: u64,
+}
+
+/// Walks the valid frames of a segment file with the public codec.
+pub fn frames(path: &Path) -> (SegmentHeader, Vec<FrameAt>) {
+    let bytes = std::fs::read(path).unwrap();
+    let h = SegmentHeader::decode(&bytes).unwrap();
+    let mut out = Vec::new();
+    let mut pos = h.alignment as usize;
+    while pos + format::FRAME_HEADER_LEN <= bytes.len() {
+        match format::decode_frame(&bytes[pos..], h.salt, u64::from(u32::MAX)) {
+            Ok(f) => {
+                out.push(FrameAt {
+                    offset: pos as u64,
+                    kind: f.kind,
+                    lsn: f.lsn,
+                    len: f.len_on_disk,
+                });
+                pos += f.len_on_disk as usize;
+            }
+            Err(FormatError::Zeroed) | Err(_) => break,
+        }
+    }
+    (h, out)
+}
+
+/// The newest segment whose header was written (the one prepared ahead is not).
+pub fn last_used_segment(dir: &Path) -> PathBuf {
+    segments(dir)
+        .into_iter()
+        .rev()
+        .find(|p| SegmentHeader::decode(&std::fs::read(p).unwrap()).is_ok())
+        .expect("a used segment")
+}

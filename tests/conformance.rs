@@ -1,0 +1,593 @@
+//! Behavioural tests, written once and run on every backend.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use aiowal::format::FrameKind;
+use aiowal::{Backend, Error, Lsn, Options, RecoveryMode, StopReason, Wal};
+use common::*;
+
+per_backend!(
+    append_reopen_across_rotations,
+    concurrent_appends_dense_and_replayed,
+    atomic_batch_all_or_nothing,
+    torn_tail_cut_at_every_sector,
+    torn_tail_garbage_at_every_sector,
+    torn_tail_hole_at_every_sector,
+    mid_log_corruption_detected,
+    second_open_is_locked,
+    truncate_before_removes_whole_segments,
+    bad_input_gets_typed_errors,
+    reopen_continues_in_place,
+    sync_and_stats,
+    blocking_handle_from_threads,
+);
+
+async fn append_reopen_across_rotations(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = small(b);
+    let wal = Wal::open(dir.path(), opts.clone()).await.unwrap();
+    assert_eq!(wal.backend_name(), "threaded");
+    let mut rng = Rng(7);
+    let mut want = Vec::new();
+    for i in 0..1500u64 {
+        let len = rng.below(3000) as usize;
+        if i % 10 == 0 {
+            let recs: Vec<Vec<u8>> = (0..3).map(|k| record(i, k, len / 3)).collect();
+            let range = wal.append_batch(&recs).await.unwrap();
+            assert_eq!(range.len(), 3);
+            for (lsn, r) in range.iter().zip(recs) {
+                want.push((lsn.get(), r));
+            }
+        } else {
+            let r = record(i, 0, len);
+            let lsn = wal.append(&r).await.unwrap();
+            want.push((lsn.get(), r));
+        }
+    }
+    assert!(
+        segments(dir.path()).len() >= 5,
+        "expected several rotations"
+    );
+    assert_eq!(read_all(&wal, Lsn::FIRST), want);
+    wal.close().await.unwrap();
+
+    let wal = Wal::open(dir.path(), opts).await.unwrap();
+    let rep = wal.recovery_report();
+    assert_eq!(rep.records, want.len() as u64);
+    assert_eq!(rep.stop, StopReason::Clean);
+    assert_eq!(rep.last_lsn.get(), want.len() as u64);
+    assert_eq!(read_all(&wal, Lsn::FIRST), want);
+    // Reading from the middle starts exactly there.
+    let mid = want.len() as u64 / 2;
+    let tail = read_all(&wal, Lsn::new(mid));
+    assert_eq!(tail.first().unwrap().0, mid);
+    assert_eq!(tail, want[(mid - 1) as usize..]);
+    wal.close().await.unwrap();
+}
+
+async fn concurrent_appends_dense_and_replayed(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = small(b).segment_bytes(4 << 20).batch_bytes_max(256 << 10);
+    let wal = Wal::open(dir.path(), opts.clone()).await.unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..64u64 {
+        let wal = wal.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng(t + 1);
+            let mut mine = Vec::new();
+            for i in 0..1000u64 {
+                let r = record(t, i, 1 + rng.below(300) as usize);
+                let lsn = wal.append(&r).await.unwrap();
+                mine.push((lsn.get(), r));
+            }
+            mine
+        }));
+    }
+    let mut all = BTreeMap::new();
+    for t in tasks {
+        let mine = t.await.unwrap();
+        // Each task's LSNs increase in its own append order.
+        assert!(mine.windows(2).all(|w| w[0].0 < w[1].0));
+        for (lsn, r) in mine {
+            assert!(all.insert(lsn, r).is_none(), "LSN {lsn} given twice");
+        }
+    }
+    assert_eq!(all.len(), 64_000);
+    assert_eq!(*all.keys().next().unwrap(), 1);
+    assert_eq!(*all.keys().last().unwrap(), 64_000, "LSNs must be dense");
+    let stats = wal.stats();
+    assert_eq!(stats.appends, 64_000);
+    assert!(
+        stats.records_per_sync > 1.0,
+        "group commit should batch: {stats:?}"
+    );
+    wal.close().await.unwrap();
+
+    let wal = Wal::open(dir.path(), opts).await.unwrap();
+    let got: BTreeMap<u64, Vec<u8>> = read_all(&wal, Lsn::FIRST).into_iter().collect();
+    assert_eq!(got, all);
+    wal.close().await.unwrap();
+}
+
+/// Copies a log directory (without its lock file) so each cut starts fresh.
+fn copy_log(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for p in segments(from) {
+        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+    }
+}
+
+async fn atomic_batch_all_or_nothing(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = small(b);
+    let wal = Wal::open(dir.path(), opts.clone()).await.unwrap();
+    let mut want = Vec::new();
+    for i in 0..5 {
+        let r = record(1, i, 100);
+        want.push((wal.append(&r).await.unwrap().get(), r));
+    }
+    let batch: Vec<Vec<u8>> = (0..6).map(|k| record(2, k, 250)).collect();
+    let range = wal.append_batch(&batch).await.unwrap();
+    wal.close().await.unwrap();
+
+    let seg = last_used_segment(dir.path());
+    let (_, fr) = frames(&seg);
+    let in_batch: Vec<_> = fr
+        .iter()
+        .filter(|f| range.contains(Lsn::new(f.lsn)) && f.kind != FrameKind::Padding)
+        .collect();
+    assert_eq!(in_batch.len(), 6);
+    assert_eq!(in_batch[0].kind, FrameKind::BatchBegin);
+    assert_eq!(in_batch[5].kind, FrameKind::BatchEnd);
+    let start = in_batch[0].offset;
+    let end = in_batch[5].offset + in_batch[5].len;
+    let mut cut = start;
+    let mut full = 0;
+    while cut < end {
+        let copy = tempfile::tempdir().unwrap();
+        copy_log(dir.path(), copy.path());
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(copy.path().join(seg.file_name().unwrap()))
+            .unwrap();
+        f.set_len(cut).unwrap();
+        drop(f);
+        let wal = Wal::open(copy.path(), opts.clone()).await.unwrap();
+        let got = read_all(&wal, Lsn::FIRST);
+        assert_eq!(got, want, "cut at {cut}: the batch must vanish whole");
+        // The log stays appendable after the cut, and the new record follows on.
+        let lsn = wal.append(b"after").await.unwrap();
+        assert_eq!(lsn.get(), want.len() as u64 + 1);
+        wal.close().await.unwrap();
+        let wal = Wal::open(copy.path(), opts.clone()).await.unwrap();
+        assert_eq!(read_all(&wal, Lsn::FIRST).len(), want.len() + 1);
+        wal.close().await.unwrap();
+        cut += 56;
+        full += 1;
+    }
+    assert!(full > 10);
+    // Uncut, the whole batch is there.
+    let wal = Wal::open(dir.path(), opts).await.unwrap();
+    assert_eq!(read_all(&wal, Lsn::FIRST).len(), want.len() + 6);
+    wal.close().await.unwrap();
+}
+
+/// Writes a log whose last segment ends with several multi-record batches;
+/// returns the records and the last segment's path.
+async fn write_tail(
+    dir: &std::path::Path,
+    opts: &Options,
+) -> (Vec<(u64, Vec<u8>)>, std::path::PathBuf) {
+    let wal = Wal::open(dir, opts.clone()).await.unwrap();
+    let mut want = Vec::new();
+    for i in 0..40u64 {
+        let r = record(3, i, 50 + (i as usize * 37) % 700);
+        want.push((wal.append(&r).await.unwrap().get(), r));
+    }
+    for k in 0..4u64 {
+        let futs: Vec<_> = (0..8u64)
+            .map(|j| {
+                let wal = wal.clone();
+                let r = record(4 + k, j, 300 + j as usize * 40);
+                tokio::spawn(async move { (wal.append(&r).await.unwrap().get(), r) })
+            })
+            .collect();
+        for f in futs {
+            want.push(f.await.unwrap());
+        }
+    }
+    want.sort();
+    wal.close().await.unwrap();
+    (want, last_used_segment(dir))
+}
+
+async fn torn_tail_at_every_sector(b: Backend, garbage: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = small(b);
+    let (want, seg) = write_tail(dir.path(), &opts).await;
+    let (_, fr) = frames(&seg);
+    let end = fr.last().map(|f| f.offset + f.len).unwrap();
+    let first = end.saturating_sub(8 * 4096).max(4096);
+    let mut cut = first - first % 512;
+    let mut checked = 0;
+    while cut <= end {
+        let copy = tempfile::tempdir().unwrap();
+        copy_log(dir.path(), copy.path());
+        let path = copy.path().join(seg.file_name().unwrap());
+        if garbage {
+            let mut bytes = std::fs::read(&path).unwrap();
+            let mut rng = Rng(cut + 1);
+            let stop = (end as usize + 4096).min(bytes.len());
+            for b in &mut bytes[cut as usize..stop] {
+                *b = rng.next() as u8;
+            }
+            std::fs::write(&path, bytes).unwrap();
+        } else {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_len(cut)
+                .unwrap();
+        }
+        let wal = Wal::open(copy.path(), opts.clone())
+            .await
+            .unwrap_or_else(|e| panic!("cut at {cut}: default mode must open: {e}"));
+        let got = read_all(&wal, Lsn::FIRST);
+        assert!(
+            matches!(wal.recovery_report().stop, StopReason::TornTail { .. }),
+            "cut at {cut}: {:?}",
+            wal.recovery_report().stop
+        );
+        assert_eq!(
+            got[..],
+            want[..got.len()],
+            "cut at {cut}: recovered records must be a prefix"
+        );
+        // Every record wholly before the cut survives.
+        let before = fr
+            .iter()
+            .filter(|f| f.offset + f.len <= cut && f.kind != FrameKind::Padding)
+            .count();
+        assert!(
+            got.len() >= before,
+            "cut at {cut}: lost acknowledged records ({} < {before})",
+            got.len()
+        );
+        wal.append(b"next").await.unwrap();
+        wal.close().await.unwrap();
+        // And a second recovery agrees, with the new record after the prefix.
+        let wal = Wal::open(copy.path(), opts.clone()).await.unwrap();
+        let again = read_all(&wal, Lsn::FIRST);
+        assert_eq!(&again[..got.len()], &got[..]);
+        assert_eq!(
+            again.len(),
+            got.len() + 1,
+            "cut at {cut}: stale records came back"
+        );
+        assert_eq!(again.last().unwrap().1, b"next");
+        wal.close().await.unwrap();
+        cut += 512;
+        checked += 1;
+    }
+    assert!(checked >= 16);
+}
+
+async fn torn_tail_cut_at_every_sector(b: Backend) {
+    torn_tail_at_every_sector(b, false).await;
+}
+
+async fn torn_tail_garbage_at_every_sector(b: Backend) {
+    torn_tail_at_every_sector(b, true).await;
+}
+
+/// A crash can persist later sectors of an in-flight batch but not earlier
+/// ones. Zero one sector at a time (a hole with valid frames after it): the
+/// scan stops at the hole, the frames after it are never replayed, and they
+/// cannot come back after new appends reuse their LSNs.
+async fn torn_tail_hole_at_every_sector(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = small(b);
+    let (want, seg) = write_tail(dir.path(), &opts).await;
+    let (_, fr) = frames(&seg);
+    let end = fr.last().map(|f| f.offset + f.len).unwrap();
+    let mut hole = end.saturating_sub(6 * 4096).max(4096);
+    hole -= hole % 512;
+    let mut checked = 0;
+    while hole < end {
+        let copy = tempfile::tempdir().unwrap();
+        copy_log(dir.path(), copy.path());
+        let path = copy.path().join(seg.file_name().unwrap());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[hole as usize..hole as usize + 512].fill(0);
+        std::fs::write(&path, bytes).unwrap();
+        let wal = Wal::open(copy.path(), opts.clone()).await.unwrap();
+        let got = read_all(&wal, Lsn::FIRST);
+        assert_eq!(got[..], want[..got.len()], "hole at {hole}");
+        // Valid frames after the hole must make recovery cut (and seal) the
+        // tail rather than append over the hole while they wait beyond it.
+        let covered = |f: &&FrameAt| {
+            if f.kind == FrameKind::Padding {
+                24
+            } else {
+                f.len
+            }
+        };
+        let damaged = fr
+            .iter()
+            .any(|f| f.offset < hole + 512 && f.offset + covered(&f) > hole);
+        let after = damaged
+            && fr
+                .iter()
+                .any(|f| f.offset >= hole + 512 && f.kind != FrameKind::Padding);
+        let stop = &wal.recovery_report().stop;
+        assert!(
+            !after || matches!(stop, StopReason::TornTail { .. }),
+            "hole at {hole}: {stop:?}"
+        );
+        let before = fr
+            .iter()
+            .filter(|f| f.offset + f.len <= hole && f.kind != FrameKind::Padding)
+            .count();
+        assert!(
+            got.len() >= before,
+            "hole at {hole}: lost records before it"
+        );
+        for i in 0..3 {
+            wal.append(&record(99, i, 20)).await.unwrap();
+        }
+        wal.close().await.unwrap();
+        let wal = Wal::open(copy.path(), opts.clone()).await.unwrap();
+        let again = read_all(&wal, Lsn::FIRST);
+        assert_eq!(
+            again.len(),
+            got.len() + 3,
+            "hole at {hole}: stale frames were replayed"
+        );
+        assert_eq!(&again[..got.len()], &got[..]);
+        wal.close().await.unwrap();
+        hole += 512;
+        checked += 1;
+    }
+    assert!(checked >= 8);
+}
+
+async fn mid_log_corruption_detected(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = small(b).segment_bytes(1 << 20).batch_bytes_max(16 << 10);
+    let wal = Wal::open(dir.path(), opts.clone()).await.unwrap();
+    let mut want = Vec::new();
+    for i in 0..600u64 {
+        let r = record(5, i, 200);
+        want.push((wal.append(&r).await.unwrap().get(), r));
+    }
+    wal.close().await.unwrap();
+    let segs = segments(dir.path());
+    assert!(segs.len() >= 3);
+    let (_, fr) = frames(&segs[0]);
+    let victim = fr
+        .iter()
+        .find(|f| f.lsn == 20 && f.kind == FrameKind::Record)
+        .copied()
+        .unwrap();
+    let mut bytes = std::fs::read(&segs[0]).unwrap();
+    bytes[victim.offset as usize + 30] ^= 0x40;
+    std::fs::write(&segs[0], bytes).unwrap();
+
+    for mode in [
+        RecoveryMode::TolerateTornTail,
+        RecoveryMode::AbsoluteConsistency,
+    ] {
+        match Wal::open(dir.path(), opts.clone().recovery_mode(mode)).await {
+            Err(Error::Corrupt {
+                segment,
+                offset,
+                lsn,
+                ..
+            }) => {
+                assert_eq!(segment, segs[0]);
+                assert_eq!(offset, victim.offset);
+                assert_eq!(lsn, 20);
+            }
+            other => panic!("{mode:?}: expected Corrupt, got {other:?}"),
+        }
+    }
+    let err = Wal::open(dir.path(), opts.clone())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("00000000000000000001.wal") && err.contains("PointInTime"),
+        "{err}"
+    );
+
+    let wal = Wal::open(
+        dir.path(),
+        opts.clone().recovery_mode(RecoveryMode::PointInTime),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_all(&wal, Lsn::FIRST), want[..19]);
+    assert!(matches!(
+        wal.recovery_report().stop,
+        StopReason::PointInTime { .. }
+    ));
+    assert!(!wal.recovery_report().set_aside.is_empty());
+    assert_eq!(wal.append(b"x").await.unwrap().get(), 20);
+    wal.close().await.unwrap();
+    // After the point-in-time cut the log opens cleanly in the default mode.
+    let wal = Wal::open(dir.path(), opts).await.unwrap();
+    assert_eq!(read_all(&wal, Lsn::FIRST).len(), 20);
+    wal.close().await.unwrap();
+}
+
+async fn second_open_is_locked(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), small(b)).await.unwrap();
+    match Wal::open(dir.path(), small(b)).await {
+        Err(Error::Locked { path }) => assert_eq!(path, dir.path().join("LOCK")),
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    wal.append(b"a").await.unwrap();
+    wal.close().await.unwrap();
+    assert!(matches!(wal.append(b"b").await, Err(Error::Closed)));
+    let wal = Wal::open(dir.path(), small(b)).await.unwrap();
+    assert_eq!(read_all(&wal, Lsn::FIRST).len(), 1);
+    wal.close().await.unwrap();
+}
+
+async fn truncate_before_removes_whole_segments(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = small(b);
+    let wal = Wal::open(dir.path(), opts.clone()).await.unwrap();
+    for i in 0..400u64 {
+        wal.append(&record(6, i, 1000)).await.unwrap();
+    }
+    let before = segments(dir.path()).len();
+    assert!(before >= 4);
+    let cut = Lsn::new(250);
+    let removed = wal.truncate_before(cut).await.unwrap();
+    assert!(removed >= 1);
+    assert_eq!(segments(dir.path()).len(), before - removed as usize);
+    assert!(wal.first_lsn() <= cut && wal.first_lsn() > Lsn::FIRST);
+    let rest = read_all(&wal, cut);
+    assert_eq!(rest.first().unwrap().0, 250);
+    assert_eq!(rest.len(), 151);
+    // Everything from the oldest remaining LSN on is intact and in order.
+    let all = read_all(&wal, Lsn::FIRST);
+    assert_eq!(all.first().unwrap().0, wal.first_lsn().get());
+    assert_eq!(all.last().unwrap().0, 400);
+    // Truncating past the end never removes the segment being written.
+    wal.truncate_before(Lsn::new(10_000)).await.unwrap();
+    assert!(!segments(dir.path()).is_empty());
+    wal.append(b"more").await.unwrap();
+    wal.close().await.unwrap();
+    let wal = Wal::open(dir.path(), opts).await.unwrap();
+    assert_eq!(read_all(&wal, Lsn::FIRST).last().unwrap().0, 401);
+    wal.close().await.unwrap();
+}
+
+async fn bad_input_gets_typed_errors(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), small(b)).await.unwrap();
+    assert!(matches!(
+        wal.append(&vec![0; (8 << 10) + 1]).await,
+        Err(Error::RecordTooLarge {
+            len: 8193,
+            max: 8192
+        })
+    ));
+    assert!(matches!(
+        wal.append_batch(Vec::<Vec<u8>>::new()).await,
+        Err(Error::EmptyBatch)
+    ));
+    let big: Vec<Vec<u8>> = (0..10).map(|_| vec![1; 8 << 10]).collect();
+    assert!(matches!(
+        wal.append_batch(&big).await,
+        Err(Error::BatchTooLarge { .. })
+    ));
+    // An empty record is a record.
+    assert_eq!(wal.append(b"").await.unwrap(), Lsn::FIRST);
+    wal.close().await.unwrap();
+
+    for bad in [
+        Options::default().alignment(1000),
+        Options::default().segment_bytes(4096),
+        Options::default().max_record_bytes(4 << 20),
+        Options::default().max_record_bytes(0),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            Wal::open(d.path(), bad.backend(b)).await,
+            Err(Error::InvalidOption { .. })
+        ));
+    }
+
+    // A foreign file under a segment name is refused, not parsed.
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("00000000000000000001.wal"),
+        b"SQLite format 3\0 and then some more bytes here, 64+ bytes long......",
+    )
+    .unwrap();
+    match Wal::open(d.path(), small(b)).await {
+        Err(e @ Error::ForeignFile { .. }) => {
+            assert!(e.to_string().contains("not an aiowal segment"))
+        }
+        other => panic!("expected ForeignFile, got {other:?}"),
+    }
+    // create(false) on a missing directory fails clearly.
+    let missing = d.path().join("nope");
+    assert!(matches!(
+        Wal::open(&missing, small(b).create(false)).await,
+        Err(Error::Io { .. })
+    ));
+}
+
+async fn reopen_continues_in_place(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = small(b);
+    for round in 0..5u64 {
+        let wal = Wal::open(dir.path(), opts.clone()).await.unwrap();
+        assert_eq!(wal.recovery_report().records, round * 3);
+        for i in 0..3 {
+            wal.append(&record(round, i, 10)).await.unwrap();
+        }
+        wal.close().await.unwrap();
+    }
+    // One segment in use plus at most one prepared ahead: reopening costs no segment.
+    assert!(
+        segments(dir.path()).len() <= 2,
+        "{:?}",
+        segments(dir.path())
+    );
+}
+
+async fn sync_and_stats(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), small(b)).await.unwrap();
+    assert_eq!(wal.sync().await.unwrap(), Lsn::ZERO);
+    let l = wal.append(b"x").await.unwrap();
+    assert_eq!(wal.sync().await.unwrap(), l);
+    assert_eq!(wal.durable_lsn(), l);
+    let s = wal.stats();
+    assert_eq!((s.appends, s.bytes, s.syncs), (1, 1, 1));
+    assert!(s.sync_latency_p50 > std::time::Duration::ZERO);
+    wal.close().await.unwrap();
+}
+
+async fn blocking_handle_from_threads(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let opts = small(b);
+    let all = tokio::task::spawn_blocking(move || {
+        let wal = Arc::new(aiowal::blocking::Wal::open(&path, opts.clone()).unwrap());
+        let handles: Vec<_> = (0..8u64)
+            .map(|t| {
+                let wal = Arc::clone(&wal);
+                std::thread::spawn(move || {
+                    (0..200u64)
+                        .map(|i| wal.append(&record(t, i, 64)).unwrap().get())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut lsns: Vec<u64> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        lsns.sort_unstable();
+        wal.close().unwrap();
+        let wal = aiowal::blocking::Wal::open(&path, opts).unwrap();
+        let n = wal.read_from(Lsn::FIRST).unwrap().count();
+        wal.close().unwrap();
+        (lsns, n)
+    })
+    .await
+    .unwrap();
+    assert_eq!(all.0, (1..=1600).collect::<Vec<_>>());
+    assert_eq!(all.1, 1600);
+}
