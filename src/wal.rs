@@ -272,7 +272,12 @@ fn apply(dir: &Path, opts: &Options, plan: Plan, lock: segment::DirLock) -> Resu
         ..
     } = plan;
     let last = segments.last().cloned();
-    if let (Tail::Continue { offset }, Some(last)) = (tail, &last) {
+    // Continue in the last segment only if it was written with today's
+    // settings: its header's window and alignment drive its recovery.
+    let same_settings = last.as_ref().is_some_and(|l| {
+        l.header.alignment == opts.alignment && l.header.window_bytes >= opts.window_bytes()
+    });
+    if let (Tail::Continue { offset }, Some(last), true) = (tail, &last, same_settings) {
         let file = segment::open_for_write(&last.path)?;
         let place = Place {
             seq: last.seq,

@@ -1,6 +1,7 @@
 //! `aiowal`: benchmark, verify and dump write-ahead logs.
 #![forbid(unsafe_code)]
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -191,7 +192,10 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
             for rec in iter.take(limit.unwrap_or(usize::MAX)) {
                 let rec = rec?;
                 let data = rec.data();
-                let shown: String = data.iter().take(32).map(|b| format!("{b:02x}")).collect();
+                let shown = data.iter().take(32).fold(String::new(), |mut s, b| {
+                    let _ = write!(s, "{b:02x}");
+                    s
+                });
                 let more = if data.len() > 32 { "..." } else { "" };
                 println!(
                     "{} len={} crc32={:08x} {shown}{more}",

@@ -72,6 +72,10 @@ pub const FRAME_HEADER_LEN: usize = FRAME_RESERVED_OFFSET + 7;
 /// Every frame starts at a multiple of this.
 pub const FRAME_ALIGN: usize = 8;
 
+/// Largest LSN a segment may start at: far beyond any real log, and far
+/// enough below `u64::MAX` that LSN arithmetic cannot overflow.
+pub const LSN_MAX: u64 = 1 << 62;
+
 /// Smallest and largest supported block alignment.
 pub const ALIGNMENT_MIN: u32 = 512;
 /// Largest supported block alignment.
@@ -219,7 +223,7 @@ impl SegmentHeader {
         {
             return Err(FormatError::BadField("alignment"));
         }
-        if h.first_lsn == 0 {
+        if h.first_lsn == 0 || h.first_lsn > LSN_MAX {
             return Err(FormatError::BadField("first_lsn"));
         }
         if h.segment_bytes < 2 * u64::from(h.alignment)

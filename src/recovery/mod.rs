@@ -224,7 +224,7 @@ fn scan_frames(data: &[u8], h: &SegmentHeader, start: u64, max_payload: u64) -> 
             | FrameKind::BatchBegin
             | FrameKind::BatchMiddle
             | FrameKind::BatchEnd => {
-                lsn += 1;
+                lsn = lsn.saturating_add(1);
                 pending_records += 1;
                 pending_bytes += frame.payload.len() as u64;
             }
@@ -263,6 +263,9 @@ fn find_valid(
     max: u64,
 ) -> Option<u64> {
     let to = to.min(data.len() as u64);
+    if from >= to {
+        return None;
+    }
     let mut pos = format::align_up(from, step);
     while pos + FRAME_HEADER_LEN as u64 <= to {
         if valid_frame_at(data, h, pos, s.next_lsn, max) {
@@ -316,7 +319,7 @@ fn classify(data: &[u8], h: &SegmentHeader, s: &SegScan, last: bool, max: u64) -
         }
         return Class::Clean;
     }
-    let window_end = s.end_pos + h.window_bytes;
+    let window_end = s.end_pos.saturating_add(h.window_bytes);
     if find_valid(data, h, window_end, seg_end, align, s, max).is_some() {
         return Class::Corrupt {
             offset: s.stop_pos,
