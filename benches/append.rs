@@ -3,10 +3,7 @@
 
 fn main() {
     let mut cfg = aiowal::bench::Config::default();
-    if let Some(secs) = std::env::var("AIOWAL_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-    {
+    if let Some(secs) = std::env::var("AIOWAL_BENCH_SECS").ok().and_then(|s| s.parse::<f64>().ok()) {
         cfg.duration = std::time::Duration::from_secs_f64(secs);
     }
     cfg.dir = std::env::temp_dir();

@@ -74,11 +74,7 @@ impl Measurement {
     }
     /// Records per data sync.
     pub fn per_sync(&self) -> f64 {
-        if self.syncs == 0 {
-            0.0
-        } else {
-            self.appends as f64 / self.syncs as f64
-        }
+        if self.syncs == 0 { 0.0 } else { self.appends as f64 / self.syncs as f64 }
     }
     /// Latency at quantile `q`, in microseconds.
     pub fn us(&self, q: f64) -> f64 {
@@ -106,11 +102,7 @@ fn histogram() -> Histogram<u64> {
 }
 
 fn bench_err(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::io(
-        crate::IoOp::Write,
-        what,
-        std::io::Error::other(e.to_string()),
-    )
+    Error::io(crate::IoOp::Write, what, std::io::Error::other(e.to_string()))
 }
 
 const BASELINE_FILE_BYTES: u64 = 64 << 20;
@@ -136,19 +128,11 @@ pub fn baseline(dir: &Path, size: usize, n: usize, duration: Duration) -> Result
         .map_err(|e| Error::io(crate::IoOp::Open, &path, e))?;
     let zero = vec![0u8; 1 << 20];
     for i in 0..BASELINE_FILE_BYTES / (1 << 20) {
-        file.write_all_at(&zero, i << 20)
-            .map_err(|e| Error::io(crate::IoOp::Write, &path, e))?;
+        file.write_all_at(&zero, i << 20).map_err(|e| Error::io(crate::IoOp::Write, &path, e))?;
     }
-    file.sync_all()
-        .map_err(|e| Error::io(crate::IoOp::Sync, &path, e))?;
+    file.sync_all().map_err(|e| Error::io(crate::IoOp::Sync, &path, e))?;
     let shared = Arc::new((
-        Mutex::new(Staged {
-            buf: Vec::new(),
-            staged_seq: 0,
-            durable_seq: 0,
-            syncs: 0,
-            failed: None,
-        }),
+        Mutex::new(Staged { buf: Vec::new(), staged_seq: 0, durable_seq: 0, syncs: 0, failed: None }),
         Condvar::new(),
         Condvar::new(),
     ));
@@ -170,8 +154,7 @@ pub fn baseline(dir: &Path, size: usize, n: usize, duration: Duration) -> Result
                     let t0 = Instant::now();
                     let (m, work, done) = &*shared;
                     let mut st = m.lock().unwrap_or_else(PoisonError::into_inner);
-                    st.buf
-                        .extend_from_slice(&u32::try_from(size).unwrap_or(u32::MAX).to_le_bytes());
+                    st.buf.extend_from_slice(&u32::try_from(size).unwrap_or(u32::MAX).to_le_bytes());
                     st.buf.extend_from_slice(&rec);
                     st.staged_seq += 1;
                     let mine = st.staged_seq;
@@ -193,18 +176,14 @@ pub fn baseline(dir: &Path, size: usize, n: usize, duration: Duration) -> Result
     let mut total = 0;
     let mut latency_ns = histogram();
     for t in threads {
-        let (c, h) = t
-            .join()
-            .map_err(|_| bench_err("baseline", "appender panicked"))?;
+        let (c, h) = t.join().map_err(|_| bench_err("baseline", "appender panicked"))?;
         total += c;
         let _ = latency_ns.add(h);
     }
     let elapsed = start.elapsed();
     stop.store(true, Ordering::Release);
     shared.1.notify_one();
-    writer
-        .join()
-        .map_err(|_| bench_err("baseline", "writer panicked"))?;
+    writer.join().map_err(|_| bench_err("baseline", "writer panicked"))?;
     let st = shared.0.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(e) = &st.failed {
         return Err(bench_err("baseline", e));
@@ -212,12 +191,7 @@ pub fn baseline(dir: &Path, size: usize, n: usize, duration: Duration) -> Result
     let syncs = st.syncs;
     drop(st);
     let _ = std::fs::remove_file(&path);
-    Ok(Measurement {
-        appends: total,
-        elapsed,
-        syncs,
-        latency_ns,
-    })
+    Ok(Measurement { appends: total, elapsed, syncs, latency_ns })
 }
 
 fn baseline_writer(file: &File, shared: &(Mutex<Staged>, Condvar, Condvar), stop: &AtomicBool) {
@@ -289,8 +263,7 @@ pub fn wal(
                     while Instant::now() < deadline {
                         let t0 = Instant::now();
                         wal.append(&rec).await?;
-                        let _ =
-                            h.record(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                        let _ = h.record(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
                         count += 1;
                     }
                     Ok::<_, Error>((count, h))
@@ -307,15 +280,7 @@ pub fn wal(
         let elapsed = start.elapsed();
         let syncs = wal.stats().syncs;
         wal.close().await?;
-        Ok::<_, Error>((
-            Measurement {
-                appends,
-                elapsed,
-                syncs,
-                latency_ns,
-            },
-            name,
-        ))
+        Ok::<_, Error>((Measurement { appends, elapsed, syncs, latency_ns }, name))
     });
     let _ = std::fs::remove_dir_all(dir.join("wal"));
     r
@@ -333,21 +298,10 @@ pub fn environment(dir: &Path) -> String {
         .unwrap_or_else(|| "unknown cpu".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = nix::sys::utsname::uname()
-        .map(|u| {
-            format!(
-                "{} {}",
-                u.sysname().to_string_lossy(),
-                u.release().to_string_lossy()
-            )
-        })
+        .map(|u| format!("{} {}", u.sysname().to_string_lossy(), u.release().to_string_lossy()))
         .unwrap_or_else(|_| "unknown kernel".into());
-    let host = nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    format!(
-        "machine: {host}, {cores} cores, {cpu}\nfilesystem: {}\nkernel: {kernel}",
-        filesystem(dir)
-    )
+    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    format!("machine: {host}, {cores} cores, {cpu}\nfilesystem: {}\nkernel: {kernel}", filesystem(dir))
 }
 
 /// The mount (device, type) holding `dir`, from /proc/mounts.
@@ -363,17 +317,11 @@ fn filesystem(dir: &Path) -> String {
         if dir.starts_with(mnt) && best.as_ref().is_none_or(|(l, _)| mnt.len() > *l) {
             best = Some((
                 mnt.len(),
-                format!(
-                    "{fstype} on {dev} (mounted at {mnt}), bench dir {}",
-                    dir.display()
-                ),
+                format!("{fstype} on {dev} (mounted at {mnt}), bench dir {}", dir.display()),
             ));
         }
     }
-    best.map_or_else(
-        || format!("unknown, bench dir {}", dir.display()),
-        |(_, s)| s,
-    )
+    best.map_or_else(|| format!("unknown, bench dir {}", dir.display()), |(_, s)| s)
 }
 
 /// Runs every configuration; calls `on_row` as each finishes.
@@ -395,13 +343,7 @@ pub fn run(cfg: &Config, mut on_row: impl FnMut(&Row)) -> Result<Vec<Row>> {
                 let baseline = baseline(tmp.path(), size, n, cfg.duration)?;
                 bar.set_message(format!("{size} B x {n}: aiowal {}", backend.name()));
                 let (wal, name) = wal(tmp.path(), backend, size, n, cfg)?;
-                let row = Row {
-                    size,
-                    concurrency: n,
-                    backend: name,
-                    baseline,
-                    wal,
-                };
+                let row = Row { size, concurrency: n, backend: name, baseline, wal };
                 bar.suspend(|| on_row(&row));
                 rows.push(row);
                 bar.inc(1);
@@ -417,10 +359,9 @@ fn progress_bar(cfg: &Config, total: usize) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(total as u64);
-    let style = indicatif::ProgressStyle::with_template(
-        "{elapsed_precise} [{bar:30}] {pos}/{len} runs  {msg}",
-    )
-    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let style =
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} runs  {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     bar.set_style(style.progress_chars("=> "));
     bar.enable_steady_tick(Duration::from_millis(200));
     bar

@@ -41,10 +41,7 @@ impl Wal {
             .build()
             .map_err(|e| Error::io(IoOp::Spawn, "tokio runtime", e))?;
         let inner = rt.block_on(crate::Wal::open(dir, opts))?;
-        Ok(Wal {
-            rt: Arc::new(rt),
-            inner,
-        })
+        Ok(Wal { rt: Arc::new(rt), inner })
     }
 
     /// Appends one record and blocks until it is durable; see [`crate::Wal::append`].

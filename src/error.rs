@@ -69,9 +69,7 @@ pub enum Error {
         cause: Arc<io::Error>,
     },
     /// Another handle (in this or another process) has the directory open.
-    #[error(
-        "{path} is locked by another open log; close it first (one process owns a log directory)"
-    )]
+    #[error("{path} is locked by another open log; close it first (one process owns a log directory)")]
     Locked {
         /// The lock file.
         path: PathBuf,

@@ -95,9 +95,11 @@ impl Options {
     }
 
     /// Largest single write (default 2 MiB): a group commit seals its batch
-    /// when the next record would not fit. Staging memory is bounded by two of
-    /// these (one batch filling, one in flight), and so is the window of bytes
-    /// that a crash can leave half-written.
+    /// when the next record would not fit. This is the staging memory bound:
+    /// at most one batch fills, two sealed batches wait and one is in flight,
+    /// so staged and in-flight records never take more than four of these;
+    /// appenders beyond that wait. It is also the window of bytes a crash can
+    /// leave half-written, which recovery uses to tell a torn tail from damage.
     pub fn batch_bytes_max(mut self, bytes: u32) -> Self {
         self.batch_bytes_max = bytes;
         self
@@ -145,15 +147,10 @@ impl Options {
     pub(crate) fn validate(&self) -> Result<()> {
         let invalid = |name, reason: String| Err(Error::InvalidOption { name, reason });
         let a = u64::from(self.alignment);
-        if !self.alignment.is_power_of_two()
-            || !(ALIGNMENT_MIN..=ALIGNMENT_MAX).contains(&self.alignment)
-        {
+        if !self.alignment.is_power_of_two() || !(ALIGNMENT_MIN..=ALIGNMENT_MAX).contains(&self.alignment) {
             return invalid(
                 "alignment",
-                format!(
-                    "{} is not a power of two in {ALIGNMENT_MIN}..={ALIGNMENT_MAX}",
-                    self.alignment
-                ),
+                format!("{} is not a power of two in {ALIGNMENT_MIN}..={ALIGNMENT_MAX}", self.alignment),
             );
         }
         if self.max_record_bytes == 0 {
@@ -179,10 +176,7 @@ impl Options {
             );
         }
         if self.segment_bytes > u64::from(u32::MAX) {
-            return invalid(
-                "segment_bytes",
-                format!("{} exceeds 4 GiB - 1", self.segment_bytes),
-            );
+            return invalid("segment_bytes", format!("{} exceeds 4 GiB - 1", self.segment_bytes));
         }
         Ok(())
     }

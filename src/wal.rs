@@ -85,9 +85,7 @@ impl Wal {
         let core = Core::new(dir, opts.clone(), start);
         let sink: Arc<dyn io::Completion> = core.clone();
         core.set_backend(io::start(opts.backend, sink)?);
-        Ok(Wal {
-            handle: Arc::new(Handle { core, report }),
-        })
+        Ok(Wal { handle: Arc::new(Handle { core, report }) })
     }
 
     /// Appends one record and waits until it (and everything before it) is durable.
@@ -105,11 +103,7 @@ impl Wal {
     /// so it may still become durable (and recovered) under its LSN. Its
     /// buffer is owned by the pipeline, never by the future.
     pub async fn append(&self, record: &[u8]) -> Result<Lsn> {
-        self.handle
-            .core
-            .append(&[record], false)
-            .await
-            .map(|r| r.last())
+        self.handle.core.append(&[record], false).await.map(|r| r.last())
     }
 
     /// Appends records atomically: after a crash, recovery yields all or none.
@@ -161,25 +155,15 @@ impl Wal {
         let core = &self.handle.core;
         let until = core.durable_lsn();
         let segs = core.segments();
-        let start = segs
-            .iter()
-            .rposition(|s| s.header.first_lsn <= from.0)
-            .unwrap_or(0);
+        let start = segs.iter().rposition(|s| s.header.first_lsn <= from.0).unwrap_or(0);
         let segs: Vec<SegmentMeta> = segs.into_iter().skip(start).collect();
-        Ok(ReadIter::new(
-            segs,
-            from.0,
-            until,
-            u64::from(core.opts.max_record_bytes),
-        ))
+        Ok(ReadIter::new(segs, from.0, until, u64::from(core.opts.max_record_bytes)))
     }
 
     /// The oldest LSN still in the log, or the next LSN if it holds none.
     pub fn first_lsn(&self) -> Lsn {
         let core = &self.handle.core;
-        core.segments()
-            .first()
-            .map_or(Lsn(core.next_lsn()), |s| Lsn(s.header.first_lsn))
+        core.segments().first().map_or(Lsn(core.next_lsn()), |s| Lsn(s.header.first_lsn))
     }
 
     /// The highest durable LSN.
@@ -264,13 +248,7 @@ fn empty_report() -> RecoveryReport {
 
 /// Writes what the plan needs (a seal) and sets up where appends go next.
 fn apply(dir: &Path, opts: &Options, plan: Plan, lock: segment::DirLock) -> Result<Start> {
-    let Plan {
-        segments,
-        unused,
-        next_lsn,
-        tail,
-        ..
-    } = plan;
+    let Plan { segments, unused, next_lsn, tail, .. } = plan;
     let last = segments.last().cloned();
     // Continue in the last segment only if it was written with today's
     // settings: its header's window and alignment drive its recovery.
@@ -279,46 +257,19 @@ fn apply(dir: &Path, opts: &Options, plan: Plan, lock: segment::DirLock) -> Resu
     });
     if let (Tail::Continue { offset }, Some(last), true) = (tail, &last, same_settings) {
         let file = segment::open_for_write(&last.path)?;
-        let place = Place {
-            seq: last.seq,
-            salt: last.header.salt,
-            offset,
-            seg_end: last.header.segment_bytes,
-        };
-        let active = Active {
-            seq: last.seq,
-            file: Arc::new(file),
-            path: Arc::new(last.path.clone()),
-        };
+        let place =
+            Place { seq: last.seq, salt: last.header.salt, offset, seg_end: last.header.segment_bytes };
+        let active = Active { seq: last.seq, file: Arc::new(file) };
         let next = reuse_or_prepare(dir, opts, unused, last.seq + 1, false)?;
-        return Ok(Start {
-            next_lsn,
-            place,
-            active: Some(active),
-            next,
-            segments,
-            lock,
-        });
+        return Ok(Start { next_lsn, place, active: Some(active), next, segments, lock });
     }
     if let (Tail::Seal { offset }, Some(last)) = (tail, &last) {
         seal(last, offset, next_lsn)?;
     }
     let seq = last.map_or_else(|| unused.first().map_or(1, |u| u.0), |l| l.seq + 1);
     let next = reuse_or_prepare(dir, opts, unused, seq, true)?;
-    let place = Place {
-        seq,
-        salt: 0,
-        offset: 0,
-        seg_end: opts.segment_bytes,
-    };
-    Ok(Start {
-        next_lsn,
-        place,
-        active: None,
-        next,
-        segments,
-        lock,
-    })
+    let place = Place { seq, salt: 0, offset: 0, seg_end: opts.segment_bytes };
+    Ok(Start { next_lsn, place, active: None, next, segments, lock })
 }
 
 /// Reuses a never-written trailing segment as segment `seq` if it fits the
@@ -346,16 +297,9 @@ fn reuse_or_prepare(
         return Ok(Next::Ready(seq, segment::open_for_write(&path)?));
     }
     if now {
-        return Ok(Next::Ready(
-            seq,
-            segment::prepare(dir, seq, opts.segment_bytes)?,
-        ));
+        return Ok(Next::Ready(seq, segment::prepare(dir, seq, opts.segment_bytes)?));
     }
-    Ok(Next::Preparing(segment::Preparing::start(
-        dir.to_path_buf(),
-        seq,
-        opts.segment_bytes,
-    )?))
+    Ok(Next::Preparing(segment::Preparing::start(dir.to_path_buf(), seq, opts.segment_bytes)?))
 }
 
 /// Cuts a segment at `offset`: a padding frame from there to the segment's
@@ -372,22 +316,14 @@ fn seal(seg: &SegmentMeta, offset: u64, next_lsn: u64) -> Result<()> {
     let file = segment::open_for_write(&seg.path)?;
     let mut buf = vec![0u8; h.alignment as usize];
     if prefix > 0 {
-        file.read_exact_at(&mut buf[..prefix], block)
-            .map_err(|e| Error::io(IoOp::Read, &seg.path, e))?;
+        file.read_exact_at(&mut buf[..prefix], block).map_err(|e| Error::io(IoOp::Read, &seg.path, e))?;
     }
     let hdr = format::padding_header(h.salt, next_lsn, h.segment_bytes - offset).map_err(|e| {
-        Error::Corrupt {
-            segment: seg.path.clone(),
-            offset,
-            lsn: next_lsn,
-            kind: CorruptKind::Frame(e),
-        }
+        Error::Corrupt { segment: seg.path.clone(), offset, lsn: next_lsn, kind: CorruptKind::Frame(e) }
     })?;
     buf[prefix..prefix + FRAME_HEADER_LEN].copy_from_slice(&hdr);
-    file.write_all_at(&buf, block)
-        .map_err(|e| Error::io(IoOp::Write, &seg.path, e))?;
-    file.sync_data()
-        .map_err(|e| Error::io(IoOp::Sync, &seg.path, e))
+    file.write_all_at(&buf, block).map_err(|e| Error::io(IoOp::Write, &seg.path, e))?;
+    file.sync_data().map_err(|e| Error::io(IoOp::Sync, &seg.path, e))
 }
 
 /// Scans the log in `dir` without writing anything and without taking the
@@ -415,18 +351,10 @@ pub fn verify(dir: impl AsRef<Path>, opts: &Options) -> Result<RecoveryReport> {
 ///
 /// # Errors
 /// As [`verify`].
-pub fn dump(
-    dir: impl AsRef<Path>,
-    opts: &Options,
-    from: Lsn,
-) -> Result<(RecoveryReport, ReadIter)> {
+pub fn dump(dir: impl AsRef<Path>, opts: &Options, from: Lsn) -> Result<(RecoveryReport, ReadIter)> {
     let max = u64::from(opts.max_record_bytes);
     let plan = recovery::plan(dir.as_ref(), opts.recovery_mode, max)?;
-    let start = plan
-        .segments
-        .iter()
-        .rposition(|s| s.header.first_lsn <= from.0)
-        .unwrap_or(0);
+    let start = plan.segments.iter().rposition(|s| s.header.first_lsn <= from.0).unwrap_or(0);
     let segs: Vec<SegmentMeta> = plan.segments.into_iter().skip(start).collect();
     let until = plan.next_lsn - 1;
     Ok((plan.report, ReadIter::new(segs, from.0, until, max)))

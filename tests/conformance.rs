@@ -47,10 +47,7 @@ async fn append_reopen_across_rotations(b: Backend) {
             want.push((lsn.get(), r));
         }
     }
-    assert!(
-        segments(dir.path()).len() >= 5,
-        "expected several rotations"
-    );
+    assert!(segments(dir.path()).len() >= 5, "expected several rotations");
     assert_eq!(read_all(&wal, Lsn::FIRST), want);
     wal.close().await.unwrap();
 
@@ -100,10 +97,7 @@ async fn concurrent_appends_dense_and_replayed(b: Backend) {
     assert_eq!(*all.keys().last().unwrap(), 64_000, "LSNs must be dense");
     let stats = wal.stats();
     assert_eq!(stats.appends, 64_000);
-    assert!(
-        stats.records_per_sync > 1.0,
-        "group commit should batch: {stats:?}"
-    );
+    assert!(stats.records_per_sync > 1.0, "group commit should batch: {stats:?}");
     wal.close().await.unwrap();
 
     let wal = Wal::open(dir.path(), opts).await.unwrap();
@@ -135,10 +129,8 @@ async fn atomic_batch_all_or_nothing(b: Backend) {
 
     let seg = last_used_segment(dir.path());
     let (_, fr) = frames(&seg);
-    let in_batch: Vec<_> = fr
-        .iter()
-        .filter(|f| range.contains(Lsn::new(f.lsn)) && f.kind != FrameKind::Padding)
-        .collect();
+    let in_batch: Vec<_> =
+        fr.iter().filter(|f| range.contains(Lsn::new(f.lsn)) && f.kind != FrameKind::Padding).collect();
     assert_eq!(in_batch.len(), 6);
     assert_eq!(in_batch[0].kind, FrameKind::BatchBegin);
     assert_eq!(in_batch[5].kind, FrameKind::BatchEnd);
@@ -149,10 +141,8 @@ async fn atomic_batch_all_or_nothing(b: Backend) {
     while cut < end {
         let copy = tempfile::tempdir().unwrap();
         copy_log(dir.path(), copy.path());
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(copy.path().join(seg.file_name().unwrap()))
-            .unwrap();
+        let f =
+            std::fs::OpenOptions::new().write(true).open(copy.path().join(seg.file_name().unwrap())).unwrap();
         f.set_len(cut).unwrap();
         drop(f);
         let wal = Wal::open(copy.path(), opts.clone()).await.unwrap();
@@ -177,10 +167,7 @@ async fn atomic_batch_all_or_nothing(b: Backend) {
 
 /// Writes a log whose last segment ends with several multi-record batches;
 /// returns the records and the last segment's path.
-async fn write_tail(
-    dir: &std::path::Path,
-    opts: &Options,
-) -> (Vec<(u64, Vec<u8>)>, std::path::PathBuf) {
+async fn write_tail(dir: &std::path::Path, opts: &Options) -> (Vec<(u64, Vec<u8>)>, std::path::PathBuf) {
     let wal = Wal::open(dir, opts.clone()).await.unwrap();
     let mut want = Vec::new();
     for i in 0..40u64 {
@@ -226,12 +213,7 @@ async fn torn_tail_at_every_sector(b: Backend, garbage: bool) {
             }
             std::fs::write(&path, bytes).unwrap();
         } else {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .unwrap()
-                .set_len(cut)
-                .unwrap();
+            std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(cut).unwrap();
         }
         let wal = Wal::open(copy.path(), opts.clone())
             .await
@@ -242,32 +224,17 @@ async fn torn_tail_at_every_sector(b: Backend, garbage: bool) {
             "cut at {cut}: {:?}",
             wal.recovery_report().stop
         );
-        assert_eq!(
-            got[..],
-            want[..got.len()],
-            "cut at {cut}: recovered records must be a prefix"
-        );
+        assert_eq!(got[..], want[..got.len()], "cut at {cut}: recovered records must be a prefix");
         // Every record wholly before the cut survives.
-        let before = fr
-            .iter()
-            .filter(|f| f.offset + f.len <= cut && f.kind != FrameKind::Padding)
-            .count();
-        assert!(
-            got.len() >= before,
-            "cut at {cut}: lost acknowledged records ({} < {before})",
-            got.len()
-        );
+        let before = fr.iter().filter(|f| f.offset + f.len <= cut && f.kind != FrameKind::Padding).count();
+        assert!(got.len() >= before, "cut at {cut}: lost acknowledged records ({} < {before})", got.len());
         wal.append(b"next").await.unwrap();
         wal.close().await.unwrap();
         // And a second recovery agrees, with the new record after the prefix.
         let wal = Wal::open(copy.path(), opts.clone()).await.unwrap();
         let again = read_all(&wal, Lsn::FIRST);
         assert_eq!(&again[..got.len()], &got[..]);
-        assert_eq!(
-            again.len(),
-            got.len() + 1,
-            "cut at {cut}: stale records came back"
-        );
+        assert_eq!(again.len(), got.len() + 1, "cut at {cut}: stale records came back");
         assert_eq!(again.last().unwrap().1, b"next");
         wal.close().await.unwrap();
         cut += 512;
@@ -310,43 +277,21 @@ async fn torn_tail_hole_at_every_sector(b: Backend) {
         // Valid frames after the hole must make recovery cut (and seal) the
         // tail rather than append over the hole while they wait beyond it.
         let covered = |f: &&FrameAt| {
-            if f.kind == FrameKind::Padding {
-                24
-            } else {
-                f.len
-            }
+            if f.kind == FrameKind::Padding { 24 } else { f.len }
         };
-        let damaged = fr
-            .iter()
-            .any(|f| f.offset < hole + 512 && f.offset + covered(&f) > hole);
-        let after = damaged
-            && fr
-                .iter()
-                .any(|f| f.offset >= hole + 512 && f.kind != FrameKind::Padding);
+        let damaged = fr.iter().any(|f| f.offset < hole + 512 && f.offset + covered(&f) > hole);
+        let after = damaged && fr.iter().any(|f| f.offset >= hole + 512 && f.kind != FrameKind::Padding);
         let stop = &wal.recovery_report().stop;
-        assert!(
-            !after || matches!(stop, StopReason::TornTail { .. }),
-            "hole at {hole}: {stop:?}"
-        );
-        let before = fr
-            .iter()
-            .filter(|f| f.offset + f.len <= hole && f.kind != FrameKind::Padding)
-            .count();
-        assert!(
-            got.len() >= before,
-            "hole at {hole}: lost records before it"
-        );
+        assert!(!after || matches!(stop, StopReason::TornTail { .. }), "hole at {hole}: {stop:?}");
+        let before = fr.iter().filter(|f| f.offset + f.len <= hole && f.kind != FrameKind::Padding).count();
+        assert!(got.len() >= before, "hole at {hole}: lost records before it");
         for i in 0..3 {
             wal.append(&record(99, i, 20)).await.unwrap();
         }
         wal.close().await.unwrap();
         let wal = Wal::open(copy.path(), opts.clone()).await.unwrap();
         let again = read_all(&wal, Lsn::FIRST);
-        assert_eq!(
-            again.len(),
-            got.len() + 3,
-            "hole at {hole}: stale frames were replayed"
-        );
+        assert_eq!(again.len(), got.len() + 3, "hole at {hole}: stale frames were replayed");
         assert_eq!(&again[..got.len()], &got[..]);
         wal.close().await.unwrap();
         hole += 512;
@@ -368,26 +313,14 @@ async fn mid_log_corruption_detected(b: Backend) {
     let segs = segments(dir.path());
     assert!(segs.len() >= 3);
     let (_, fr) = frames(&segs[0]);
-    let victim = fr
-        .iter()
-        .find(|f| f.lsn == 20 && f.kind == FrameKind::Record)
-        .copied()
-        .unwrap();
+    let victim = fr.iter().find(|f| f.lsn == 20 && f.kind == FrameKind::Record).copied().unwrap();
     let mut bytes = std::fs::read(&segs[0]).unwrap();
     bytes[victim.offset as usize + 30] ^= 0x40;
     std::fs::write(&segs[0], bytes).unwrap();
 
-    for mode in [
-        RecoveryMode::TolerateTornTail,
-        RecoveryMode::AbsoluteConsistency,
-    ] {
+    for mode in [RecoveryMode::TolerateTornTail, RecoveryMode::AbsoluteConsistency] {
         match Wal::open(dir.path(), opts.clone().recovery_mode(mode)).await {
-            Err(Error::Corrupt {
-                segment,
-                offset,
-                lsn,
-                ..
-            }) => {
+            Err(Error::Corrupt { segment, offset, lsn, .. }) => {
                 assert_eq!(segment, segs[0]);
                 assert_eq!(offset, victim.offset);
                 assert_eq!(lsn, 20);
@@ -395,26 +328,12 @@ async fn mid_log_corruption_detected(b: Backend) {
             other => panic!("{mode:?}: expected Corrupt, got {other:?}"),
         }
     }
-    let err = Wal::open(dir.path(), opts.clone())
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("00000000000000000001.wal") && err.contains("PointInTime"),
-        "{err}"
-    );
+    let err = Wal::open(dir.path(), opts.clone()).await.unwrap_err().to_string();
+    assert!(err.contains("00000000000000000001.wal") && err.contains("PointInTime"), "{err}");
 
-    let wal = Wal::open(
-        dir.path(),
-        opts.clone().recovery_mode(RecoveryMode::PointInTime),
-    )
-    .await
-    .unwrap();
+    let wal = Wal::open(dir.path(), opts.clone().recovery_mode(RecoveryMode::PointInTime)).await.unwrap();
     assert_eq!(read_all(&wal, Lsn::FIRST), want[..19]);
-    assert!(matches!(
-        wal.recovery_report().stop,
-        StopReason::PointInTime { .. }
-    ));
+    assert!(matches!(wal.recovery_report().stop, StopReason::PointInTime { .. }));
     assert!(!wal.recovery_report().set_aside.is_empty());
     assert_eq!(wal.append(b"x").await.unwrap().get(), 20);
     wal.close().await.unwrap();
@@ -475,20 +394,11 @@ async fn bad_input_gets_typed_errors(b: Backend) {
     let wal = Wal::open(dir.path(), small(b)).await.unwrap();
     assert!(matches!(
         wal.append(&vec![0; (8 << 10) + 1]).await,
-        Err(Error::RecordTooLarge {
-            len: 8193,
-            max: 8192
-        })
+        Err(Error::RecordTooLarge { len: 8193, max: 8192 })
     ));
-    assert!(matches!(
-        wal.append_batch(Vec::<Vec<u8>>::new()).await,
-        Err(Error::EmptyBatch)
-    ));
+    assert!(matches!(wal.append_batch(Vec::<Vec<u8>>::new()).await, Err(Error::EmptyBatch)));
     let big: Vec<Vec<u8>> = (0..10).map(|_| vec![1; 8 << 10]).collect();
-    assert!(matches!(
-        wal.append_batch(&big).await,
-        Err(Error::BatchTooLarge { .. })
-    ));
+    assert!(matches!(wal.append_batch(&big).await, Err(Error::BatchTooLarge { .. })));
     // An empty record is a record.
     assert_eq!(wal.append(b"").await.unwrap(), Lsn::FIRST);
     wal.close().await.unwrap();
@@ -500,10 +410,7 @@ async fn bad_input_gets_typed_errors(b: Backend) {
         Options::default().max_record_bytes(0),
     ] {
         let d = tempfile::tempdir().unwrap();
-        assert!(matches!(
-            Wal::open(d.path(), bad.backend(b)).await,
-            Err(Error::InvalidOption { .. })
-        ));
+        assert!(matches!(Wal::open(d.path(), bad.backend(b)).await, Err(Error::InvalidOption { .. })));
     }
 
     // A foreign file under a segment name is refused, not parsed.
@@ -521,10 +428,7 @@ async fn bad_input_gets_typed_errors(b: Backend) {
     }
     // create(false) on a missing directory fails clearly.
     let missing = d.path().join("nope");
-    assert!(matches!(
-        Wal::open(&missing, small(b).create(false)).await,
-        Err(Error::Io { .. })
-    ));
+    assert!(matches!(Wal::open(&missing, small(b).create(false)).await, Err(Error::Io { .. })));
 }
 
 async fn reopen_continues_in_place(b: Backend) {
@@ -539,11 +443,7 @@ async fn reopen_continues_in_place(b: Backend) {
         wal.close().await.unwrap();
     }
     // One segment in use plus at most one prepared ahead: reopening costs no segment.
-    assert!(
-        segments(dir.path()).len() <= 2,
-        "{:?}",
-        segments(dir.path())
-    );
+    assert!(segments(dir.path()).len() <= 2, "{:?}", segments(dir.path()));
 }
 
 async fn sync_and_stats(b: Backend) {
@@ -569,16 +469,11 @@ async fn blocking_handle_from_threads(b: Backend) {
             .map(|t| {
                 let wal = Arc::clone(&wal);
                 std::thread::spawn(move || {
-                    (0..200u64)
-                        .map(|i| wal.append(&record(t, i, 64)).unwrap().get())
-                        .collect::<Vec<_>>()
+                    (0..200u64).map(|i| wal.append(&record(t, i, 64)).unwrap().get()).collect::<Vec<_>>()
                 })
             })
             .collect();
-        let mut lsns: Vec<u64> = handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect();
+        let mut lsns: Vec<u64> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
         lsns.sort_unstable();
         wal.close().unwrap();
         let wal = aiowal::blocking::Wal::open(&path, opts).unwrap();

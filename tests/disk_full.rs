@@ -27,10 +27,7 @@ impl Tmpfs {
             .arg(dir.path())
             .status()
             .expect("run mount");
-        assert!(
-            st.success(),
-            "mounting a tmpfs failed (needs root); set AIOWAL_SKIP_MOUNT_TESTS=1 to skip"
-        );
+        assert!(st.success(), "mounting a tmpfs failed (needs root); set AIOWAL_SKIP_MOUNT_TESTS=1 to skip");
         Some(Tmpfs { dir })
     }
     fn path(&self) -> &Path {
@@ -62,11 +59,7 @@ async fn full_disk_poisons_and_recovers(b: Backend) {
         }
         assert!(acked.len() < 10_000, "the disk never filled up");
     };
-    assert!(
-        acked.len() > 100,
-        "only {} appends before the disk filled",
-        acked.len()
-    );
+    assert!(acked.len() > 100, "only {} appends before the disk filled", acked.len());
     match &err {
         Error::Poisoned { cause, .. } => {
             assert_eq!(cause.raw_os_error(), Some(libc_enospc()), "{err}");
@@ -75,18 +68,9 @@ async fn full_disk_poisons_and_recovers(b: Backend) {
         other => panic!("expected Poisoned by ENOSPC, got {other:?}"),
     }
     // Poisoned: every later call fails the same way, nothing is retried.
-    assert!(matches!(
-        wal.append(b"x").await,
-        Err(Error::Poisoned { .. })
-    ));
+    assert!(matches!(wal.append(b"x").await, Err(Error::Poisoned { .. })));
     assert!(matches!(wal.sync().await, Err(Error::Poisoned { .. })));
-    assert!(matches!(
-        wal.close().await,
-        Err(Error::Poisoned {
-            op: IoOp::Write,
-            ..
-        }) | Ok(())
-    ));
+    assert!(matches!(wal.close().await, Err(Error::Poisoned { op: IoOp::Write, .. }) | Ok(())));
 
     // Free space, reopen: every acknowledged record is there, appends work again.
     std::fs::remove_file(&filler).unwrap();

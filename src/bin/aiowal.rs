@@ -96,15 +96,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
     match cli.cmd {
-        Cmd::Bench {
-            duration_secs,
-            concurrency,
-            sizes,
-            backend,
-            dir,
-            segment_mib,
-            quiet,
-        } => {
+        Cmd::Bench { duration_secs, concurrency, sizes, backend, dir, segment_mib, quiet } => {
             if !duration_secs.is_finite() || duration_secs <= 0.0 {
                 eprintln!("aiowal: --duration-secs must be a positive number of seconds");
                 return Ok(ExitCode::from(2));
@@ -123,26 +115,18 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
                 progress: !quiet,
             };
             println!("{}", bench::environment(&cfg.dir));
-            println!(
-                "each run {duration_secs} s; ratios are aiowal / baseline from the same run\n"
-            );
+            println!("each run {duration_secs} s; ratios are aiowal / baseline from the same run\n");
             println!("{}", bench::header());
             bench::run(&cfg, |row| println!("{}", bench::format_row(row)))?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Verify {
-            dir,
-            mode,
-            max_record_bytes,
-        } => {
+        Cmd::Verify { dir, mode, max_record_bytes } => {
             let mode = match mode {
                 ModeArg::TolerateTornTail => RecoveryMode::TolerateTornTail,
                 ModeArg::AbsoluteConsistency => RecoveryMode::AbsoluteConsistency,
                 ModeArg::PointInTime => RecoveryMode::PointInTime,
             };
-            let opts = Options::default()
-                .recovery_mode(mode)
-                .max_record_bytes(max_record_bytes);
+            let opts = Options::default().recovery_mode(mode).max_record_bytes(max_record_bytes);
             let r = aiowal::verify(&dir, &opts)?;
             println!(
                 "{}: {} segments, {} records, {} bytes, LSN {}..={}",
@@ -156,37 +140,18 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
             match &r.stop {
                 StopReason::Empty => println!("empty log"),
                 StopReason::Clean => println!("clean"),
-                StopReason::TornTail {
-                    segment,
-                    offset,
-                    cause,
-                } => {
-                    println!(
-                        "torn tail at {}:{offset} ({cause}); open will cut it",
-                        segment.display()
-                    );
+                StopReason::TornTail { segment, offset, cause } => {
+                    println!("torn tail at {}:{offset} ({cause}); open will cut it", segment.display());
                 }
-                StopReason::PointInTime {
-                    segment,
-                    offset,
-                    kind,
-                } => {
-                    println!(
-                        "damaged at {}:{offset} ({kind}); records after it are lost",
-                        segment.display()
-                    );
+                StopReason::PointInTime { segment, offset, kind } => {
+                    println!("damaged at {}:{offset} ({kind}); records after it are lost", segment.display());
                     return Ok(ExitCode::FAILURE);
                 }
                 other => println!("{other:?}"),
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Dump {
-            dir,
-            from,
-            limit,
-            max_record_bytes,
-        } => {
+        Cmd::Dump { dir, from, limit, max_record_bytes } => {
             let opts = Options::default().max_record_bytes(max_record_bytes);
             let (_, iter) = aiowal::dump(&dir, &opts, Lsn::new(from))?;
             for rec in iter.take(limit.unwrap_or(usize::MAX)) {

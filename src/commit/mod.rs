@@ -29,7 +29,7 @@ pub use stats::Stats;
 
 use crate::error::{Error, IoOp, Result};
 use crate::format::{self, FrameKind, SegmentHeader};
-use crate::io::{BatchMeta, Completion, IoBackend, IoBatch, IoFailure, WriteBuf};
+use crate::io::{BatchMeta, Completion, FileTarget, Inline, IoBackend, IoBatch, IoFailure, WriteBuf};
 use crate::lsn::{Lsn, LsnRange};
 use crate::options::Options;
 use crate::recovery::SegmentMeta;
@@ -66,7 +66,6 @@ pub(crate) struct Place {
 pub(crate) struct Active {
     pub seq: u64,
     pub file: Arc<File>,
-    pub path: Arc<PathBuf>,
 }
 
 /// A batch being filled or waiting for the backend.
@@ -161,10 +160,7 @@ enum Staged {
 
 impl Core {
     pub(crate) fn new(dir: PathBuf, opts: Options, start: Start) -> Arc<Core> {
-        let durable = Durable {
-            lsn: start.next_lsn - 1,
-            poison: None,
-        };
+        let durable = Durable { lsn: start.next_lsn - 1, poison: None };
         Arc::new(Core {
             dir,
             opts,
@@ -203,14 +199,21 @@ impl Core {
         }
     }
 
+    /// Runs a batch taken by an appender: inline if the backend can (the
+    /// backend was idle, so nothing else is in flight), else submitted.
+    fn dispatch(&self, batch: Option<IoBatch>) {
+        let (Some(batch), Some(b)) = (batch, self.backend.get()) else { return };
+        match b.run_inline(batch) {
+            Inline::Done(batch, result) => self.complete(batch, result),
+            Inline::Declined(batch) => b.submit(batch),
+        }
+    }
+
     /// Appends `records` (one record, or an atomic batch) and waits until durable.
     pub(crate) async fn append(&self, records: &[&[u8]], atomic: bool) -> Result<LsnRange> {
         let max = self.opts.max_record_bytes;
         if let Some(r) = records.iter().find(|r| r.len() > max as usize) {
-            return Err(Error::RecordTooLarge {
-                len: r.len() as u64,
-                max: u64::from(max),
-            });
+            return Err(Error::RecordTooLarge { len: r.len() as u64, max: u64::from(max) });
         }
         let range = loop {
             let notified = self.space.notified();
@@ -218,7 +221,7 @@ impl Core {
             notified.as_mut().enable();
             match self.stage(records, atomic)? {
                 Staged::Done(range, kick) => {
-                    self.submit(kick);
+                    self.dispatch(kick);
                     break range;
                 }
                 Staged::Full => notified.await,
@@ -230,10 +233,7 @@ impl Core {
 
     fn check_open(st: &State) -> Result<()> {
         if let Some(p) = &st.poison {
-            return Err(Error::Poisoned {
-                op: p.op,
-                cause: Arc::clone(&p.cause),
-            });
+            return Err(Error::Poisoned { op: p.op, cause: Arc::clone(&p.cause) });
         }
         if st.closing {
             return Err(Error::Closed);
@@ -244,29 +244,17 @@ impl Core {
     /// Encodes the records into the open batch; returns a batch to submit if
     /// the backend was idle.
     fn stage(&self, records: &[&[u8]], atomic: bool) -> Result<Staged> {
-        let encoded: u64 = records
-            .iter()
-            .map(|r| format::frame_len(r.len()) as u64)
-            .sum();
+        let encoded: u64 = records.iter().map(|r| format::frame_len(r.len()) as u64).sum();
         let align = u64::from(self.opts.alignment);
         let batch_max = u64::from(self.opts.batch_bytes_max);
         if atomic && align + encoded + format::padding_for(encoded, align) > batch_max {
-            return Err(Error::BatchTooLarge {
-                bytes: encoded,
-                max: batch_max,
-            });
+            return Err(Error::BatchTooLarge { bytes: encoded, max: batch_max });
         }
         let mut st = lock(&self.state);
         Self::check_open(&st)?;
         if let Some(open) = &st.open {
-            if !fits(
-                open.place.offset,
-                open.buf.len() as u64,
-                encoded,
-                align,
-                batch_max,
-                open.place.seg_end,
-            ) {
+            if !fits(open.place.offset, open.buf.len() as u64, encoded, align, batch_max, open.place.seg_end)
+            {
                 self.seal_open(&mut st);
             }
         }
@@ -290,10 +278,7 @@ impl Core {
             };
             let lsn = first + i as u64;
             format::encode_frame(&mut open.buf, open.place.salt, lsn, kind, r).map_err(|_| {
-                Error::RecordTooLarge {
-                    len: r.len() as u64,
-                    max: u64::from(self.opts.max_record_bytes),
-                }
+                Error::RecordTooLarge { len: r.len() as u64, max: u64::from(self.opts.max_record_bytes) }
             })?;
         }
         open.end_lsn = first + n;
@@ -301,13 +286,7 @@ impl Core {
         st.stats.appends += n;
         st.stats.bytes += records.iter().map(|r| r.len() as u64).sum::<u64>();
         let kick = self.take_next(&mut st);
-        Ok(Staged::Done(
-            LsnRange {
-                first: Lsn(first),
-                last: Lsn(first + n - 1),
-            },
-            kick,
-        ))
+        Ok(Staged::Done(LsnRange { first: Lsn(first), last: Lsn(first + n - 1) }, kick))
     }
 
     /// Starts a new open batch at the placement cursor, moving it to a new
@@ -321,12 +300,7 @@ impl Core {
         let mut header = None;
         if p.offset == 0 || !fits(p.offset, 0, encoded, align, batch_max, p.seg_end) {
             let seq = if p.offset == 0 { p.seq } else { p.seq + 1 };
-            st.place = Place {
-                seq,
-                salt: random_salt(),
-                offset: 0,
-                seg_end: self.opts.segment_bytes,
-            };
+            st.place = Place { seq, salt: random_salt(), offset: 0, seg_end: self.opts.segment_bytes };
             let h = SegmentHeader {
                 alignment: self.opts.alignment,
                 sequence: seq,
@@ -339,13 +313,7 @@ impl Core {
             buf.resize(self.opts.alignment as usize, 0);
             header = Some(h);
         }
-        st.open = Some(Batch {
-            place: st.place,
-            buf,
-            first_lsn: st.next_lsn,
-            end_lsn: st.next_lsn,
-            header,
-        });
+        st.open = Some(Batch { place: st.place, buf, first_lsn: st.next_lsn, end_lsn: st.next_lsn, header });
     }
 
     /// Pads the open batch to the alignment and queues it.
@@ -373,74 +341,48 @@ impl Core {
             self.seal_open(st);
         }
         let batch = st.sealed.pop_front()?;
-        match self.activate(st, &batch) {
-            Ok(active) => {
-                st.in_flight = true;
-                let meta = BatchMeta {
-                    first_lsn: batch.first_lsn,
-                    last_lsn: batch.end_lsn - 1,
-                    bytes: batch.buf.len() as u64,
-                    submitted: Instant::now(),
-                };
-                let writes = vec![WriteBuf {
-                    offset: batch.place.offset,
-                    buf: batch.buf,
-                }];
-                Some(IoBatch {
-                    file: Arc::clone(&active.0),
-                    path: active.1,
-                    writes,
-                    meta,
-                })
-            }
-            Err(p) => {
-                self.poison(st, p);
-                None
-            }
+        st.in_flight = true;
+        let meta = BatchMeta {
+            first_lsn: batch.first_lsn,
+            last_lsn: batch.end_lsn - 1,
+            bytes: batch.buf.len() as u64,
+            submitted: Instant::now(),
+            seq: batch.place.seq,
+            header: batch.header,
+        };
+        let file = self.target(st, batch.place.seq);
+        let writes = vec![WriteBuf { offset: batch.place.offset, buf: batch.buf }];
+        Some(IoBatch { file, writes, meta })
+    }
+
+    /// The file for segment `seq`: the active one, or a new one that the
+    /// backend waits for outside this lock (it may still be zero-filling).
+    fn target(&self, st: &mut State, seq: u64) -> FileTarget {
+        if let Some(a) = st.active.as_ref().filter(|a| a.seq == seq) {
+            return FileTarget::Open(Arc::clone(&a.file));
+        }
+        let (dir, bytes) = (self.dir.clone(), self.opts.segment_bytes);
+        match std::mem::replace(&mut st.next, Next::None) {
+            Next::Ready(s, f) if s == seq => FileTarget::Open(Arc::new(f)),
+            Next::Preparing(p) if p.seq() == seq => FileTarget::new(move || p.wait()),
+            _ => FileTarget::new(move || segment::prepare(&dir, seq, bytes)),
         }
     }
 
-    /// Makes the batch's segment the active one (rotating if needed).
-    fn activate(
-        &self,
-        st: &mut State,
-        batch: &Batch,
-    ) -> std::result::Result<(Arc<File>, Arc<PathBuf>), Poison> {
-        if let Some(a) = &st.active {
-            if a.seq == batch.place.seq {
-                return Ok((Arc::clone(&a.file), Arc::clone(&a.path)));
-            }
+    /// After the first batch of a segment is durable: make it the active
+    /// segment, show it to readers, and prepare the one after it.
+    fn rotated(&self, st: &mut State, meta: &BatchMeta, file: Arc<File>) {
+        let seq = meta.seq;
+        let path = segment::segment_path(&self.dir, seq);
+        if let Some(h) = meta.header {
+            lock(&self.segments).push(SegmentMeta { seq, path: path.clone(), header: h });
         }
-        let seq = batch.place.seq;
-        let file = match std::mem::replace(&mut st.next, Next::None) {
-            Next::Ready(s, f) if s == seq => Ok(f),
-            Next::Preparing(p) if p.seq() == seq => p.wait(),
-            _ => segment::prepare(&self.dir, seq, self.opts.segment_bytes),
+        st.active = Some(Active { seq, file });
+        st.next = match Preparing::start(self.dir.clone(), seq + 1, self.opts.segment_bytes) {
+            Ok(p) => Next::Preparing(p),
+            // Retried synchronously (on the I/O path) when the segment is needed.
+            Err(_) => Next::None,
         };
-        let file = file.map_err(|e| poison_of(IoOp::Write, e))?;
-        let path = Arc::new(segment::segment_path(&self.dir, seq));
-        st.active = Some(Active {
-            seq,
-            file: Arc::new(file),
-            path: Arc::clone(&path),
-        });
-        if let Some(h) = batch.header {
-            lock(&self.segments).push(SegmentMeta {
-                seq,
-                path: (*path).clone(),
-                header: h,
-            });
-        }
-        // Prepare the segment after this one while this one fills.
-        match Preparing::start(self.dir.clone(), seq + 1, self.opts.segment_bytes) {
-            Ok(p) => st.next = Next::Preparing(p),
-            Err(_) => st.next = Next::None,
-        }
-        let a = st
-            .active
-            .as_ref()
-            .map(|a| (Arc::clone(&a.file), Arc::clone(&a.path)));
-        a.ok_or_else(|| poison_of(IoOp::Open, Error::Closed))
     }
 
     fn poison(&self, st: &mut State, p: Poison) {
@@ -457,18 +399,12 @@ impl Core {
     /// Waits until `lsn` is durable (or the log is poisoned).
     pub(crate) async fn wait_durable(&self, lsn: u64) -> Result<Lsn> {
         let mut rx = self.durable.subscribe();
-        let d = rx
-            .wait_for(|d| d.lsn >= lsn || d.poison.is_some())
-            .await
-            .map_err(|_| Error::Closed)?;
+        let d = rx.wait_for(|d| d.lsn >= lsn || d.poison.is_some()).await.map_err(|_| Error::Closed)?;
         if d.lsn >= lsn {
             return Ok(Lsn(d.lsn));
         }
         match &d.poison {
-            Some(p) => Err(Error::Poisoned {
-                op: p.op,
-                cause: Arc::clone(&p.cause),
-            }),
+            Some(p) => Err(Error::Poisoned { op: p.op, cause: Arc::clone(&p.cause) }),
             None => Err(Error::Closed),
         }
     }
@@ -478,14 +414,11 @@ impl Core {
         let (target, kick) = {
             let mut st = lock(&self.state);
             if let Some(p) = &st.poison {
-                return Err(Error::Poisoned {
-                    op: p.op,
-                    cause: Arc::clone(&p.cause),
-                });
+                return Err(Error::Poisoned { op: p.op, cause: Arc::clone(&p.cause) });
             }
             (st.next_lsn - 1, self.take_next(&mut st))
         };
-        self.submit(kick);
+        self.dispatch(kick);
         self.wait_durable(target).await
     }
 
@@ -575,18 +508,6 @@ impl Core {
     }
 }
 
-fn poison_of(op: IoOp, e: Error) -> Poison {
-    let cause = match e {
-        Error::Io { source, .. } => source,
-        Error::NoSpace { .. } => io::Error::from_raw_os_error(libc::ENOSPC),
-        other => io::Error::other(other.to_string()),
-    };
-    Poison {
-        op,
-        cause: Arc::new(cause),
-    }
-}
-
 /// Whether `more` bytes fit a batch of `used` bytes at `offset`, padding included.
 fn fits(offset: u64, used: u64, more: u64, align: u64, batch_max: u64, seg_end: u64) -> bool {
     let total = used + more;
@@ -600,14 +521,13 @@ impl Completion for Core {
             let mut st = lock(&self.state);
             st.in_flight = false;
             if let Err(f) = result {
-                self.poison(
-                    &mut st,
-                    Poison {
-                        op: f.op,
-                        cause: Arc::new(f.error),
-                    },
-                );
+                self.poison(&mut st, Poison { op: f.op, cause: Arc::new(f.error) });
                 return;
+            }
+            if st.active.as_ref().is_none_or(|a| a.seq != batch.meta.seq) {
+                if let FileTarget::Open(f) = &batch.file {
+                    self.rotated(&mut st, &batch.meta, Arc::clone(f));
+                }
             }
             st.stats.record_sync(&batch.meta);
             if let Some(w) = batch.writes.pop() {

@@ -174,16 +174,8 @@ impl SegmentHeader {
         put(&mut b, SEQUENCE_OFFSET, &self.sequence.to_le_bytes());
         put(&mut b, FIRST_LSN_OFFSET, &self.first_lsn.to_le_bytes());
         put(&mut b, SALT_OFFSET, &self.salt.to_le_bytes());
-        put(
-            &mut b,
-            SEGMENT_BYTES_OFFSET,
-            &self.segment_bytes.to_le_bytes(),
-        );
-        put(
-            &mut b,
-            WINDOW_BYTES_OFFSET,
-            &self.window_bytes.to_le_bytes(),
-        );
+        put(&mut b, SEGMENT_BYTES_OFFSET, &self.segment_bytes.to_le_bytes());
+        put(&mut b, WINDOW_BYTES_OFFSET, &self.window_bytes.to_le_bytes());
         let crc = crc32fast::hash(b.get(..HEADER_CRC_OFFSET).unwrap_or_default());
         put(&mut b, HEADER_CRC_OFFSET, &crc.to_le_bytes());
         b
@@ -219,16 +211,13 @@ impl SegmentHeader {
             segment_bytes: read_u64(raw, SEGMENT_BYTES_OFFSET)?,
             window_bytes: read_u64(raw, WINDOW_BYTES_OFFSET)?,
         };
-        if !h.alignment.is_power_of_two() || !(ALIGNMENT_MIN..=ALIGNMENT_MAX).contains(&h.alignment)
-        {
+        if !h.alignment.is_power_of_two() || !(ALIGNMENT_MIN..=ALIGNMENT_MAX).contains(&h.alignment) {
             return Err(FormatError::BadField("alignment"));
         }
         if h.first_lsn == 0 || h.first_lsn > LSN_MAX {
             return Err(FormatError::BadField("first_lsn"));
         }
-        if h.segment_bytes < 2 * u64::from(h.alignment)
-            || h.segment_bytes % u64::from(h.alignment) != 0
-        {
+        if h.segment_bytes < 2 * u64::from(h.alignment) || h.segment_bytes % u64::from(h.alignment) != 0 {
             return Err(FormatError::BadField("segment_bytes"));
         }
         Ok(h)
@@ -318,16 +307,10 @@ pub fn encode_frame(
     kind: FrameKind,
     payload: &[u8],
 ) -> Result<(), FormatError> {
-    let len = u32::try_from(payload.len()).map_err(|_| FormatError::TooLong {
-        len: payload.len() as u64,
-        max: u64::from(u32::MAX),
-    })?;
+    let len = u32::try_from(payload.len())
+        .map_err(|_| FormatError::TooLong { len: payload.len() as u64, max: u64::from(u32::MAX) })?;
     let mut hdr = frame_header(len, lsn, kind);
-    let crc = frame_crc(
-        salt,
-        hdr.get(FRAME_LEN_OFFSET..).unwrap_or_default(),
-        payload,
-    );
+    let crc = frame_crc(salt, hdr.get(FRAME_LEN_OFFSET..).unwrap_or_default(), payload);
     put(&mut hdr, FRAME_CRC_OFFSET, &crc.to_le_bytes());
     let start = out.len();
     out.extend_from_slice(&hdr);
@@ -421,35 +404,20 @@ pub fn decode_frame(b: &[u8], salt: u64, max_payload: u64) -> Result<Frame<'_>, 
         if u64::from(len) % FRAME_ALIGN as u64 != 0 {
             return Err(FormatError::BadField("padding length"));
         }
-        return Ok(Frame {
-            kind,
-            lsn,
-            payload: &[],
-            len_on_disk: FRAME_HEADER_LEN as u64 + u64::from(len),
-        });
+        return Ok(Frame { kind, lsn, payload: &[], len_on_disk: FRAME_HEADER_LEN as u64 + u64::from(len) });
     }
     if u64::from(len) > max_payload {
-        return Err(FormatError::TooLong {
-            len: u64::from(len),
-            max: max_payload,
-        });
+        return Err(FormatError::TooLong { len: u64::from(len), max: max_payload });
     }
     let plen = usize::try_from(len).map_err(|_| FormatError::Truncated)?;
-    let payload = b
-        .get(FRAME_HEADER_LEN..FRAME_HEADER_LEN + plen)
-        .ok_or(FormatError::Truncated)?;
+    let payload = b.get(FRAME_HEADER_LEN..FRAME_HEADER_LEN + plen).ok_or(FormatError::Truncated)?;
     if frame_crc(salt, tail, payload) != stored {
         return Err(FormatError::BadChecksum);
     }
     if lsn == 0 {
         return Err(FormatError::BadField("lsn"));
     }
-    Ok(Frame {
-        kind,
-        lsn,
-        payload,
-        len_on_disk: frame_len(plen) as u64,
-    })
+    Ok(Frame { kind, lsn, payload, len_on_disk: frame_len(plen) as u64 })
 }
 
 #[cfg(test)]

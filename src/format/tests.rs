@@ -71,10 +71,7 @@ fn header_rejects_zeroes_foreign_and_damage() {
         for bit in 0..8 {
             let mut b = good;
             b[byte] ^= 1 << bit;
-            assert!(
-                SegmentHeader::decode(&b).is_err(),
-                "flip {byte}:{bit} undetected"
-            );
+            assert!(SegmentHeader::decode(&b).is_err(), "flip {byte}:{bit} undetected");
         }
     }
 }
@@ -99,10 +96,7 @@ fn padding_widens_small_gaps() {
 fn oversized_length_rejected_before_reading_payload() {
     let mut out = Vec::new();
     encode_frame(&mut out, 1, 1, FrameKind::Record, &[7; 100]).unwrap();
-    assert_eq!(
-        decode_frame(&out, 1, 99),
-        Err(FormatError::TooLong { len: 100, max: 99 })
-    );
+    assert_eq!(decode_frame(&out, 1, 99), Err(FormatError::TooLong { len: 100, max: 99 }));
     // A hostile length field far beyond the buffer is refused without allocating.
     out[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
     assert!(decode_frame(&out, 1, u64::from(u32::MAX)).is_err());

@@ -12,16 +12,23 @@
 //! | platform | `Backend::Auto` picks | why |
 //! |----------|-----------------------|-----|
 //! | any      | `threaded`            | `pwrite` + `fdatasync` on one thread per log: portable, one hand-off per batch |
+//!
+//! A lone appender does not pay for a hand-off: when no batch is in flight,
+//! the threaded backend writes and syncs on the appender's own thread
+//! (inside `tokio::task::block_in_place` on a multi-thread runtime, so the
+//! runtime's other tasks move to another worker meanwhile). Batches that
+//! queue behind it go to the I/O thread.
 
 mod threaded;
 
+use std::fmt;
 use std::fs::File;
 use std::io;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::{IoOp, Result};
+use crate::format::SegmentHeader;
 use crate::options::Backend;
 
 /// One aligned buffer written at a file offset.
@@ -38,14 +45,60 @@ pub(crate) struct BatchMeta {
     pub last_lsn: u64,
     pub bytes: u64,
     pub submitted: Instant,
+    /// Segment sequence number the batch is written to.
+    pub seq: u64,
+    /// Set when the batch starts a new segment (it carries the header block).
+    pub header: Option<SegmentHeader>,
+}
+
+/// The file a batch goes to.
+pub(crate) enum FileTarget {
+    /// The segment being written.
+    Open(Arc<File>),
+    /// A new segment whose file may still be being prepared: the backend
+    /// waits for it (off the pipeline's lock) before writing. `None` once taken.
+    New(Option<Box<dyn FnOnce() -> Result<File> + Send>>),
+}
+
+impl FileTarget {
+    /// A new segment's file, produced by `prepare`.
+    pub(crate) fn new(prepare: impl FnOnce() -> Result<File> + Send + 'static) -> FileTarget {
+        FileTarget::New(Some(Box::new(prepare)))
+    }
+
+    /// Whether the file may still have to be waited for.
+    pub(crate) fn is_new(&self) -> bool {
+        matches!(self, FileTarget::New(_))
+    }
+
+    /// The file, waiting for its preparation if needed; afterwards `Open`.
+    pub(crate) fn resolve(&mut self) -> std::result::Result<Arc<File>, IoFailure> {
+        let prepare = match self {
+            FileTarget::Open(f) => return Ok(Arc::clone(f)),
+            FileTarget::New(prepare) => prepare.take().ok_or_else(|| IoFailure {
+                op: IoOp::Open,
+                error: io::Error::other("segment preparation already failed"),
+            })?,
+        };
+        let file = Arc::new(prepare().map_err(IoFailure::from_error)?);
+        *self = FileTarget::Open(Arc::clone(&file));
+        Ok(file)
+    }
+}
+
+impl fmt::Debug for FileTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FileTarget::Open(file) => f.debug_tuple("Open").field(file).finish(),
+            FileTarget::New(_) => f.write_str("New(..)"),
+        }
+    }
 }
 
 /// Positioned writes into one file followed by a data sync, owned until done.
 #[derive(Debug)]
 pub(crate) struct IoBatch {
-    pub file: Arc<File>,
-    #[allow(dead_code)] // read by backends that report paths; kept for diagnostics
-    pub path: Arc<PathBuf>,
+    pub file: FileTarget,
     pub writes: Vec<WriteBuf>,
     pub meta: BatchMeta,
 }
@@ -55,6 +108,19 @@ pub(crate) struct IoBatch {
 pub(crate) struct IoFailure {
     pub op: IoOp,
     pub error: io::Error,
+}
+
+impl IoFailure {
+    /// From a library error (a failed segment preparation).
+    pub(crate) fn from_error(e: crate::Error) -> IoFailure {
+        match e {
+            crate::Error::Io { op, source, .. } => IoFailure { op, error: source },
+            crate::Error::NoSpace { .. } => {
+                IoFailure { op: IoOp::Write, error: io::Error::from_raw_os_error(libc::ENOSPC) }
+            }
+            other => IoFailure { op: IoOp::Open, error: io::Error::other(other.to_string()) },
+        }
+    }
 }
 
 /// Receives every submitted batch back exactly once.
@@ -71,6 +137,20 @@ pub(crate) trait IoBackend: Send + Sync + 'static {
     fn submit(&self, batch: IoBatch);
     /// Completes every queued batch, then stops and calls `done`.
     fn stop(&self, done: Box<dyn FnOnce() + Send>);
+    /// Writes and syncs the batch on the calling thread, if this backend can.
+    /// Only called when no other batch is in flight. Returns the batch back
+    /// (with its result) or, if the backend cannot run inline, untouched.
+    fn run_inline(&self, batch: IoBatch) -> Inline {
+        Inline::Declined(batch)
+    }
+}
+
+/// What [`IoBackend::run_inline`] did.
+pub(crate) enum Inline {
+    /// The batch was written and synced (or failed) on the calling thread.
+    Done(IoBatch, std::result::Result<(), IoFailure>),
+    /// The backend does not run batches inline; submit it instead.
+    Declined(IoBatch),
 }
 
 /// Starts the backend `which` for one log.

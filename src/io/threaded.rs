@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
-use super::{Completion, IoBackend, IoBatch, IoFailure};
+use super::{Completion, Inline, IoBackend, IoBatch, IoFailure};
 use crate::error::{Error, IoOp, Result};
 
 #[derive(Default)]
@@ -29,10 +29,7 @@ pub(crate) struct Threaded {
 
 impl Threaded {
     pub(crate) fn start(sink: Arc<dyn Completion>) -> Result<Threaded> {
-        let shared = Arc::new(Shared {
-            queue: Mutex::default(),
-            ready: Condvar::new(),
-        });
+        let shared = Arc::new(Shared { queue: Mutex::default(), ready: Condvar::new() });
         let worker = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("aiowal-io".into())
@@ -42,20 +39,12 @@ impl Threaded {
     }
 }
 
-fn write_and_sync(batch: &IoBatch) -> std::result::Result<(), IoFailure> {
+fn write_and_sync(batch: &mut IoBatch) -> std::result::Result<(), IoFailure> {
+    let file = batch.file.resolve()?;
     for w in &batch.writes {
-        batch
-            .file
-            .write_all_at(&w.buf, w.offset)
-            .map_err(|error| IoFailure {
-                op: IoOp::Write,
-                error,
-            })?;
+        file.write_all_at(&w.buf, w.offset).map_err(|error| IoFailure { op: IoOp::Write, error })?;
     }
-    batch.file.sync_data().map_err(|error| IoFailure {
-        op: IoOp::Sync,
-        error,
-    })
+    file.sync_data().map_err(|error| IoFailure { op: IoOp::Sync, error })
 }
 
 fn run(shared: &Shared, sink: Arc<dyn Completion>) {
@@ -73,8 +62,8 @@ fn run(shared: &Shared, sink: Arc<dyn Completion>) {
             }
         };
         match next {
-            Ok(batch) => {
-                let result = write_and_sync(&batch);
+            Ok(mut batch) => {
+                let result = write_and_sync(&mut batch);
                 sink.complete(batch, result);
             }
             Err(done) => {
@@ -92,22 +81,34 @@ impl IoBackend for Threaded {
     }
 
     fn submit(&self, batch: IoBatch) {
-        let mut q = self
-            .shared
-            .queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut q = self.shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
         q.batches.push_back(batch);
         drop(q);
         self.shared.ready.notify_one();
     }
 
+    fn run_inline(&self, mut batch: IoBatch) -> Inline {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        match Handle::try_current().map(|h| h.runtime_flavor()) {
+            // Blocking a current-thread runtime would stall every task on it.
+            Ok(RuntimeFlavor::CurrentThread) => Inline::Declined(batch),
+            // A new segment may still be being zero-filled: let the I/O
+            // thread wait for it rather than the appender.
+            Ok(_) if batch.file.is_new() => Inline::Declined(batch),
+            Ok(_) => tokio::task::block_in_place(|| {
+                let r = write_and_sync(&mut batch);
+                Inline::Done(batch, r)
+            }),
+            // Not inside a runtime: a plain thread that may block.
+            Err(_) => {
+                let r = write_and_sync(&mut batch);
+                Inline::Done(batch, r)
+            }
+        }
+    }
+
     fn stop(&self, done: Box<dyn FnOnce() + Send>) {
-        let mut q = self
-            .shared
-            .queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut q = self.shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
         if q.stop.is_none() {
             q.stop = Some(done);
         }

@@ -43,10 +43,7 @@ use crate::segment;
 /// Maps a segment read-only. This is aiowal's one mmap site.
 pub(crate) fn map(path: &Path) -> Result<Mmap> {
     let file = File::open(path).map_err(|e| Error::io(IoOp::Open, path, e))?;
-    let len = file
-        .metadata()
-        .map_err(|e| Error::io(IoOp::Read, path, e))?
-        .len();
+    let len = file.metadata().map_err(|e| Error::io(IoOp::Read, path, e))?.len();
     if len == 0 {
         // mmap of an empty file fails on some systems; an empty map is what we mean.
         return memmap2::MmapOptions::new()
@@ -149,18 +146,13 @@ struct SegScan {
 fn order_ok(kind: FrameKind, in_batch: bool) -> bool {
     matches!(
         (kind, in_batch),
-        (
-            FrameKind::Record | FrameKind::BatchBegin | FrameKind::Padding,
-            false
-        ) | (FrameKind::BatchMiddle | FrameKind::BatchEnd, true)
+        (FrameKind::Record | FrameKind::BatchBegin | FrameKind::Padding, false)
+            | (FrameKind::BatchMiddle | FrameKind::BatchEnd, true)
     )
 }
 
 fn slice_from(data: &[u8], pos: u64) -> &[u8] {
-    usize::try_from(pos)
-        .ok()
-        .and_then(|p| data.get(p..))
-        .unwrap_or_default()
+    usize::try_from(pos).ok().and_then(|p| data.get(p..)).unwrap_or_default()
 }
 
 /// Walks the frames of one segment from `start`.
@@ -175,16 +167,11 @@ fn scan_frames(data: &[u8], h: &SegmentHeader, start: u64, max_payload: u64) -> 
         end: End::Full,
         in_batch: false,
     };
-    let (mut pos, mut lsn, mut pending_records, mut pending_bytes) =
-        (start, h.first_lsn, 0u64, 0u64);
+    let (mut pos, mut lsn, mut pending_records, mut pending_bytes) = (start, h.first_lsn, 0u64, 0u64);
     loop {
         s.stop_pos = pos;
         if pos + FRAME_HEADER_LEN as u64 > seg_end {
-            s.end = if s.in_batch {
-                End::Bad(FormatError::Truncated)
-            } else {
-                End::Full
-            };
+            s.end = if s.in_batch { End::Bad(FormatError::Truncated) } else { End::Full };
             return s;
         }
         if pos + FRAME_HEADER_LEN as u64 > data.len() as u64 {
@@ -211,19 +198,13 @@ fn scan_frames(data: &[u8], h: &SegmentHeader, start: u64, max_payload: u64) -> 
             return s;
         }
         if pos + frame.len_on_disk > seg_end {
-            s.end = End::Bad(FormatError::TooLong {
-                len: frame.len_on_disk,
-                max: seg_end - pos,
-            });
+            s.end = End::Bad(FormatError::TooLong { len: frame.len_on_disk, max: seg_end - pos });
             return s;
         }
         pos += frame.len_on_disk;
         match frame.kind {
             FrameKind::Padding => {}
-            FrameKind::Record
-            | FrameKind::BatchBegin
-            | FrameKind::BatchMiddle
-            | FrameKind::BatchEnd => {
+            FrameKind::Record | FrameKind::BatchBegin | FrameKind::BatchMiddle | FrameKind::BatchEnd => {
                 lsn = lsn.saturating_add(1);
                 pending_records += 1;
                 pending_bytes += frame.payload.len() as u64;
@@ -242,13 +223,7 @@ fn scan_frames(data: &[u8], h: &SegmentHeader, start: u64, max_payload: u64) -> 
 }
 
 /// Whether a frame of this segment with an LSN at or past `min_lsn` starts at `pos`.
-fn valid_frame_at(
-    data: &[u8],
-    h: &SegmentHeader,
-    pos: u64,
-    min_lsn: u64,
-    max_payload: u64,
-) -> bool {
+fn valid_frame_at(data: &[u8], h: &SegmentHeader, pos: u64, min_lsn: u64, max_payload: u64) -> bool {
     format::decode_frame(slice_from(data, pos), h.salt, max_payload).is_ok_and(|f| f.lsn >= min_lsn)
 }
 
@@ -306,40 +281,19 @@ fn classify(data: &[u8], h: &SegmentHeader, s: &SegScan, last: bool, max: u64) -
         // synced: anything but a clean end here is damage to synced data.
         if !ended_cleanly {
             let kind = CorruptKind::DamagedBeforeLaterSegment(cause(s.end));
-            return Class::Corrupt {
-                offset: s.stop_pos,
-                kind,
-            };
+            return Class::Corrupt { offset: s.stop_pos, kind };
         }
         if find_valid(data, h, s.stop_pos + align, seg_end, align, s, max).is_some() {
-            return Class::Corrupt {
-                offset: s.stop_pos,
-                kind: CorruptKind::Frame(cause(s.end)),
-            };
+            return Class::Corrupt { offset: s.stop_pos, kind: CorruptKind::Frame(cause(s.end)) };
         }
         return Class::Clean;
     }
     let window_end = s.end_pos.saturating_add(h.window_bytes);
     if find_valid(data, h, window_end, seg_end, align, s, max).is_some() {
-        return Class::Corrupt {
-            offset: s.stop_pos,
-            kind: CorruptKind::Frame(cause(s.end)),
-        };
+        return Class::Corrupt { offset: s.stop_pos, kind: CorruptKind::Frame(cause(s.end)) };
     }
-    let debris = find_valid(
-        data,
-        h,
-        s.stop_pos + FRAME_ALIGN as u64,
-        window_end,
-        FRAME_ALIGN as u64,
-        s,
-        max,
-    );
-    if ended_cleanly && debris.is_none() {
-        Class::Clean
-    } else {
-        Class::Torn(cause(s.end))
-    }
+    let debris = find_valid(data, h, s.stop_pos + FRAME_ALIGN as u64, window_end, FRAME_ALIGN as u64, s, max);
+    if ended_cleanly && debris.is_none() { Class::Clean } else { Class::Torn(cause(s.end)) }
 }
 
 /// What `open` must do to the tail before appending.
@@ -374,12 +328,7 @@ pub(crate) struct Plan {
 }
 
 fn corrupt(path: &Path, offset: u64, lsn: u64, kind: CorruptKind) -> Error {
-    Error::Corrupt {
-        segment: path.to_path_buf(),
-        offset,
-        lsn,
-        kind,
-    }
+    Error::Corrupt { segment: path.to_path_buf(), offset, lsn, kind }
 }
 
 struct Mapped {
@@ -396,12 +345,7 @@ pub(crate) fn plan(dir: &Path, mode: RecoveryMode, max_payload: u64) -> Result<P
     for (seq, path) in segments {
         let map = map(&path)?;
         let header = SegmentHeader::decode(&map);
-        mapped.push(Mapped {
-            seq,
-            path,
-            map,
-            header,
-        });
+        mapped.push(Mapped { seq, path, map, header });
     }
     // Trailing segments whose header never became durable were prepared but
     // not used (or their first write was in flight at a crash).
@@ -409,10 +353,7 @@ pub(crate) fn plan(dir: &Path, mode: RecoveryMode, max_payload: u64) -> Result<P
     while let Some(m) = mapped.last() {
         match m.header {
             Err(FormatError::BadMagic) => {
-                return Err(Error::ForeignFile {
-                    path: m.path.clone(),
-                    reason: FormatError::BadMagic,
-                });
+                return Err(Error::ForeignFile { path: m.path.clone(), reason: FormatError::BadMagic });
             }
             Err(_) => {
                 if let Some(m) = mapped.pop() {
@@ -428,12 +369,7 @@ pub(crate) fn plan(dir: &Path, mode: RecoveryMode, max_payload: u64) -> Result<P
     Ok(plan)
 }
 
-fn walk(
-    mapped: Vec<Mapped>,
-    unused: Vec<(u64, PathBuf)>,
-    mode: RecoveryMode,
-    max: u64,
-) -> Result<Plan> {
+fn walk(mapped: Vec<Mapped>, unused: Vec<(u64, PathBuf)>, mode: RecoveryMode, max: u64) -> Result<Plan> {
     let mut report = RecoveryReport {
         segments: 0,
         records: 0,
@@ -467,9 +403,7 @@ fn walk(
                     kind: CorruptKind::Header(e),
                 };
                 if let Some(prev) = segments.last() {
-                    tail = Tail::Seal {
-                        offset: prev.header.segment_bytes,
-                    };
+                    tail = Tail::Seal { offset: prev.header.segment_bytes };
                 }
                 break;
             }
@@ -488,9 +422,7 @@ fn walk(
                 };
             }
             if let Some(prev) = segments.last() {
-                tail = Tail::Seal {
-                    offset: prev.header.segment_bytes,
-                };
+                tail = Tail::Seal { offset: prev.header.segment_bytes };
             }
             break;
         }
@@ -503,11 +435,7 @@ fn walk(
         report.segments += 1;
         next_lsn = s.next_lsn;
         let class = classify(&m.map, &h, &s, last, max);
-        segments.push(SegmentMeta {
-            seq: m.seq,
-            path: m.path.clone(),
-            header: h,
-        });
+        segments.push(SegmentMeta { seq: m.seq, path: m.path.clone(), header: h });
         match (class, last) {
             (Class::Full, true) => {
                 tail = Tail::Full;
@@ -520,19 +448,10 @@ fn walk(
             }
             (Class::Torn(cause), _) => {
                 if mode == RecoveryMode::AbsoluteConsistency {
-                    return Err(corrupt(
-                        &m.path,
-                        s.stop_pos,
-                        s.next_lsn,
-                        CorruptKind::TornTail(cause),
-                    ));
+                    return Err(corrupt(&m.path, s.stop_pos, s.next_lsn, CorruptKind::TornTail(cause)));
                 }
                 tail = Tail::Seal { offset: s.end_pos };
-                report.stop = StopReason::TornTail {
-                    segment: m.path.clone(),
-                    offset: s.end_pos,
-                    cause,
-                };
+                report.stop = StopReason::TornTail { segment: m.path.clone(), offset: s.end_pos, cause };
             }
             (Class::Corrupt { offset, kind }, _) => {
                 if mode != RecoveryMode::PointInTime {
@@ -540,11 +459,7 @@ fn walk(
                 }
                 discard.extend(iter.by_ref().map(|(_, m)| m.path));
                 tail = Tail::Seal { offset: s.end_pos };
-                report.stop = StopReason::PointInTime {
-                    segment: m.path.clone(),
-                    offset: s.end_pos,
-                    kind,
-                };
+                report.stop = StopReason::PointInTime { segment: m.path.clone(), offset: s.end_pos, kind };
                 break;
             }
         }
@@ -553,21 +468,9 @@ fn walk(
         report.last_lsn = Lsn(next_lsn - 1);
     }
     if report.records == 0 {
-        report.first_lsn = if segments.is_empty() {
-            Lsn::ZERO
-        } else {
-            report.first_lsn
-        };
+        report.first_lsn = if segments.is_empty() { Lsn::ZERO } else { report.first_lsn };
     }
-    Ok(Plan {
-        segments,
-        unused,
-        discard,
-        leftovers: Vec::new(),
-        next_lsn,
-        tail,
-        report,
-    })
+    Ok(Plan { segments, unused, discard, leftovers: Vec::new(), next_lsn, tail, report })
 }
 
 fn check_header(m: &Mapped, h: &SegmentHeader, first: bool, next_lsn: u64) -> Option<Error> {
@@ -580,12 +483,7 @@ fn check_header(m: &Mapped, h: &SegmentHeader, first: bool, next_lsn: u64) -> Op
         ));
     }
     if !first && h.first_lsn != next_lsn {
-        return Some(corrupt(
-            &m.path,
-            0,
-            next_lsn,
-            CorruptKind::LsnGap { found: h.first_lsn },
-        ));
+        return Some(corrupt(&m.path, 0, next_lsn, CorruptKind::LsnGap { found: h.first_lsn }));
     }
     None
 }

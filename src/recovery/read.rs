@@ -28,9 +28,7 @@ impl Record {
 
     /// The record's bytes, borrowed from the mapped segment.
     pub fn data(&self) -> &[u8] {
-        self.map
-            .get(self.start..self.start + self.len)
-            .unwrap_or_default()
+        self.map.get(self.start..self.start + self.len).unwrap_or_default()
     }
 
     /// The record's bytes, copied out.
@@ -41,10 +39,7 @@ impl Record {
 
 impl fmt::Debug for Record {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Record")
-            .field("lsn", &self.lsn)
-            .field("len", &self.len)
-            .finish()
+        f.debug_struct("Record").field("lsn", &self.lsn).field("len", &self.len).finish()
     }
 }
 
@@ -78,39 +73,15 @@ impl fmt::Debug for ReadIter {
 impl ReadIter {
     /// `segments` must start with the segment holding `from` (or the first
     /// segment, when `from` precedes it) and be in order.
-    pub(crate) fn new(
-        segments: Vec<SegmentMeta>,
-        from: u64,
-        until: u64,
-        max_payload: u64,
-    ) -> ReadIter {
+    pub(crate) fn new(segments: Vec<SegmentMeta>, from: u64, until: u64, max_payload: u64) -> ReadIter {
         let next_lsn = segments.first().map_or(from, |s| s.header.first_lsn);
-        ReadIter {
-            segments,
-            idx: 0,
-            map: None,
-            pos: 0,
-            next_lsn,
-            from,
-            until,
-            max_payload,
-            failed: false,
-        }
+        ReadIter { segments, idx: 0, map: None, pos: 0, next_lsn, from, until, max_payload, failed: false }
     }
 
     fn fail(&mut self, offset: u64, kind: CorruptKind) -> Option<Result<Record>> {
         self.failed = true;
-        let segment = self
-            .segments
-            .get(self.idx)
-            .map(|s| s.path.clone())
-            .unwrap_or_default();
-        Some(Err(Error::Corrupt {
-            segment,
-            offset,
-            lsn: self.next_lsn,
-            kind,
-        }))
+        let segment = self.segments.get(self.idx).map(|s| s.path.clone()).unwrap_or_default();
+        Some(Err(Error::Corrupt { segment, offset, lsn: self.next_lsn, kind }))
     }
 
     fn advance_segment(&mut self) -> bool {
@@ -129,12 +100,7 @@ impl Iterator for ReadIter {
                 return None;
             }
             let Some(seg) = self.segments.get(self.idx) else {
-                return self.fail(
-                    self.pos,
-                    CorruptKind::LsnGap {
-                        found: self.next_lsn,
-                    },
-                );
+                return self.fail(self.pos, CorruptKind::LsnGap { found: self.next_lsn });
             };
             let (salt, seg_end) = (seg.header.salt, seg.header.segment_bytes);
             let map = match &self.map {
@@ -142,12 +108,7 @@ impl Iterator for ReadIter {
                 None => match map_shared(&seg.path) {
                     Ok(m) => {
                         if seg.header.first_lsn != self.next_lsn {
-                            return self.fail(
-                                0,
-                                CorruptKind::LsnGap {
-                                    found: seg.header.first_lsn,
-                                },
-                            );
+                            return self.fail(0, CorruptKind::LsnGap { found: seg.header.first_lsn });
                         }
                         self.pos = u64::from(seg.header.alignment);
                         self.map = Some(Arc::clone(&m));
@@ -161,31 +122,20 @@ impl Iterator for ReadIter {
             };
             if self.pos + FRAME_HEADER_LEN as u64 > seg_end {
                 if !self.advance_segment() {
-                    return self.fail(
-                        self.pos,
-                        CorruptKind::LsnGap {
-                            found: self.next_lsn,
-                        },
-                    );
+                    return self.fail(self.pos, CorruptKind::LsnGap { found: self.next_lsn });
                 }
                 continue;
             }
-            let frame =
-                match format::decode_frame(slice_from(&map, self.pos), salt, self.max_payload) {
-                    Ok(f) => f,
-                    Err(FormatError::Zeroed) => {
-                        if !self.advance_segment() {
-                            return self.fail(
-                                self.pos,
-                                CorruptKind::LsnGap {
-                                    found: self.next_lsn,
-                                },
-                            );
-                        }
-                        continue;
+            let frame = match format::decode_frame(slice_from(&map, self.pos), salt, self.max_payload) {
+                Ok(f) => f,
+                Err(FormatError::Zeroed) => {
+                    if !self.advance_segment() {
+                        return self.fail(self.pos, CorruptKind::LsnGap { found: self.next_lsn });
                     }
-                    Err(e) => return self.fail(self.pos, CorruptKind::Frame(e)),
-                };
+                    continue;
+                }
+                Err(e) => return self.fail(self.pos, CorruptKind::Frame(e)),
+            };
             if frame.lsn != self.next_lsn {
                 return self.fail(self.pos, CorruptKind::LsnGap { found: frame.lsn });
             }
@@ -198,12 +148,7 @@ impl Iterator for ReadIter {
             let lsn = self.next_lsn;
             self.next_lsn += 1;
             if lsn >= self.from {
-                return Some(Ok(Record {
-                    lsn: Lsn(lsn),
-                    map,
-                    start,
-                    len,
-                }));
+                return Some(Ok(Record { lsn: Lsn(lsn), map, start, len }));
             }
         }
     }

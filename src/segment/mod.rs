@@ -112,8 +112,7 @@ pub(crate) fn prepare(dir: &Path, seq: u64, bytes: u64) -> Result<File> {
             .map_err(|e| Error::io(IoOp::Write, &tmp, e))?;
         off += n as u64;
     }
-    file.sync_all()
-        .map_err(|e| Error::io(IoOp::Sync, &tmp, e))?;
+    file.sync_all().map_err(|e| Error::io(IoOp::Sync, &tmp, e))?;
     fs::rename(&tmp, &path).map_err(|e| Error::io(IoOp::Rename, &path, e))?;
     sync_dir(dir)?;
     Ok(file)
@@ -121,11 +120,7 @@ pub(crate) fn prepare(dir: &Path, seq: u64, bytes: u64) -> Result<File> {
 
 /// Opens an existing segment for writing.
 pub(crate) fn open_for_write(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io(IoOp::Open, path, e))
+    OpenOptions::new().read(true).write(true).open(path).map_err(|e| Error::io(IoOp::Open, path, e))
 }
 
 /// Removes segment files and fsyncs the directory once.

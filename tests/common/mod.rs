@@ -13,9 +13,19 @@ use aiowal::{Lsn, Options, Wal};
 #[macro_export]
 macro_rules! per_backend {
     ($($case:ident),* $(,)?) => {
+        /// On a multi-thread runtime: a lone appender writes inline.
         mod threaded {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(aiowal::Backend::Threaded).await
+                }
+            )*
+        }
+        /// On a current-thread runtime: every batch goes to the I/O thread.
+        mod threaded_current_thread {
+            $(
+                #[tokio::test(flavor = "current_thread")]
                 async fn $case() {
                     super::$case(aiowal::Backend::Threaded).await
                 }
@@ -101,12 +111,7 @@ pub fn frames(path: &Path) -> (SegmentHeader, Vec<FrameAt>) {
     while pos + format::FRAME_HEADER_LEN <= bytes.len() {
         match format::decode_frame(&bytes[pos..], h.salt, u64::from(u32::MAX)) {
             Ok(f) => {
-                out.push(FrameAt {
-                    offset: pos as u64,
-                    kind: f.kind,
-                    lsn: f.lsn,
-                    len: f.len_on_disk,
-                });
+                out.push(FrameAt { offset: pos as u64, kind: f.kind, lsn: f.lsn, len: f.len_on_disk });
                 pos += f.len_on_disk as usize;
             }
             Err(FormatError::Zeroed) | Err(_) => break,
