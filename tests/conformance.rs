@@ -486,3 +486,14 @@ async fn blocking_handle_from_threads(b: Backend) {
     assert_eq!(all.0, (1..=1600).collect::<Vec<_>>());
     assert_eq!(all.1, 1600);
 }
+
+#[test]
+fn public_types_are_thread_safe() {
+    fn clone_send_sync<T: Clone + Send + Sync + 'static>() {}
+    fn error<T: std::error::Error + Send + Sync + 'static>() {}
+    fn key<T: Copy + Ord + std::hash::Hash + std::fmt::Display>() {}
+    clone_send_sync::<Wal>();
+    clone_send_sync::<aiowal::blocking::Wal>();
+    error::<Error>();
+    key::<Lsn>();
+}
