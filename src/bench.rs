@@ -38,6 +38,8 @@ pub struct Config {
     pub segment_bytes: u64,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// io_uring sync mode.
+    pub uring_sync: crate::UringSync,
 }
 
 impl Default for Config {
@@ -50,6 +52,7 @@ impl Default for Config {
             backends: vec![Backend::Auto],
             segment_bytes: 64 << 20,
             progress: true,
+            uring_sync: crate::UringSync::Fsync,
         }
     }
 }
@@ -245,6 +248,7 @@ pub fn wal(
     let log = dir.join("wal");
     let opts = Options::default()
         .backend(backend)
+        .uring_sync(cfg.uring_sync)
         .segment_bytes(cfg.segment_bytes)
         .max_record_bytes(u32::try_from(size.max(1 << 16)).unwrap_or(u32::MAX));
     let duration = cfg.duration;

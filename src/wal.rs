@@ -84,7 +84,7 @@ impl Wal {
             .map_err(|e| Error::io(IoOp::Spawn, "spawn_blocking", std::io::Error::other(e)))??;
         let core = Core::new(dir, opts.clone(), start);
         let sink: Arc<dyn io::Completion> = core.clone();
-        core.set_backend(io::start(opts.backend, sink)?);
+        core.set_backend(io::start(opts.backend, sink, &opts)?);
         Ok(Wal { handle: Arc::new(Handle { core, report }) })
     }
 

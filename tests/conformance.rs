@@ -23,13 +23,15 @@ per_backend!(
     reopen_continues_in_place,
     sync_and_stats,
     blocking_handle_from_threads,
+    dropped_futures_in_flight,
+    close_with_io_in_flight,
 );
 
 async fn append_reopen_across_rotations(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let opts = small(b);
     let wal = Wal::open(dir.path(), opts.clone()).await.unwrap();
-    assert_eq!(wal.backend_name(), "threaded");
+    assert_eq!(wal.backend_name(), b.name());
     let mut rng = Rng(7);
     let mut want = Vec::new();
     for i in 0..1500u64 {
@@ -496,4 +498,113 @@ fn public_types_are_thread_safe() {
     clone_send_sync::<aiowal::blocking::Wal>();
     error::<Error>();
     key::<Lsn>();
+}
+
+/// Append futures dropped while their batch is in flight: the log stays
+/// consistent, every record is durable or absent, never corrupt.
+async fn dropped_futures_in_flight(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = small(b);
+    let wal = Wal::open(dir.path(), opts.clone()).await.unwrap();
+    let mut kept = Vec::new();
+    for round in 0..50u64 {
+        let mut futs: Vec<_> = (0..8u64)
+            .map(|i| {
+                let wal = wal.clone();
+                let r = record(round, i, 500);
+                Box::pin(async move { (wal.append(&r).await, r) })
+            })
+            .collect();
+        // Poll every future once (staging the records), then drop half of them.
+        let mut ready = Vec::new();
+        for f in futs.iter_mut() {
+            ready.push(futures_poll_once(f).await);
+        }
+        for (i, (f, done)) in futs.into_iter().zip(ready).enumerate() {
+            if i % 2 == 1 {
+                continue; // dropped, possibly mid-flight
+            }
+            let (r, data) = match done {
+                Some(out) => out,
+                None => f.await,
+            };
+            kept.push((r.unwrap().get(), data));
+        }
+    }
+    let durable = wal.sync().await.unwrap();
+    wal.close().await.unwrap();
+    let wal = Wal::open(dir.path(), opts).await.unwrap();
+    let all: BTreeMap<u64, Vec<u8>> = read_all(&wal, Lsn::FIRST).into_iter().collect();
+    assert_eq!(all.len() as u64, durable.get(), "records staged by dropped futures are still written");
+    for (lsn, data) in kept {
+        assert_eq!(all.get(&lsn), Some(&data));
+    }
+    wal.close().await.unwrap();
+}
+
+/// Polls a future once; returns its output if it was ready.
+async fn futures_poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
+    use std::task::Poll;
+    std::future::poll_fn(|cx| match std::pin::Pin::new(&mut *f).poll(cx) {
+        Poll::Ready(v) => Poll::Ready(Some(v)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
+}
+
+/// `close` while appends are in flight: it waits for them, they all succeed,
+/// and everything is there after reopening.
+async fn close_with_io_in_flight(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = small(b);
+    let wal = Wal::open(dir.path(), opts.clone()).await.unwrap();
+    let tasks: Vec<_> = (0..32u64)
+        .map(|t| {
+            let wal = wal.clone();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                loop {
+                    match wal.append(&record(t, n, 200)).await {
+                        Ok(_) => n += 1,
+                        Err(Error::Closed) => return n,
+                        Err(e) => panic!("unexpected {e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    wal.close().await.unwrap();
+    let mut acked = 0;
+    for t in tasks {
+        acked += t.await.unwrap();
+    }
+    assert!(acked > 0);
+    let wal = Wal::open(dir.path(), opts).await.unwrap();
+    assert!(read_all(&wal, Lsn::FIRST).len() as u64 >= acked);
+    wal.close().await.unwrap();
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uring_probe_failure_falls_back_or_errs() {
+    let dir = tempfile::tempdir().unwrap();
+    // The kernel rejects a zero-sized ring: the probe fails for real.
+    let opts = small(Backend::Auto).uring_entries(0);
+    let wal = Wal::open(dir.path(), opts.clone()).await.unwrap();
+    assert_eq!(wal.backend_name(), "threaded", "Auto must fall back");
+    wal.append(b"works").await.unwrap();
+    wal.close().await.unwrap();
+    match Wal::open(dir.path(), opts.backend(Backend::Uring)).await {
+        Err(e @ Error::BackendUnavailable { backend: "uring", .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("uring_entries") && msg.contains("io_uring_disabled"), "{msg}");
+        }
+        other => panic!("expected BackendUnavailable, got {other:?}"),
+    }
+    // The directory lock was released by the failed open.
+    let wal = Wal::open(dir.path(), small(Backend::Uring)).await.unwrap();
+    assert_eq!(wal.backend_name(), "uring");
+    assert_eq!(read_all(&wal, Lsn::FIRST).len(), 1);
+    wal.close().await.unwrap();
 }

@@ -20,7 +20,14 @@ struct Cli {
 enum BackendArg {
     Auto,
     Threaded,
+    Uring,
     All,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SyncArg {
+    Fsync,
+    Dsync,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -44,9 +51,12 @@ enum Cmd {
         /// Record sizes in bytes, comma separated.
         #[arg(long, value_delimiter = ',', default_value = "100,4096")]
         sizes: Vec<usize>,
-        /// I/O backend to measure.
+        /// I/O backend to measure (`all`: every backend this platform has).
         #[arg(long, value_enum, default_value = "auto")]
         backend: BackendArg,
+        /// io_uring sync mode.
+        #[arg(long, value_enum, default_value = "fsync")]
+        uring_sync: SyncArg,
         /// Directory to create the temporary log in (default: the current one).
         #[arg(long, default_value = ".")]
         dir: PathBuf,
@@ -96,14 +106,17 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
     match cli.cmd {
-        Cmd::Bench { duration_secs, concurrency, sizes, backend, dir, segment_mib, quiet } => {
+        Cmd::Bench { duration_secs, concurrency, sizes, backend, uring_sync, dir, segment_mib, quiet } => {
             if !duration_secs.is_finite() || duration_secs <= 0.0 {
                 eprintln!("aiowal: --duration-secs must be a positive number of seconds");
                 return Ok(ExitCode::from(2));
             }
             let backends = match backend {
                 BackendArg::Auto => vec![Backend::Auto],
-                BackendArg::Threaded | BackendArg::All => vec![Backend::Threaded],
+                BackendArg::Threaded => vec![Backend::Threaded],
+                BackendArg::Uring => vec![Backend::Uring],
+                BackendArg::All if cfg!(target_os = "linux") => vec![Backend::Uring, Backend::Threaded],
+                BackendArg::All => vec![Backend::Threaded],
             };
             let cfg = bench::Config {
                 dir,
@@ -113,6 +126,10 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
                 backends,
                 segment_bytes: segment_mib << 20,
                 progress: !quiet,
+                uring_sync: match uring_sync {
+                    SyncArg::Fsync => aiowal::UringSync::Fsync,
+                    SyncArg::Dsync => aiowal::UringSync::Dsync,
+                },
             };
             println!("{}", bench::environment(&cfg.dir));
             println!("each run {duration_secs} s; ratios are aiowal / baseline from the same run\n");

@@ -100,7 +100,12 @@ pub(crate) struct State {
     next_lsn: u64,
     open: Option<Batch>,
     sealed: VecDeque<Batch>,
-    in_flight: bool,
+    /// Batches submitted and not yet completed, oldest first: last LSN and
+    /// whether it completed (completions may arrive out of order; the
+    /// durable watermark only advances over a completed prefix).
+    in_flight: VecDeque<(u64, bool)>,
+    /// The newest in-flight batch's writes have not completed yet.
+    writing: bool,
     place: Place,
     active: Option<Active>,
     next: Next,
@@ -168,7 +173,8 @@ impl Core {
                 next_lsn: start.next_lsn,
                 open: None,
                 sealed: VecDeque::new(),
-                in_flight: false,
+                in_flight: VecDeque::new(),
+                writing: false,
                 place: start.place,
                 active: start.active,
                 next: start.next,
@@ -329,9 +335,14 @@ impl Core {
         st.sealed.push_back(b);
     }
 
-    /// The next batch for the backend, if it is idle and one is staged.
+    /// The next batch for the backend, if it can take one and one is staged.
+    ///
+    /// A backend that overlaps (depth 2) gets batch N+1 once batch N's writes
+    /// are done and only its sync runs. A batch for a new segment waits until
+    /// nothing is in flight, so a segment's data is synced before the next
+    /// segment gets any: recovery relies on that.
     fn take_next(&self, st: &mut State) -> Option<IoBatch> {
-        if st.in_flight || st.poison.is_some() {
+        if st.writing || st.in_flight.len() >= self.depth() || st.poison.is_some() {
             return None;
         }
         if st.sealed.is_empty() {
@@ -340,8 +351,13 @@ impl Core {
             }
             self.seal_open(st);
         }
+        let seq = st.sealed.front()?.place.seq;
+        if !st.in_flight.is_empty() && st.active.as_ref().is_none_or(|a| a.seq != seq) {
+            return None;
+        }
         let batch = st.sealed.pop_front()?;
-        st.in_flight = true;
+        st.in_flight.push_back((batch.end_lsn - 1, false));
+        st.writing = true;
         let meta = BatchMeta {
             first_lsn: batch.first_lsn,
             last_lsn: batch.end_lsn - 1,
@@ -353,6 +369,10 @@ impl Core {
         let file = self.target(st, batch.place.seq);
         let writes = vec![WriteBuf { offset: batch.place.offset, buf: batch.buf }];
         Some(IoBatch { file, writes, meta })
+    }
+
+    fn depth(&self) -> usize {
+        self.backend.get().map_or(1, |b| b.depth())
     }
 
     /// The file for segment `seq`: the active one, or a new one that the
@@ -516,10 +536,25 @@ fn fits(offset: u64, used: u64, more: u64, align: u64, batch_max: u64, seg_end: 
 }
 
 impl Completion for Core {
-    fn complete(&self, mut batch: IoBatch, result: std::result::Result<(), IoFailure>) {
-        let (next, lsn) = {
+    fn written(&self) {
+        let next = {
             let mut st = lock(&self.state);
-            st.in_flight = false;
+            st.writing = false;
+            self.take_next(&mut st)
+        };
+        self.submit(next);
+    }
+
+    fn complete(&self, mut batch: IoBatch, result: std::result::Result<(), IoFailure>) {
+        let (next, durable) = {
+            let mut st = lock(&self.state);
+            let last = batch.meta.last_lsn;
+            if let Some(slot) = st.in_flight.iter_mut().find(|(l, _)| *l == last) {
+                slot.1 = true;
+            }
+            if st.in_flight.back().is_some_and(|(l, _)| *l == last) {
+                st.writing = false;
+            }
             if let Err(f) = result {
                 self.poison(&mut st, Poison { op: f.op, cause: Arc::new(f.error) });
                 return;
@@ -535,10 +570,16 @@ impl Completion for Core {
                     st.free_bufs.push(w.buf);
                 }
             }
-            (self.take_next(&mut st), batch.meta.last_lsn)
+            let mut durable = None;
+            while st.in_flight.front().is_some_and(|(_, done)| *done) {
+                durable = st.in_flight.pop_front().map(|(l, _)| l);
+            }
+            (self.take_next(&mut st), durable)
         };
         self.submit(next);
-        self.durable.send_modify(|d| d.lsn = d.lsn.max(lsn));
-        self.space.notify_waiters();
+        if let Some(lsn) = durable {
+            self.durable.send_modify(|d| d.lsn = d.lsn.max(lsn));
+            self.space.notify_waiters();
+        }
     }
 }

@@ -11,7 +11,8 @@
 //!
 //! | platform | `Backend::Auto` picks | why |
 //! |----------|-----------------------|-----|
-//! | any      | `threaded`            | `pwrite` + `fdatasync` on one thread per log: portable, one hand-off per batch |
+//! | Linux    | `uring`, else `threaded` with the reason logged | one `io_uring_enter` per batch, completion via eventfd in tokio's reactor, write N+1 overlapping sync N |
+//! | other    | `threaded`            | `pwrite` + `fdatasync` on one thread per log: portable, one hand-off per batch |
 //!
 //! A lone appender does not pay for a hand-off: when no batch is in flight,
 //! the threaded backend writes and syncs on the appender's own thread
@@ -20,6 +21,8 @@
 //! queue behind it go to the I/O thread.
 
 mod threaded;
+#[cfg(target_os = "linux")]
+mod uring;
 
 use std::fmt;
 use std::fs::File;
@@ -27,9 +30,9 @@ use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::error::{IoOp, Result};
+use crate::error::{Error, IoOp, Result};
 use crate::format::SegmentHeader;
-use crate::options::Backend;
+use crate::options::{Backend, Options};
 
 /// One aligned buffer written at a file offset.
 #[derive(Debug)]
@@ -125,6 +128,12 @@ impl IoFailure {
 
 /// Receives every submitted batch back exactly once.
 pub(crate) trait Completion: Send + Sync + 'static {
+    /// Called when the newest batch's writes are done and only its sync
+    /// remains, so an overlapping backend may take the next batch.
+    // Only overlapping backends call it, and only io_uring overlaps so far.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    fn written(&self) {}
+
     /// Called when the batch's writes and sync finished (or one of them failed).
     fn complete(&self, batch: IoBatch, result: std::result::Result<(), IoFailure>);
 }
@@ -133,8 +142,14 @@ pub(crate) trait Completion: Send + Sync + 'static {
 pub(crate) trait IoBackend: Send + Sync + 'static {
     /// The backend's name, as in [`Backend::name`].
     fn name(&self) -> &'static str;
-    /// Queues a batch. Batches complete in submission order.
+    /// Queues a batch. Batches may complete out of order; the pipeline
+    /// acknowledges only a completed prefix.
     fn submit(&self, batch: IoBatch);
+    /// Most batches in flight at once: 1, or 2 for a backend that writes
+    /// batch N+1 while batch N's sync runs (and reports `written`).
+    fn depth(&self) -> usize {
+        1
+    }
     /// Completes every queued batch, then stops and calls `done`.
     fn stop(&self, done: Box<dyn FnOnce() + Send>);
     /// Writes and syncs the batch on the calling thread, if this backend can.
@@ -154,8 +169,35 @@ pub(crate) enum Inline {
 }
 
 /// Starts the backend `which` for one log.
-pub(crate) fn start(which: Backend, sink: Arc<dyn Completion>) -> Result<Box<dyn IoBackend>> {
+///
+/// # Errors
+/// [`Error::BackendUnavailable`] when an explicitly chosen backend cannot run
+/// here; `Auto` falls back instead, with the reason logged.
+pub(crate) fn start(which: Backend, sink: Arc<dyn Completion>, opts: &Options) -> Result<Box<dyn IoBackend>> {
     match which {
-        Backend::Auto | Backend::Threaded => Ok(Box::new(threaded::Threaded::start(sink)?)),
+        Backend::Threaded => Ok(Box::new(threaded::Threaded::start(sink)?)),
+        Backend::Uring => {
+            start_uring(sink, opts).map_err(|reason| Error::BackendUnavailable { backend: "uring", reason })
+        }
+        Backend::Auto => match start_uring(Arc::clone(&sink), opts) {
+            Ok(b) => Ok(b),
+            Err(reason) => {
+                tracing::warn!("aiowal: io_uring unavailable, using the threaded backend: {reason}");
+                Ok(Box::new(threaded::Threaded::start(sink)?))
+            }
+        },
     }
+}
+
+#[cfg(target_os = "linux")]
+fn start_uring(sink: Arc<dyn Completion>, opts: &Options) -> std::result::Result<Box<dyn IoBackend>, String> {
+    Ok(Box::new(uring::Uring::start(sink, opts.uring_entries, opts.uring_sync)?))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_uring(
+    _sink: Arc<dyn Completion>,
+    _opts: &Options,
+) -> std::result::Result<Box<dyn IoBackend>, String> {
+    Err("io_uring exists only on Linux".to_string())
 }

@@ -22,6 +22,25 @@ macro_rules! per_backend {
                 }
             )*
         }
+        /// Linux io_uring, on both runtime flavors.
+        #[cfg(target_os = "linux")]
+        mod uring {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(aiowal::Backend::Uring).await
+                }
+            )*
+        }
+        #[cfg(target_os = "linux")]
+        mod uring_current_thread {
+            $(
+                #[tokio::test(flavor = "current_thread")]
+                async fn $case() {
+                    super::$case(aiowal::Backend::Uring).await
+                }
+            )*
+        }
         /// On a current-thread runtime: every batch goes to the I/O thread.
         mod threaded_current_thread {
             $(
