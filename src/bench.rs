@@ -40,6 +40,8 @@ pub struct Config {
     pub progress: bool,
     /// io_uring sync mode.
     pub uring_sync: crate::UringSync,
+    /// Whether the log writes with O_DIRECT.
+    pub direct_io: crate::DirectIo,
 }
 
 impl Default for Config {
@@ -53,6 +55,7 @@ impl Default for Config {
             segment_bytes: 64 << 20,
             progress: true,
             uring_sync: crate::UringSync::Fsync,
+            direct_io: crate::DirectIo::Auto,
         }
     }
 }
@@ -249,12 +252,17 @@ pub fn wal(
     let opts = Options::default()
         .backend(backend)
         .uring_sync(cfg.uring_sync)
+        .direct_io(cfg.direct_io)
         .segment_bytes(cfg.segment_bytes)
         .max_record_bytes(u32::try_from(size.max(1 << 16)).unwrap_or(u32::MAX));
     let duration = cfg.duration;
     let r = rt.block_on(async move {
         let wal = Wal::open(&log, opts).await?;
-        let name = wal.backend_name();
+        let name = match (wal.backend_name(), wal.direct_io()) {
+            ("uring", true) => "uring+dio",
+            ("threaded", true) => "thread+dio",
+            (n, _) => n,
+        };
         let start = Instant::now();
         let deadline = start + duration;
         let tasks: Vec<_> = (0..n)
@@ -374,7 +382,7 @@ fn progress_bar(cfg: &Config, total: usize) -> indicatif::ProgressBar {
 /// The table's header line.
 pub fn header() -> String {
     format!(
-        "{:>6} {:>4} {:>9} | {:>10} {:>8} {:>8} | {:>10} {:>7} {:>7} {:>8} {:>8} {:>8} | {:>7} {:>7}",
+        "{:>6} {:>4} {:>10} | {:>10} {:>8} {:>8} | {:>10} {:>7} {:>7} {:>8} {:>8} {:>8} | {:>7} {:>7}",
         "size",
         "N",
         "backend",
@@ -399,7 +407,7 @@ pub fn format_row(r: &Row) -> String {
     let mb = w.per_sec() * r.size as f64 / 1e6;
     let _ = write!(
         s,
-        "{:>6} {:>4} {:>9} | {:>10.0} {:>8.1} {:>8.1} | {:>10.0} {:>7.1} {:>7.1} {:>8.1} {:>8.1} {:>8.1} | {:>6.2}x {:>6.2}x",
+        "{:>6} {:>4} {:>10} | {:>10.0} {:>8.1} {:>8.1} | {:>10.0} {:>7.1} {:>7.1} {:>8.1} {:>8.1} {:>8.1} | {:>6.2}x {:>6.2}x",
         r.size,
         r.concurrency,
         r.backend,

@@ -79,7 +79,7 @@ impl Wal {
     pub async fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Wal> {
         let dir = dir.as_ref().to_path_buf();
         let (o, d) = (opts.clone(), dir.clone());
-        let (start, report) = tokio::task::spawn_blocking(move || recover(&d, &o))
+        let (start, report, opts) = tokio::task::spawn_blocking(move || recover(&d, o))
             .await
             .map_err(|e| Error::io(IoOp::Spawn, "spawn_blocking", std::io::Error::other(e)))??;
         let core = Core::new(dir, opts.clone(), start);
@@ -202,6 +202,11 @@ impl Wal {
         self.handle.core.backend_name()
     }
 
+    /// Whether segments are written with `O_DIRECT` (see [`crate::DirectIo`]).
+    pub fn direct_io(&self) -> bool {
+        self.handle.core.opts.direct
+    }
+
     /// The log directory.
     pub fn dir(&self) -> &Path {
         self.handle.core.dir()
@@ -218,12 +223,14 @@ impl Wal {
 }
 
 /// Recovery plus the tail repair it calls for; runs on a blocking thread.
-fn recover(dir: &Path, opts: &Options) -> Result<(Start, RecoveryReport)> {
+fn recover(dir: &Path, mut opts: Options) -> Result<(Start, RecoveryReport, Options)> {
     opts.validate()?;
     if opts.create {
         fs::create_dir_all(dir).map_err(|e| Error::io(IoOp::CreateDir, dir, e))?;
     }
     let lock = segment::lock_dir(dir)?;
+    opts.direct = resolve_direct_io(dir, &opts)?;
+    let opts = &opts;
     let mut plan = recovery::plan(dir, opts.recovery_mode, u64::from(opts.max_record_bytes))?;
     segment::remove(dir, &plan.leftovers)?;
     if !plan.discard.is_empty() {
@@ -231,7 +238,28 @@ fn recover(dir: &Path, opts: &Options) -> Result<(Start, RecoveryReport)> {
     }
     let report = std::mem::replace(&mut plan.report, empty_report());
     let start = apply(dir, opts, plan, lock)?;
-    Ok((start, report))
+    Ok((start, report, opts.clone()))
+}
+
+/// Whether this log's segments can use O_DIRECT: the file system is asked
+/// by opening the lock file with the flag.
+fn resolve_direct_io(dir: &Path, opts: &Options) -> Result<bool> {
+    use crate::options::DirectIo;
+    let probe = || segment::probe_direct_io(dir);
+    match opts.direct_io {
+        DirectIo::Off => Ok(false),
+        DirectIo::Auto if opts.alignment < 4096 => Ok(false),
+        DirectIo::Auto => match probe() {
+            Ok(()) => Ok(true),
+            Err(reason) => {
+                tracing::info!("aiowal: buffered writes in {}: {reason}", dir.display());
+                Ok(false)
+            }
+        },
+        DirectIo::On => {
+            probe().map(|()| true).map_err(|reason| Error::InvalidOption { name: "direct_io", reason })
+        }
+    }
 }
 
 fn empty_report() -> RecoveryReport {
@@ -256,7 +284,7 @@ fn apply(dir: &Path, opts: &Options, plan: Plan, lock: segment::DirLock) -> Resu
         l.header.alignment == opts.alignment && l.header.window_bytes >= opts.window_bytes()
     });
     if let (Tail::Continue { offset }, Some(last), true) = (tail, &last, same_settings) {
-        let file = segment::open_for_write(&last.path)?;
+        let file = segment::open_for_write(&last.path, opts.direct)?;
         let place =
             Place { seq: last.seq, salt: last.header.salt, offset, seg_end: last.header.segment_bytes };
         let active = Active { seq: last.seq, file: Arc::new(file) };
@@ -294,12 +322,12 @@ fn reuse_or_prepare(
     }
     segment::remove(dir, &remove)?;
     if let Some(path) = reuse {
-        return Ok(Next::Ready(seq, segment::open_for_write(&path)?));
+        return Ok(Next::Ready(seq, segment::open_for_write(&path, opts.direct)?));
     }
     if now {
-        return Ok(Next::Ready(seq, segment::prepare(dir, seq, opts.segment_bytes)?));
+        return Ok(Next::Ready(seq, segment::prepare(dir, seq, opts.segment_bytes, opts.direct)?));
     }
-    Ok(Next::Preparing(segment::Preparing::start(dir.to_path_buf(), seq, opts.segment_bytes)?))
+    Ok(Next::Preparing(segment::Preparing::start(dir.to_path_buf(), seq, opts.segment_bytes, opts.direct)?))
 }
 
 /// Cuts a segment at `offset`: a padding frame from there to the segment's
@@ -313,7 +341,7 @@ fn seal(seg: &SegmentMeta, offset: u64, next_lsn: u64) -> Result<()> {
     let align = u64::from(h.alignment);
     let block = offset - offset % align;
     let prefix = usize::try_from(offset - block).unwrap_or(0);
-    let file = segment::open_for_write(&seg.path)?;
+    let file = segment::open_for_write(&seg.path, false)?;
     let mut buf = vec![0u8; h.alignment as usize];
     if prefix > 0 {
         file.read_exact_at(&mut buf[..prefix], block).map_err(|e| Error::io(IoOp::Read, &seg.path, e))?;

@@ -32,6 +32,7 @@ async fn append_reopen_across_rotations(b: Backend) {
     let opts = small(b);
     let wal = Wal::open(dir.path(), opts.clone()).await.unwrap();
     assert_eq!(wal.backend_name(), b.name());
+    assert!(wal.direct_io(), "this test's file system should take O_DIRECT (DirectIo::Auto)");
     let mut rng = Rng(7);
     let mut want = Vec::new();
     for i in 0..1500u64 {
@@ -437,7 +438,10 @@ async fn reopen_continues_in_place(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let opts = small(b);
     for round in 0..5u64 {
-        let wal = Wal::open(dir.path(), opts.clone()).await.unwrap();
+        // Alternate direct and buffered writes on the same segment.
+        let direct = if round % 2 == 0 { aiowal::DirectIo::Auto } else { aiowal::DirectIo::Off };
+        let wal = Wal::open(dir.path(), opts.clone().direct_io(direct)).await.unwrap();
+        assert_eq!(wal.direct_io(), round % 2 == 0);
         assert_eq!(wal.recovery_report().records, round * 3);
         for i in 0..3 {
             wal.append(&record(round, i, 10)).await.unwrap();

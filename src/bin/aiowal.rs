@@ -25,6 +25,13 @@ enum BackendArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum DirectArg {
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum SyncArg {
     Fsync,
     Dsync,
@@ -55,8 +62,11 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "auto")]
         backend: BackendArg,
         /// io_uring sync mode.
-        #[arg(long, value_enum, default_value = "fsync")]
+        #[arg(long, value_enum, default_value = "dsync")]
         uring_sync: SyncArg,
+        /// Whether the log writes with O_DIRECT.
+        #[arg(long, value_enum, default_value = "auto")]
+        direct: DirectArg,
         /// Directory to create the temporary log in (default: the current one).
         #[arg(long, default_value = ".")]
         dir: PathBuf,
@@ -106,7 +116,17 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
     match cli.cmd {
-        Cmd::Bench { duration_secs, concurrency, sizes, backend, uring_sync, dir, segment_mib, quiet } => {
+        Cmd::Bench {
+            duration_secs,
+            concurrency,
+            sizes,
+            backend,
+            uring_sync,
+            direct,
+            dir,
+            segment_mib,
+            quiet,
+        } => {
             if !duration_secs.is_finite() || duration_secs <= 0.0 {
                 eprintln!("aiowal: --duration-secs must be a positive number of seconds");
                 return Ok(ExitCode::from(2));
@@ -129,6 +149,11 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
                 uring_sync: match uring_sync {
                     SyncArg::Fsync => aiowal::UringSync::Fsync,
                     SyncArg::Dsync => aiowal::UringSync::Dsync,
+                },
+                direct_io: match direct {
+                    DirectArg::Auto => aiowal::DirectIo::Auto,
+                    DirectArg::On => aiowal::DirectIo::On,
+                    DirectArg::Off => aiowal::DirectIo::Off,
                 },
             };
             println!("{}", bench::environment(&cfg.dir));

@@ -72,7 +72,10 @@ pub(crate) struct Active {
 #[derive(Debug)]
 struct Batch {
     place: Place,
+    /// The batch's bytes start at `buf[start]`, aligned in memory to the
+    /// block alignment; `buf` never reallocates (capacity reserved up front).
     buf: Vec<u8>,
+    start: usize,
     first_lsn: u64,
     /// LSN after the batch's last record.
     end_lsn: u64,
@@ -82,6 +85,11 @@ struct Batch {
 impl Batch {
     fn records(&self) -> u64 {
         self.end_lsn - self.first_lsn
+    }
+
+    /// Bytes of the batch so far (from its first block).
+    fn used(&self) -> u64 {
+        (self.buf.len() - self.start) as u64
     }
 }
 
@@ -259,8 +267,7 @@ impl Core {
         let mut st = lock(&self.state);
         Self::check_open(&st)?;
         if let Some(open) = &st.open {
-            if !fits(open.place.offset, open.buf.len() as u64, encoded, align, batch_max, open.place.seg_end)
-            {
+            if !fits(open.place.offset, open.used(), encoded, align, batch_max, open.place.seg_end) {
                 self.seal_open(&mut st);
             }
         }
@@ -303,6 +310,12 @@ impl Core {
         let p = st.place;
         let mut buf = st.free_bufs.pop().unwrap_or_default();
         buf.clear();
+        let capacity = (batch_max + align) as usize;
+        if buf.capacity() < capacity {
+            buf = Vec::with_capacity(capacity);
+        }
+        let start = buf.as_ptr().align_offset(align as usize).min(align as usize);
+        buf.resize(start, 0);
         let mut header = None;
         if p.offset == 0 || !fits(p.offset, 0, encoded, align, batch_max, p.seg_end) {
             let seq = if p.offset == 0 { p.seq } else { p.seq + 1 };
@@ -316,22 +329,23 @@ impl Core {
                 window_bytes: self.opts.window_bytes(),
             };
             buf.extend_from_slice(&h.encode());
-            buf.resize(self.opts.alignment as usize, 0);
+            buf.resize(start + self.opts.alignment as usize, 0);
             header = Some(h);
         }
-        st.open = Some(Batch { place: st.place, buf, first_lsn: st.next_lsn, end_lsn: st.next_lsn, header });
+        st.open =
+            Some(Batch { place: st.place, buf, start, first_lsn: st.next_lsn, end_lsn: st.next_lsn, header });
     }
 
     /// Pads the open batch to the alignment and queues it.
     fn seal_open(&self, st: &mut State) {
         let Some(mut b) = st.open.take() else { return };
         let align = u64::from(self.opts.alignment);
-        let pad = format::padding_for(b.buf.len() as u64, align);
+        let pad = format::padding_for(b.used(), align);
         if pad > 0 {
             // Cannot fail: `pad` is a multiple of 8 and at least a frame header.
             let _ = format::encode_padding(&mut b.buf, b.place.salt, b.end_lsn, pad);
         }
-        st.place.offset = b.place.offset + b.buf.len() as u64;
+        st.place.offset = b.place.offset + b.used();
         st.sealed.push_back(b);
     }
 
@@ -361,13 +375,20 @@ impl Core {
         let meta = BatchMeta {
             first_lsn: batch.first_lsn,
             last_lsn: batch.end_lsn - 1,
-            bytes: batch.buf.len() as u64,
+            bytes: batch.used(),
             submitted: Instant::now(),
             seq: batch.place.seq,
             header: batch.header,
         };
         let file = self.target(st, batch.place.seq);
-        let writes = vec![WriteBuf { offset: batch.place.offset, buf: batch.buf }];
+        debug_assert!(
+            batch
+                .buf
+                .get(batch.start..)
+                .is_some_and(|d| d.as_ptr().align_offset(self.opts.alignment as usize) == 0),
+            "batch data must be aligned in memory"
+        );
+        let writes = vec![WriteBuf { offset: batch.place.offset, buf: batch.buf, start: batch.start }];
         Some(IoBatch { file, writes, meta })
     }
 
@@ -381,11 +402,11 @@ impl Core {
         if let Some(a) = st.active.as_ref().filter(|a| a.seq == seq) {
             return FileTarget::Open(Arc::clone(&a.file));
         }
-        let (dir, bytes) = (self.dir.clone(), self.opts.segment_bytes);
+        let (dir, bytes, direct) = (self.dir.clone(), self.opts.segment_bytes, self.opts.direct);
         match std::mem::replace(&mut st.next, Next::None) {
             Next::Ready(s, f) if s == seq => FileTarget::Open(Arc::new(f)),
             Next::Preparing(p) if p.seq() == seq => FileTarget::new(move || p.wait()),
-            _ => FileTarget::new(move || segment::prepare(&dir, seq, bytes)),
+            _ => FileTarget::new(move || segment::prepare(&dir, seq, bytes, direct)),
         }
     }
 
@@ -398,7 +419,8 @@ impl Core {
             lock(&self.segments).push(SegmentMeta { seq, path: path.clone(), header: h });
         }
         st.active = Some(Active { seq, file });
-        st.next = match Preparing::start(self.dir.clone(), seq + 1, self.opts.segment_bytes) {
+        st.next = match Preparing::start(self.dir.clone(), seq + 1, self.opts.segment_bytes, self.opts.direct)
+        {
             Ok(p) => Next::Preparing(p),
             // Retried synchronously (on the I/O path) when the segment is needed.
             Err(_) => Next::None,

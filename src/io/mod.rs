@@ -34,11 +34,28 @@ use crate::error::{Error, IoOp, Result};
 use crate::format::SegmentHeader;
 use crate::options::{Backend, Options};
 
-/// One aligned buffer written at a file offset.
+/// One block-aligned buffer written at a file offset. The data starts at
+/// `start`, chosen so that it is aligned in memory as well (O_DIRECT needs it).
 #[derive(Debug)]
 pub(crate) struct WriteBuf {
     pub offset: u64,
     pub buf: Vec<u8>,
+    pub start: usize,
+}
+
+impl WriteBuf {
+    /// The bytes to write.
+    pub(crate) fn data(&self) -> &[u8] {
+        self.buf.get(self.start..).unwrap_or_default()
+    }
+}
+
+/// The `open(2)` flag for direct I/O, where the platform has one.
+pub(crate) fn direct_io_flag() -> Option<i32> {
+    #[cfg(any(target_os = "linux", target_os = "freebsd"))]
+    return Some(libc::O_DIRECT);
+    #[cfg(not(any(target_os = "linux", target_os = "freebsd")))]
+    return None;
 }
 
 /// What the pipeline needs back when a batch completes; backends ignore it.

@@ -42,7 +42,7 @@ impl Threaded {
 fn write_and_sync(batch: &mut IoBatch) -> std::result::Result<(), IoFailure> {
     let file = batch.file.resolve()?;
     for w in &batch.writes {
-        file.write_all_at(&w.buf, w.offset).map_err(|error| IoFailure { op: IoOp::Write, error })?;
+        file.write_all_at(w.data(), w.offset).map_err(|error| IoFailure { op: IoOp::Write, error })?;
     }
     file.sync_data().map_err(|error| IoFailure { op: IoOp::Sync, error })
 }

@@ -172,12 +172,12 @@ impl Shared {
         let mut entries = Vec::with_capacity(batch.writes.len() + 1);
         let dsync = self.mode == UringSync::Dsync;
         for (i, w) in batch.writes.iter().enumerate() {
-            let Ok(len) = u32::try_from(w.buf.len()) else {
+            let Ok(len) = u32::try_from(w.data().len()) else {
                 drop(r);
                 let error = io::Error::other("write buffer larger than 4 GiB");
                 return self.fail(batch, IoFailure { op: IoOp::Write, error });
             };
-            let mut e = opcode::Write::new(fd, w.buf.as_ptr(), len)
+            let mut e = opcode::Write::new(fd, w.data().as_ptr(), len)
                 .offset(w.offset)
                 .rw_flags(if dsync { libc::RWF_DSYNC } else { 0 })
                 .build()
@@ -244,7 +244,7 @@ impl Shared {
             let Some(f) = r.flights.get_mut(&id) else { continue };
             f.ops_left -= 1;
             if op != SYNC_OP {
-                let want = f.batch.writes.get(op as usize).map_or(0, |w| w.buf.len());
+                let want = f.batch.writes.get(op as usize).map_or(0, |w| w.data().len());
                 if f.result.is_ok() {
                     f.result = check_write(res, want);
                 }

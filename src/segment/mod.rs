@@ -7,7 +7,7 @@
 //! directory fsynced: a file with a final name is always fully preallocated.
 
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
@@ -94,7 +94,9 @@ pub(crate) fn list_segments(dir: &Path) -> Result<(Numbered, Vec<PathBuf>)> {
 ///
 /// Zeroes are written rather than `fallocate`d: a data sync over unwritten
 /// extents costs a journal commit every time (see DESIGN.md §4).
-pub(crate) fn prepare(dir: &Path, seq: u64, bytes: u64) -> Result<File> {
+///
+/// With `direct`, the returned handle is opened anew with `O_DIRECT`.
+pub(crate) fn prepare(dir: &Path, seq: u64, bytes: u64, direct: bool) -> Result<File> {
     let path = segment_path(dir, seq);
     let tmp = dir.join(format!("{seq:020}{TMP_SUFFIX}"));
     let file = OpenOptions::new()
@@ -115,12 +117,37 @@ pub(crate) fn prepare(dir: &Path, seq: u64, bytes: u64) -> Result<File> {
     file.sync_all().map_err(|e| Error::io(IoOp::Sync, &tmp, e))?;
     fs::rename(&tmp, &path).map_err(|e| Error::io(IoOp::Rename, &path, e))?;
     sync_dir(dir)?;
-    Ok(file)
+    if direct { open_for_write(&path, true) } else { Ok(file) }
 }
 
-/// Opens an existing segment for writing.
-pub(crate) fn open_for_write(path: &Path) -> Result<File> {
-    OpenOptions::new().read(true).write(true).open(path).map_err(|e| Error::io(IoOp::Open, path, e))
+/// Opens an existing segment for writing, with `O_DIRECT` if `direct`.
+pub(crate) fn open_for_write(path: &Path, direct: bool) -> Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true).write(true);
+    if direct {
+        let Some(flag) = crate::io::direct_io_flag() else {
+            let e = std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "O_DIRECT is not available on this platform",
+            );
+            return Err(Error::io(IoOp::Open, path, e));
+        };
+        o.custom_flags(flag);
+    }
+    o.open(path).map_err(|e| Error::io(IoOp::Open, path, e))
+}
+
+/// Whether files in `dir` can be opened with `O_DIRECT`, by trying on the
+/// lock file; the reason when not.
+pub(crate) fn probe_direct_io(dir: &Path) -> std::result::Result<(), String> {
+    let Some(flag) = crate::io::direct_io_flag() else {
+        return Err("O_DIRECT is not available on this platform".into());
+    };
+    let path = dir.join(LOCK_NAME);
+    match OpenOptions::new().read(true).custom_flags(flag).open(&path) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("the file system refuses O_DIRECT ({e})")),
+    }
 }
 
 /// Removes segment files and fsyncs the directory once.
@@ -164,10 +191,10 @@ pub(crate) struct Preparing {
 
 impl Preparing {
     /// Starts preparing segment `seq` in the background.
-    pub(crate) fn start(dir: PathBuf, seq: u64, bytes: u64) -> Result<Preparing> {
+    pub(crate) fn start(dir: PathBuf, seq: u64, bytes: u64, direct: bool) -> Result<Preparing> {
         let handle = std::thread::Builder::new()
             .name(format!("aiowal-prep-{seq}"))
-            .spawn(move || prepare(&dir, seq, bytes))
+            .spawn(move || prepare(&dir, seq, bytes, direct))
             .map_err(|e| Error::io(IoOp::Spawn, PathBuf::from("aiowal-prep"), e))?;
         Ok(Preparing { seq, handle })
     }
