@@ -171,9 +171,15 @@ impl Wal {
         Lsn(self.handle.core.durable_lsn())
     }
 
-    /// Removes whole segments whose records all precede `lsn` (a checkpoint),
+    /// Retires whole segments whose records all precede `lsn` (a checkpoint),
     /// never the segment being written. Records `>= lsn` are never lost, and
-    /// some below it may remain. Returns how many segments were removed.
+    /// some below it may remain. Returns how many segments were retired.
+    ///
+    /// Up to [`Options::segments_recycled_max`] retired segments are kept as
+    /// spares and reused for new segments (no zero-filling); the rest are
+    /// deleted. [`Record`](crate::Record)s read earlier from a retired segment
+    /// must not be used afterwards: their bytes live in a file that may be
+    /// reused (copy them out with `to_vec` first).
     ///
     /// # Errors
     /// [`Error::Io`] if a file cannot be removed or the directory synced.
@@ -276,20 +282,26 @@ fn empty_report() -> RecoveryReport {
 
 /// Writes what the plan needs (a seal) and sets up where appends go next.
 fn apply(dir: &Path, opts: &Options, plan: Plan, lock: segment::DirLock) -> Result<Start> {
-    let Plan { segments, unused, next_lsn, tail, .. } = plan;
+    let Plan { segments, unused, next_lsn, tail, spares, .. } = plan;
     let last = segments.last().cloned();
     // Continue in the last segment only if it was written with today's
     // settings: its header's window and alignment drive its recovery.
     let same_settings = last.as_ref().is_some_and(|l| {
         l.header.alignment == opts.alignment && l.header.window_bytes >= opts.window_bytes()
     });
-    if let (Tail::Continue { offset }, Some(last), true) = (tail, &last, same_settings) {
+    // A segment not continued is sealed: what a recycled file holds after
+    // its last batch must not look like damage once a later segment exists.
+    let tail = match tail {
+        Tail::Continue { offset } if !same_settings => Tail::Seal { offset },
+        t => t,
+    };
+    if let (Tail::Continue { offset }, Some(last)) = (tail, &last) {
         let file = segment::open_for_write(&last.path, opts.direct)?;
         let place =
             Place { seq: last.seq, salt: last.header.salt, offset, seg_end: last.header.segment_bytes };
         let active = Active { seq: last.seq, file: Arc::new(file) };
         let next = reuse_or_prepare(dir, opts, unused, last.seq + 1, false)?;
-        return Ok(Start { next_lsn, place, active: Some(active), next, segments, lock });
+        return Ok(Start { next_lsn, spares, place, active: Some(active), next, segments, lock });
     }
     if let (Tail::Seal { offset }, Some(last)) = (tail, &last) {
         seal(last, offset, next_lsn)?;
@@ -297,7 +309,7 @@ fn apply(dir: &Path, opts: &Options, plan: Plan, lock: segment::DirLock) -> Resu
     let seq = last.map_or_else(|| unused.first().map_or(1, |u| u.0), |l| l.seq + 1);
     let next = reuse_or_prepare(dir, opts, unused, seq, true)?;
     let place = Place { seq, salt: 0, offset: 0, seg_end: opts.segment_bytes };
-    Ok(Start { next_lsn, place, active: None, next, segments, lock })
+    Ok(Start { next_lsn, spares, place, active: None, next, segments, lock })
 }
 
 /// Reuses a never-written trailing segment as segment `seq` if it fits the
@@ -325,9 +337,15 @@ fn reuse_or_prepare(
         return Ok(Next::Ready(seq, segment::open_for_write(&path, opts.direct)?));
     }
     if now {
-        return Ok(Next::Ready(seq, segment::prepare(dir, seq, opts.segment_bytes, opts.direct)?));
+        return Ok(Next::Ready(seq, segment::prepare(dir, seq, opts.segment_bytes, opts.direct, None)?));
     }
-    Ok(Next::Preparing(segment::Preparing::start(dir.to_path_buf(), seq, opts.segment_bytes, opts.direct)?))
+    Ok(Next::Preparing(segment::Preparing::start(
+        dir.to_path_buf(),
+        seq,
+        opts.segment_bytes,
+        opts.direct,
+        None,
+    )?))
 }
 
 /// Cuts a segment at `offset`: a padding frame from there to the segment's

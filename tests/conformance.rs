@@ -16,6 +16,9 @@ per_backend!(
     torn_tail_cut_at_every_sector,
     torn_tail_garbage_at_every_sector,
     torn_tail_hole_at_every_sector,
+    torn_tail_garbage_in_recycled_segment,
+    torn_tail_hole_in_recycled_segment,
+    recycled_segments_reopen_cleanly,
     mid_log_corruption_detected,
     second_open_is_locked,
     truncate_before_removes_whole_segments,
@@ -170,9 +173,30 @@ async fn atomic_batch_all_or_nothing(b: Backend) {
 
 /// Writes a log whose last segment ends with several multi-record batches;
 /// returns the records and the last segment's path.
-async fn write_tail(dir: &std::path::Path, opts: &Options) -> (Vec<(u64, Vec<u8>)>, std::path::PathBuf) {
+///
+/// With `recycle`, the log is first filled and checkpointed so that the tail
+/// lands in reused segment files still holding an earlier incarnation's frames.
+async fn write_tail(
+    dir: &std::path::Path,
+    opts: &Options,
+    recycle: bool,
+) -> (Vec<(u64, Vec<u8>)>, std::path::PathBuf) {
     let wal = Wal::open(dir, opts.clone()).await.unwrap();
     let mut want = Vec::new();
+    if recycle {
+        for i in 0..600u64 {
+            wal.append(&record(2, i, 1000)).await.unwrap();
+        }
+        wal.truncate_before(wal.durable_lsn()).await.unwrap();
+        let spares = spare_count(dir);
+        assert!(spares > 0, "truncate_before kept no spares");
+        for i in 600..900u64 {
+            wal.append(&record(2, i, 1000)).await.unwrap();
+        }
+        assert!(spare_count(dir) < spares, "no spare was reused");
+        wal.truncate_before(wal.durable_lsn()).await.unwrap();
+        want.extend(read_all(&wal, wal.first_lsn()));
+    }
     for i in 0..40u64 {
         let r = record(3, i, 50 + (i as usize * 37) % 700);
         want.push((wal.append(&r).await.unwrap().get(), r));
@@ -194,12 +218,26 @@ async fn write_tail(dir: &std::path::Path, opts: &Options) -> (Vec<(u64, Vec<u8>
     (want, last_used_segment(dir))
 }
 
-async fn torn_tail_at_every_sector(b: Backend, garbage: bool) {
+fn spare_count(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().to_string_lossy().ends_with(".spare"))
+        .count()
+}
+
+async fn push(wal: &Wal, want: &mut Vec<(u64, Vec<u8>)>, len: usize) {
+    let r = record(want.len() as u64, 7, len);
+    want.push((wal.append(&r).await.unwrap().get(), r));
+}
+
+async fn torn_tail_at_every_sector(b: Backend, garbage: bool, recycle: bool) {
     let dir = tempfile::tempdir().unwrap();
     let opts = small(b);
-    let (want, seg) = write_tail(dir.path(), &opts).await;
-    let (_, fr) = frames(&seg);
+    let (want, seg) = write_tail(dir.path(), &opts, recycle).await;
+    let (h, fr) = frames(&seg);
     let end = fr.last().map(|f| f.offset + f.len).unwrap();
+    // Records in earlier segments, which no cut of this one may lose.
+    let prior = want.iter().filter(|(l, _)| *l < h.first_lsn).count();
     let first = end.saturating_sub(8 * 4096).max(4096);
     let mut cut = first - first % 512;
     let mut checked = 0;
@@ -230,7 +268,11 @@ async fn torn_tail_at_every_sector(b: Backend, garbage: bool) {
         assert_eq!(got[..], want[..got.len()], "cut at {cut}: recovered records must be a prefix");
         // Every record wholly before the cut survives.
         let before = fr.iter().filter(|f| f.offset + f.len <= cut && f.kind != FrameKind::Padding).count();
-        assert!(got.len() >= before, "cut at {cut}: lost acknowledged records ({} < {before})", got.len());
+        assert!(
+            got.len() >= prior + before,
+            "cut at {cut}: lost acknowledged records ({} < {prior} + {before})",
+            got.len()
+        );
         wal.append(b"next").await.unwrap();
         wal.close().await.unwrap();
         // And a second recovery agrees, with the new record after the prefix.
@@ -247,23 +289,81 @@ async fn torn_tail_at_every_sector(b: Backend, garbage: bool) {
 }
 
 async fn torn_tail_cut_at_every_sector(b: Backend) {
-    torn_tail_at_every_sector(b, false).await;
+    torn_tail_at_every_sector(b, false, false).await;
 }
 
 async fn torn_tail_garbage_at_every_sector(b: Backend) {
-    torn_tail_at_every_sector(b, true).await;
+    torn_tail_at_every_sector(b, true, false).await;
+}
+
+async fn torn_tail_garbage_in_recycled_segment(b: Backend) {
+    torn_tail_at_every_sector(b, true, true).await;
+}
+
+async fn torn_tail_hole_in_recycled_segment(b: Backend) {
+    torn_tail_hole(b, true).await;
+}
+
+async fn torn_tail_hole_at_every_sector(b: Backend) {
+    torn_tail_hole(b, false).await;
+}
+
+/// A log that reuses retired segments still opens cleanly (even in
+/// AbsoluteConsistency mode) after a clean close and continues in place, and
+/// a reused segment that ended early is not mistaken for damage once a later
+/// segment exists: the old bytes after its last batch stay unread.
+async fn recycled_segments_reopen_cleanly(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = small(b);
+    let strict = opts.clone().recovery_mode(RecoveryMode::AbsoluteConsistency);
+    let wal = Wal::open(dir.path(), opts.clone()).await.unwrap();
+    let mut want = Vec::new();
+    // Fill segments completely with one-block batches, then retire them:
+    // the spares hold old frames in every block.
+    for _ in 0..800 {
+        push(&wal, &mut want, 1000).await;
+    }
+    wal.truncate_before(wal.durable_lsn()).await.unwrap();
+    assert_eq!(spare_count(dir.path()), 4);
+    // Rotate until a spare is in use and another is being prepared.
+    while spare_count(dir.path()) > 2 {
+        push(&wal, &mut want, 1000).await;
+    }
+    // Two-block batches leave the last block of this reused segment unused
+    // before the next rotation; carry on into the next segment.
+    let spares = spare_count(dir.path());
+    while spare_count(dir.path()) == spares {
+        push(&wal, &mut want, 5000).await;
+    }
+    // Past the 64 KiB a reused segment gets zeroed at its start.
+    for _ in 0..20 {
+        push(&wal, &mut want, 1000).await;
+    }
+    wal.close().await.unwrap();
+    let wal = Wal::open(dir.path(), strict.clone()).await.unwrap();
+    assert_eq!(wal.recovery_report().stop, StopReason::Clean);
+    let first = wal.first_lsn().get();
+    assert_eq!(read_all(&wal, Lsn::FIRST), want[(first - 1) as usize..]);
+    // It continued in place: appending and reopening still finds a clean end.
+    push(&wal, &mut want, 100).await;
+    wal.close().await.unwrap();
+    let wal = Wal::open(dir.path(), strict).await.unwrap();
+    assert_eq!(read_all(&wal, Lsn::FIRST), want[(first - 1) as usize..]);
+    wal.close().await.unwrap();
 }
 
 /// A crash can persist later sectors of an in-flight batch but not earlier
 /// ones. Zero one sector at a time (a hole with valid frames after it): the
 /// scan stops at the hole, the frames after it are never replayed, and they
 /// cannot come back after new appends reuse their LSNs.
-async fn torn_tail_hole_at_every_sector(b: Backend) {
+async fn torn_tail_hole(b: Backend, recycle: bool) {
     let dir = tempfile::tempdir().unwrap();
     let opts = small(b);
-    let (want, seg) = write_tail(dir.path(), &opts).await;
-    let (_, fr) = frames(&seg);
+    let (want, seg) = write_tail(dir.path(), &opts, recycle).await;
+    let (h, fr) = frames(&seg);
     let end = fr.last().map(|f| f.offset + f.len).unwrap();
+    // Records in earlier segments, which no cut of this one may lose.
+    let prior = want.iter().filter(|(l, _)| *l < h.first_lsn).count();
     let mut hole = end.saturating_sub(6 * 4096).max(4096);
     hole -= hole % 512;
     let mut checked = 0;
@@ -287,7 +387,7 @@ async fn torn_tail_hole_at_every_sector(b: Backend) {
         let stop = &wal.recovery_report().stop;
         assert!(!after || matches!(stop, StopReason::TornTail { .. }), "hole at {hole}: {stop:?}");
         let before = fr.iter().filter(|f| f.offset + f.len <= hole && f.kind != FrameKind::Padding).count();
-        assert!(got.len() >= before, "hole at {hole}: lost records before it");
+        assert!(got.len() >= prior + before, "hole at {hole}: lost records before it");
         for i in 0..3 {
             wal.append(&record(99, i, 20)).await.unwrap();
         }

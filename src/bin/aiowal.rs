@@ -157,7 +157,9 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
                 },
             };
             println!("{}", bench::environment(&cfg.dir));
-            println!("each run {duration_secs} s; ratios are aiowal / baseline from the same run\n");
+            println!(
+                "each run {duration_secs} s, checkpoint (truncate_before) every 100 ms; ratios are aiowal / baseline from the same run\n"
+            );
             println!("{}", bench::header());
             bench::run(&cfg, |row| println!("{}", bench::format_row(row)))?;
             Ok(ExitCode::SUCCESS)

@@ -108,10 +108,15 @@ pub(crate) struct State {
     next_lsn: u64,
     open: Option<Batch>,
     sealed: VecDeque<Batch>,
-    /// Batches submitted and not yet completed, oldest first: last LSN and
-    /// whether it completed (completions may arrive out of order; the
+    /// Batches submitted and not yet completed, oldest first: id, last LSN
+    /// and whether it completed (completions may arrive out of order; the
     /// durable watermark only advances over a completed prefix).
-    in_flight: VecDeque<(u64, bool)>,
+    in_flight: VecDeque<(u64, u64, bool)>,
+    /// Identifies batches in `in_flight` (an empty seal batch shares its
+    /// last LSN with the batch before it).
+    next_batch_id: u64,
+    /// Retired segment files waiting to be reused (see `truncate_before`).
+    spares: Vec<PathBuf>,
     /// The newest in-flight batch's writes have not completed yet.
     writing: bool,
     place: Place,
@@ -139,6 +144,8 @@ pub(crate) struct Core {
 /// How `open` leaves the tail for the pipeline.
 pub(crate) struct Start {
     pub next_lsn: u64,
+    /// Retired segment files found at open, reusable.
+    pub spares: Vec<PathBuf>,
     pub place: Place,
     pub active: Option<Active>,
     pub next: Next,
@@ -182,6 +189,8 @@ impl Core {
                 open: None,
                 sealed: VecDeque::new(),
                 in_flight: VecDeque::new(),
+                next_batch_id: 1,
+                spares: start.spares,
                 writing: false,
                 place: start.place,
                 active: start.active,
@@ -318,6 +327,9 @@ impl Core {
         buf.resize(start, 0);
         let mut header = None;
         if p.offset == 0 || !fits(p.offset, 0, encoded, align, batch_max, p.seg_end) {
+            if p.offset > 0 {
+                self.seal_segment(st, p);
+            }
             let seq = if p.offset == 0 { p.seq } else { p.seq + 1 };
             st.place = Place { seq, salt: random_salt(), offset: 0, seg_end: self.opts.segment_bytes };
             let h = SegmentHeader {
@@ -334,6 +346,24 @@ impl Core {
         }
         st.open =
             Some(Batch { place: st.place, buf, start, first_lsn: st.next_lsn, end_lsn: st.next_lsn, header });
+    }
+
+    /// Queues a batch of no records that ends segment `p.seq` explicitly: a
+    /// padding frame from `p.offset` to the segment's end. Recovery then
+    /// finds every segment but the last one full, whatever bytes a recycled
+    /// file still holds beyond the last batch.
+    fn seal_segment(&self, st: &mut State, p: Place) {
+        let align = self.opts.alignment as usize;
+        let Ok(hdr) = format::padding_header(p.salt, st.next_lsn, p.seg_end.saturating_sub(p.offset)) else {
+            return; // no room for a frame header: the scan ends there anyway
+        };
+        let mut buf: Vec<u8> = Vec::with_capacity(2 * align);
+        let start = buf.as_ptr().align_offset(align).min(align);
+        buf.resize(start, 0);
+        buf.extend_from_slice(&hdr);
+        buf.resize(start + align, 0);
+        let lsn = st.next_lsn;
+        st.sealed.push_back(Batch { place: p, buf, start, first_lsn: lsn, end_lsn: lsn, header: None });
     }
 
     /// Pads the open batch to the alignment and queues it.
@@ -370,9 +400,12 @@ impl Core {
             return None;
         }
         let batch = st.sealed.pop_front()?;
-        st.in_flight.push_back((batch.end_lsn - 1, false));
+        let id = st.next_batch_id;
+        st.next_batch_id += 1;
+        st.in_flight.push_back((id, batch.end_lsn - 1, false));
         st.writing = true;
         let meta = BatchMeta {
+            id,
             first_lsn: batch.first_lsn,
             last_lsn: batch.end_lsn - 1,
             bytes: batch.used(),
@@ -406,7 +439,10 @@ impl Core {
         match std::mem::replace(&mut st.next, Next::None) {
             Next::Ready(s, f) if s == seq => FileTarget::Open(Arc::new(f)),
             Next::Preparing(p) if p.seq() == seq => FileTarget::new(move || p.wait()),
-            _ => FileTarget::new(move || segment::prepare(&dir, seq, bytes, direct)),
+            _ => {
+                let spare = st.spares.pop();
+                FileTarget::new(move || segment::prepare(&dir, seq, bytes, direct, spare))
+            }
         }
     }
 
@@ -419,8 +455,14 @@ impl Core {
             lock(&self.segments).push(SegmentMeta { seq, path: path.clone(), header: h });
         }
         st.active = Some(Active { seq, file });
-        st.next = match Preparing::start(self.dir.clone(), seq + 1, self.opts.segment_bytes, self.opts.direct)
-        {
+        let spare = st.spares.pop();
+        st.next = match Preparing::start(
+            self.dir.clone(),
+            seq + 1,
+            self.opts.segment_bytes,
+            self.opts.direct,
+            spare,
+        ) {
             Ok(p) => Next::Preparing(p),
             // Retried synchronously (on the I/O path) when the segment is needed.
             Err(_) => Next::None,
@@ -479,17 +521,19 @@ impl Core {
         lock(&self.segments).clone()
     }
 
-    /// Removes whole segments whose every record is below `lsn`, never the
-    /// one being written. Returns how many were removed.
+    /// Retires whole segments whose every record is below `lsn`, never the
+    /// one being written: up to `segments_recycled_max` become spares that
+    /// later segments reuse instead of zero-filling new space; the rest are
+    /// removed. Returns how many segments were retired.
     pub(crate) fn truncate_before(&self, lsn: u64) -> Result<u64> {
         let active = lock(&self.state).active.as_ref().map(|a| a.seq);
-        let victims: Vec<PathBuf> = {
+        let victims: Vec<SegmentMeta> = {
             let segs = lock(&self.segments);
             let mut v = Vec::new();
             for pair in segs.windows(2) {
                 let [cur, next] = pair else { continue };
                 if next.header.first_lsn <= lsn && Some(cur.seq) != active {
-                    v.push(cur.path.clone());
+                    v.push(cur.clone());
                 } else {
                     break;
                 }
@@ -499,9 +543,18 @@ impl Core {
         if victims.is_empty() {
             return Ok(0);
         }
-        // Forget them first so new readers do not start on a file being removed.
-        lock(&self.segments).retain(|s| !victims.contains(&s.path));
-        segment::remove(&self.dir, &victims)?;
+        // Forget them first so new readers do not start on a file being retired.
+        lock(&self.segments).retain(|s| !victims.iter().any(|v| v.seq == s.seq));
+        let room = self.opts.segments_recycled_max.saturating_sub(lock(&self.state).spares.len());
+        let (recycle, remove): (Vec<_>, Vec<_>) = victims
+            .iter()
+            .enumerate()
+            .partition(|(i, v)| *i < room && v.header.segment_bytes == self.opts.segment_bytes);
+        let recycle: Vec<PathBuf> = recycle.into_iter().map(|(_, v)| v.path.clone()).collect();
+        let remove: Vec<PathBuf> = remove.into_iter().map(|(_, v)| v.path.clone()).collect();
+        segment::remove(&self.dir, &remove)?;
+        let spares = segment::retire(&self.dir, &recycle)?;
+        lock(&self.state).spares.extend(spares);
         Ok(victims.len() as u64)
     }
 
@@ -521,6 +574,9 @@ impl Core {
             }));
             let _ = rx.await;
         }
+        if flushed.is_ok() {
+            self.mark_clean_end().await?;
+        }
         let next = {
             let mut st = lock(&self.state);
             st.lock = None;
@@ -531,6 +587,30 @@ impl Core {
             let _ = tokio::task::spawn_blocking(move || p.wait()).await;
         }
         flushed.map(|_| ())
+    }
+
+    /// Zeroes the block after the last batch, so that the next open sees a
+    /// clean end even where a recycled file holds old bytes there.
+    async fn mark_clean_end(&self) -> Result<()> {
+        let (p, active) = {
+            let st = lock(&self.state);
+            (st.place, st.active.as_ref().map(|a| a.seq))
+        };
+        let align = u64::from(self.opts.alignment);
+        if active != Some(p.seq) || p.offset == 0 || p.offset + align > p.seg_end {
+            return Ok(());
+        }
+        let path = segment::segment_path(&self.dir, p.seq);
+        let zero = move || -> Result<()> {
+            let f = segment::open_for_write(&path, false)?;
+            let zeroes = vec![0u8; align as usize];
+            std::os::unix::fs::FileExt::write_all_at(&f, &zeroes, p.offset)
+                .map_err(|e| Error::io(IoOp::Write, &path, e))?;
+            f.sync_data().map_err(|e| Error::io(IoOp::Sync, &path, e))
+        };
+        tokio::task::spawn_blocking(zero)
+            .await
+            .map_err(|e| Error::io(IoOp::Spawn, "spawn_blocking", io::Error::other(e)))?
     }
 
     /// Stops the backend without waiting (the last handle was dropped).
@@ -570,11 +650,11 @@ impl Completion for Core {
     fn complete(&self, mut batch: IoBatch, result: std::result::Result<(), IoFailure>) {
         let (next, durable) = {
             let mut st = lock(&self.state);
-            let last = batch.meta.last_lsn;
-            if let Some(slot) = st.in_flight.iter_mut().find(|(l, _)| *l == last) {
-                slot.1 = true;
+            let id = batch.meta.id;
+            if let Some(slot) = st.in_flight.iter_mut().find(|(i, _, _)| *i == id) {
+                slot.2 = true;
             }
-            if st.in_flight.back().is_some_and(|(l, _)| *l == last) {
+            if st.in_flight.back().is_some_and(|(i, _, _)| *i == id) {
                 st.writing = false;
             }
             if let Err(f) = result {
@@ -593,8 +673,8 @@ impl Completion for Core {
                 }
             }
             let mut durable = None;
-            while st.in_flight.front().is_some_and(|(_, done)| *done) {
-                durable = st.in_flight.pop_front().map(|(l, _)| l);
+            while st.in_flight.front().is_some_and(|(_, _, done)| *done) {
+                durable = st.in_flight.pop_front().map(|(_, l, _)| l);
             }
             (self.take_next(&mut st), durable)
         };

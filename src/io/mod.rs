@@ -61,6 +61,8 @@ pub(crate) fn direct_io_flag() -> Option<i32> {
 /// What the pipeline needs back when a batch completes; backends ignore it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BatchMeta {
+    /// The pipeline's id for the batch.
+    pub id: u64,
     pub first_lsn: u64,
     pub last_lsn: u64,
     pub bytes: u64,

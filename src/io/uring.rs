@@ -9,6 +9,9 @@
 //! batch N+1 overlaps the sync of batch N, and the pipeline acknowledges LSNs
 //! only over a prefix of completed syncs.
 //!
+//! With `RWF_DSYNC` writes there is no separate sync to overlap, so one
+//! batch is in flight at a time.
+//!
 //! In-flight batches (and so their buffers) are owned by the ring's table
 //! until their last completion arrives; a dropped `append` future cannot free
 //! them, and dropping the ring with I/O in flight waits for it first.
@@ -217,13 +220,6 @@ impl Shared {
                 f.result = Err(IoFailure { op: IoOp::Write, error });
             }
         }
-        drop(r);
-        if dsync {
-            // Each DSYNC write is durable on completion: the next batch may go now.
-            if let Some(s) = self.sink() {
-                s.written();
-            }
-        }
     }
 
     fn fail(&self, batch: IoBatch, fail: IoFailure) {
@@ -341,8 +337,15 @@ impl IoBackend for Uring {
         "uring"
     }
 
+    /// Linked write+fsync has a sync phase for the next batch's write to
+    /// overlap; a `RWF_DSYNC` write does not, and two of them in flight
+    /// only split the group (measured: 1.61x vs 1.57x the baseline at N=64,
+    /// 511k/s vs 470k/s at N=256, 100 B records).
     fn depth(&self) -> usize {
-        2
+        match self.shared.mode {
+            UringSync::Fsync => 2,
+            UringSync::Dsync => 1,
+        }
     }
 
     fn submit(&self, mut batch: IoBatch) {

@@ -52,10 +52,12 @@ pub(crate) fn map(path: &Path) -> Result<Mmap> {
             .and_then(|m| m.make_read_only())
             .map_err(|e| Error::io(IoOp::Map, path, e));
     }
-    // SAFETY: the map is read-only and aiowal never rewrites bytes below the
-    // durable end of a segment while the log is open; the one process that
-    // owns the directory (the lock) only appends beyond them. A file truncated
-    // by someone else under us is outside the contract (SIGBUS, as for any mmap).
+    // SAFETY: the map is read-only. While the log is open, its one owner
+    // (the directory lock) never rewrites bytes below a segment's durable end
+    // as long as the segment is live; a segment retired by `truncate_before`
+    // may be reused, which is why its docs tell callers not to keep records
+    // of retired segments. A file truncated by someone else under us is
+    // outside the contract (SIGBUS, as for any mmap).
     unsafe { Mmap::map(&file) }.map_err(|e| Error::io(IoOp::Map, path, e))
 }
 
@@ -321,6 +323,8 @@ pub(crate) struct Plan {
     pub discard: Vec<PathBuf>,
     /// Temporary files of interrupted segment preparations, to be removed.
     pub leftovers: Vec<PathBuf>,
+    /// Retired segments kept for reuse.
+    pub spares: Vec<PathBuf>,
     /// The LSN the next append gets.
     pub next_lsn: u64,
     pub tail: Tail,
@@ -341,8 +345,8 @@ struct Mapped {
 /// Scans the log in `dir` and decides what to do, without writing anything.
 pub(crate) fn plan(dir: &Path, mode: RecoveryMode, max_payload: u64) -> Result<Plan> {
     let mut mapped = Vec::new();
-    let (segments, leftovers) = segment::list_segments(dir)?;
-    for (seq, path) in segments {
+    let listing = segment::list_segments(dir)?;
+    for (seq, path) in listing.segments {
         let map = map(&path)?;
         let header = SegmentHeader::decode(&map);
         mapped.push(Mapped { seq, path, map, header });
@@ -365,7 +369,8 @@ pub(crate) fn plan(dir: &Path, mode: RecoveryMode, max_payload: u64) -> Result<P
     }
     unused.reverse();
     let mut plan = walk(mapped, unused, mode, max_payload)?;
-    plan.leftovers = leftovers;
+    plan.leftovers = listing.tmp;
+    plan.spares = listing.spares;
     Ok(plan)
 }
 
@@ -470,7 +475,7 @@ fn walk(mapped: Vec<Mapped>, unused: Vec<(u64, PathBuf)>, mode: RecoveryMode, ma
     if report.records == 0 {
         report.first_lsn = if segments.is_empty() { Lsn::ZERO } else { report.first_lsn };
     }
-    Ok(Plan { segments, unused, discard, leftovers: Vec::new(), next_lsn, tail, report })
+    Ok(Plan { segments, unused, discard, leftovers: Vec::new(), spares: Vec::new(), next_lsn, tail, report })
 }
 
 fn check_header(m: &Mapped, h: &SegmentHeader, first: bool, next_lsn: u64) -> Option<Error> {

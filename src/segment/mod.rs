@@ -17,6 +17,8 @@ use crate::error::{Error, IoOp, Result};
 
 const SUFFIX: &str = ".wal";
 const TMP_SUFFIX: &str = ".wal.tmp";
+/// Retired segments kept for reuse; never read as segments.
+const SPARE_SUFFIX: &str = ".wal.spare";
 const LOCK_NAME: &str = "LOCK";
 const ZERO_CHUNK: usize = 1 << 20;
 
@@ -70,11 +72,22 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     d.sync_all().map_err(|e| Error::io(IoOp::SyncDir, dir, e))
 }
 
-/// Segment files in `dir`, sorted by sequence number, and leftover temporary
-/// files of interrupted preparations. Read-only.
-pub(crate) fn list_segments(dir: &Path) -> Result<(Numbered, Vec<PathBuf>)> {
+/// What a log directory holds besides its lock.
+#[derive(Debug, Default)]
+pub(crate) struct Listing {
+    /// Segment files, sorted by sequence number.
+    pub segments: Numbered,
+    /// Temporary files of interrupted preparations.
+    pub tmp: Vec<PathBuf>,
+    /// Retired segments kept for reuse.
+    pub spares: Vec<PathBuf>,
+}
+
+/// Lists the files of a log directory. Read-only.
+pub(crate) fn list_segments(dir: &Path) -> Result<Listing> {
     let mut out = Vec::new();
     let mut tmp = Vec::new();
+    let mut spares = Vec::new();
     let entries = fs::read_dir(dir).map_err(|e| Error::io(IoOp::Read, dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(IoOp::Read, dir, e))?;
@@ -84,20 +97,39 @@ pub(crate) fn list_segments(dir: &Path) -> Result<(Numbered, Vec<PathBuf>)> {
             out.push((seq, entry.path()));
         } else if name.ends_with(TMP_SUFFIX) {
             tmp.push(entry.path());
+        } else if name.ends_with(SPARE_SUFFIX) {
+            spares.push(entry.path());
         }
     }
     out.sort_unstable_by_key(|(seq, _)| *seq);
-    Ok((out, tmp))
+    spares.sort();
+    Ok(Listing { segments: out, tmp, spares })
 }
 
-/// Creates segment `seq` filled with `bytes` written zeroes, durably.
+/// Creates segment `seq` of `bytes`, durably: from a spare (a retired
+/// segment) when one is given, else filled with written zeroes.
 ///
 /// Zeroes are written rather than `fallocate`d: a data sync over unwritten
-/// extents costs a journal commit every time (see DESIGN.md §4).
+/// extents costs a journal commit every time (see DESIGN.md §4). A spare
+/// already has written blocks; only its header block is zeroed, and the
+/// per-segment salt makes its old frames fail their checksums.
 ///
-/// With `direct`, the returned handle is opened anew with `O_DIRECT`.
-pub(crate) fn prepare(dir: &Path, seq: u64, bytes: u64, direct: bool) -> Result<File> {
+/// With `direct`, the returned handle is opened with `O_DIRECT`.
+pub(crate) fn prepare(
+    dir: &Path,
+    seq: u64,
+    bytes: u64,
+    direct: bool,
+    spare: Option<PathBuf>,
+) -> Result<File> {
     let path = segment_path(dir, seq);
+    if let Some(spare) = spare {
+        match reuse_spare(dir, &spare, &path, bytes) {
+            Ok(true) => return open_for_write(&path, direct),
+            Ok(false) => fs::remove_file(&spare).map_err(|e| Error::io(IoOp::Remove, &spare, e))?,
+            Err(e) => return Err(e),
+        }
+    }
     let tmp = dir.join(format!("{seq:020}{TMP_SUFFIX}"));
     let file = OpenOptions::new()
         .read(true)
@@ -118,6 +150,45 @@ pub(crate) fn prepare(dir: &Path, seq: u64, bytes: u64, direct: bool) -> Result<
     fs::rename(&tmp, &path).map_err(|e| Error::io(IoOp::Rename, &path, e))?;
     sync_dir(dir)?;
     if direct { open_for_write(&path, true) } else { Ok(file) }
+}
+
+/// Bytes zeroed at the start of a reused segment: its whole header block at
+/// the largest alignment, so no old header can be read back.
+const SPARE_HEADER_ZERO: usize = 64 << 10;
+
+/// Turns a spare into segment `path`: zero its header block durably, then
+/// rename. Returns false (nothing done) if the spare has the wrong size.
+fn reuse_spare(dir: &Path, spare: &Path, path: &Path, bytes: u64) -> Result<bool> {
+    let file = open_for_write(spare, false)?;
+    let len = file.metadata().map_err(|e| Error::io(IoOp::Read, spare, e))?.len();
+    if len != bytes {
+        return Ok(false);
+    }
+    // Zeroed and synced before the rename: a crash in between leaves either
+    // a spare or an unused segment (zero header), never an old header under
+    // a new name.
+    let zeroes = vec![0u8; SPARE_HEADER_ZERO.min(usize::try_from(bytes).unwrap_or(SPARE_HEADER_ZERO))];
+    file.write_all_at(&zeroes, 0).map_err(|e| Error::io(IoOp::Write, spare, e))?;
+    file.sync_data().map_err(|e| Error::io(IoOp::Sync, spare, e))?;
+    fs::rename(spare, path).map_err(|e| Error::io(IoOp::Rename, path, e))?;
+    sync_dir(dir)?;
+    Ok(true)
+}
+
+/// Renames retired segments to spares; returns their new paths.
+pub(crate) fn retire(dir: &Path, paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        let mut name = p.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        name.push(".spare");
+        let to = p.with_file_name(name);
+        fs::rename(p, &to).map_err(|e| Error::io(IoOp::Rename, p, e))?;
+        out.push(to);
+    }
+    if !paths.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(out)
 }
 
 /// Opens an existing segment for writing, with `O_DIRECT` if `direct`.
@@ -191,10 +262,16 @@ pub(crate) struct Preparing {
 
 impl Preparing {
     /// Starts preparing segment `seq` in the background.
-    pub(crate) fn start(dir: PathBuf, seq: u64, bytes: u64, direct: bool) -> Result<Preparing> {
+    pub(crate) fn start(
+        dir: PathBuf,
+        seq: u64,
+        bytes: u64,
+        direct: bool,
+        spare: Option<PathBuf>,
+    ) -> Result<Preparing> {
         let handle = std::thread::Builder::new()
             .name(format!("aiowal-prep-{seq}"))
-            .spawn(move || prepare(&dir, seq, bytes, direct))
+            .spawn(move || prepare(&dir, seq, bytes, direct, spare))
             .map_err(|e| Error::io(IoOp::Spawn, PathBuf::from("aiowal-prep"), e))?;
         Ok(Preparing { seq, handle })
     }

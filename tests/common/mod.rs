@@ -32,6 +32,19 @@ macro_rules! per_backend {
                 }
             )*
         }
+        /// io_uring with writes linked to fdatasync: two batches in flight,
+        /// the next batch's write overlapping the previous sync.
+        #[cfg(target_os = "linux")]
+        mod uring_fsync {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    $crate::common::URING_SYNC
+                        .scope(aiowal::UringSync::Fsync, super::$case(aiowal::Backend::Uring))
+                        .await
+                }
+            )*
+        }
         #[cfg(target_os = "linux")]
         mod uring_current_thread {
             $(
@@ -53,10 +66,16 @@ macro_rules! per_backend {
     };
 }
 
+tokio::task_local! {
+    /// The io_uring sync mode a `per_backend!` variant runs its case with.
+    pub static URING_SYNC: aiowal::UringSync;
+}
+
 /// Small segments and batches so tests rotate and exercise windows quickly.
 pub fn small(backend: aiowal::Backend) -> Options {
     Options::default()
         .backend(backend)
+        .uring_sync(URING_SYNC.try_with(|s| *s).unwrap_or_default())
         .segment_bytes(256 << 10)
         .batch_bytes_max(32 << 10)
         .max_record_bytes(8 << 10)
