@@ -13,6 +13,10 @@ pub enum Backend {
     /// Linux io_uring: one submission per batch, completion through tokio's
     /// reactor, the next batch's write overlapping the previous sync.
     Uring,
+    /// POSIX AIO: one `lio_listio` per batch, then `aio_fsync`. The default
+    /// on FreeBSD (completion by kqueue); on Linux it runs over glibc's
+    /// thread-based AIO.
+    Lio,
 }
 
 impl Backend {
@@ -22,6 +26,7 @@ impl Backend {
             Backend::Auto => "auto",
             Backend::Threaded => "threaded",
             Backend::Uring => "uring",
+            Backend::Lio => "lio",
         }
     }
 }

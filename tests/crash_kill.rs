@@ -28,6 +28,7 @@ fn options(backend: Backend) -> Options {
 fn backend_from(name: &str) -> Backend {
     match name {
         "uring" => Backend::Uring,
+        "lio" => Backend::Lio,
         _ => Backend::Threaded,
     }
 }
@@ -169,6 +170,12 @@ fn check(dir: &std::path::Path, backend: &str, round: u64, acked: &HashMap<u64, 
 #[test]
 fn sigkill_threaded() {
     kill_and_recover("threaded");
+}
+
+#[cfg(any(target_os = "linux", target_os = "freebsd"))]
+#[test]
+fn sigkill_lio() {
+    kill_and_recover("lio");
 }
 
 #[cfg(target_os = "linux")]

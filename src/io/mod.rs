@@ -12,6 +12,8 @@
 //! | platform | `Backend::Auto` picks | why |
 //! |----------|-----------------------|-----|
 //! | Linux    | `uring`, else `threaded` with the reason logged | one `io_uring_enter` per batch, completion via eventfd in tokio's reactor, write N+1 overlapping sync N |
+//! | FreeBSD  | `lio`                 | one `lio_listio` per batch, completion by kqueue through tokio's `Aio` (LIO interest), then `aio_fsync(O_DSYNC)` |
+//! | Linux, explicit `Backend::Lio` | — | the same AIO code over glibc, driven by one thread in `aio_suspend` |
 //! | other    | `threaded`            | `pwrite` + `fdatasync` on one thread per log: portable, one hand-off per batch |
 //!
 //! A lone appender does not pay for a hand-off: when no batch is in flight,
@@ -20,6 +22,8 @@
 //! runtime's other tasks move to another worker meanwhile). Batches that
 //! queue behind it go to the I/O thread.
 
+#[cfg(any(target_os = "linux", target_os = "freebsd"))]
+mod lio;
 mod threaded;
 #[cfg(target_os = "linux")]
 mod uring;
@@ -79,12 +83,12 @@ pub(crate) enum FileTarget {
     Open(Arc<File>),
     /// A new segment whose file may still be being prepared: the backend
     /// waits for it (off the pipeline's lock) before writing. `None` once taken.
-    New(Option<Box<dyn FnOnce() -> Result<File> + Send>>),
+    New(Option<Box<dyn FnOnce() -> Result<File> + Send + Sync>>),
 }
 
 impl FileTarget {
     /// A new segment's file, produced by `prepare`.
-    pub(crate) fn new(prepare: impl FnOnce() -> Result<File> + Send + 'static) -> FileTarget {
+    pub(crate) fn new(prepare: impl FnOnce() -> Result<File> + Send + Sync + 'static) -> FileTarget {
         FileTarget::New(Some(Box::new(prepare)))
     }
 
@@ -195,9 +199,11 @@ pub(crate) enum Inline {
 pub(crate) fn start(which: Backend, sink: Arc<dyn Completion>, opts: &Options) -> Result<Box<dyn IoBackend>> {
     match which {
         Backend::Threaded => Ok(Box::new(threaded::Threaded::start(sink)?)),
+        Backend::Lio => start_lio(sink),
         Backend::Uring => {
             start_uring(sink, opts).map_err(|reason| Error::BackendUnavailable { backend: "uring", reason })
         }
+        Backend::Auto if cfg!(target_os = "freebsd") => start_lio(sink),
         Backend::Auto => match start_uring(Arc::clone(&sink), opts) {
             Ok(b) => Ok(b),
             Err(reason) => {
@@ -206,6 +212,26 @@ pub(crate) fn start(which: Backend, sink: Arc<dyn Completion>, opts: &Options) -
             }
         },
     }
+}
+
+#[cfg(target_os = "linux")]
+fn start_lio(sink: Arc<dyn Completion>) -> Result<Box<dyn IoBackend>> {
+    Ok(Box::new(lio::start(sink)?))
+}
+
+#[cfg(target_os = "freebsd")]
+fn start_lio(sink: Arc<dyn Completion>) -> Result<Box<dyn IoBackend>> {
+    lio::Lio::start(sink)
+        .map(|l| Box::new(l) as Box<dyn IoBackend>)
+        .map_err(|reason| Error::BackendUnavailable { backend: "lio", reason })
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "freebsd")))]
+fn start_lio(_sink: Arc<dyn Completion>) -> Result<Box<dyn IoBackend>> {
+    Err(Error::BackendUnavailable {
+        backend: "lio",
+        reason: "POSIX AIO is supported on Linux and FreeBSD only".into(),
+    })
 }
 
 #[cfg(target_os = "linux")]

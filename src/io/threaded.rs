@@ -3,6 +3,9 @@
 //! The thread is the pipeline's flusher: a completion that finds more work
 //! staged submits it from this same thread, so a busy log pays one hand-off
 //! (appender → thread) per batch and none per record.
+//!
+//! The same worker runs any blocking batch operation: Linux's `lio` backend
+//! uses it with glibc's POSIX AIO calls instead of `pwrite`.
 
 use std::collections::VecDeque;
 use std::os::unix::fs::FileExt;
@@ -23,19 +26,37 @@ struct Shared {
     ready: Condvar,
 }
 
+/// Writes and syncs one batch, blocking the calling thread.
+pub(crate) type BatchOp = fn(&mut IoBatch) -> std::result::Result<(), IoFailure>;
+
 pub(crate) struct Threaded {
     shared: Arc<Shared>,
+    name: &'static str,
+    op: BatchOp,
+    /// Whether a lone appender may run `op` on its own thread.
+    inline: bool,
 }
 
 impl Threaded {
+    /// The portable backend: `pwrite` + `fdatasync`.
     pub(crate) fn start(sink: Arc<dyn Completion>) -> Result<Threaded> {
+        Self::start_with(sink, "threaded", write_and_sync, true)
+    }
+
+    /// A worker thread running `op` for each batch.
+    pub(crate) fn start_with(
+        sink: Arc<dyn Completion>,
+        name: &'static str,
+        op: BatchOp,
+        inline: bool,
+    ) -> Result<Threaded> {
         let shared = Arc::new(Shared { queue: Mutex::default(), ready: Condvar::new() });
         let worker = Arc::clone(&shared);
         std::thread::Builder::new()
-            .name("aiowal-io".into())
-            .spawn(move || run(&worker, sink))
+            .name(format!("aiowal-{name}"))
+            .spawn(move || run(&worker, sink, op))
             .map_err(|e| Error::io(IoOp::Spawn, PathBuf::from("aiowal-io"), e))?;
-        Ok(Threaded { shared })
+        Ok(Threaded { shared, name, op, inline })
     }
 }
 
@@ -47,7 +68,7 @@ fn write_and_sync(batch: &mut IoBatch) -> std::result::Result<(), IoFailure> {
     file.sync_data().map_err(|error| IoFailure { op: IoOp::Sync, error })
 }
 
-fn run(shared: &Shared, sink: Arc<dyn Completion>) {
+fn run(shared: &Shared, sink: Arc<dyn Completion>, op: BatchOp) {
     loop {
         let next = {
             let mut q = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
@@ -63,7 +84,7 @@ fn run(shared: &Shared, sink: Arc<dyn Completion>) {
         };
         match next {
             Ok(mut batch) => {
-                let result = write_and_sync(&mut batch);
+                let result = op(&mut batch);
                 sink.complete(batch, result);
             }
             Err(done) => {
@@ -77,7 +98,7 @@ fn run(shared: &Shared, sink: Arc<dyn Completion>) {
 
 impl IoBackend for Threaded {
     fn name(&self) -> &'static str {
-        "threaded"
+        self.name
     }
 
     fn submit(&self, batch: IoBatch) {
@@ -89,19 +110,21 @@ impl IoBackend for Threaded {
 
     fn run_inline(&self, mut batch: IoBatch) -> Inline {
         use tokio::runtime::{Handle, RuntimeFlavor};
+        let op = self.op;
         match Handle::try_current().map(|h| h.runtime_flavor()) {
+            _ if !self.inline => Inline::Declined(batch),
             // Blocking a current-thread runtime would stall every task on it.
             Ok(RuntimeFlavor::CurrentThread) => Inline::Declined(batch),
             // A new segment may still be being zero-filled: let the I/O
             // thread wait for it rather than the appender.
             Ok(_) if batch.file.is_new() => Inline::Declined(batch),
             Ok(_) => tokio::task::block_in_place(|| {
-                let r = write_and_sync(&mut batch);
+                let r = op(&mut batch);
                 Inline::Done(batch, r)
             }),
             // Not inside a runtime: a plain thread that may block.
             Err(_) => {
-                let r = write_and_sync(&mut batch);
+                let r = op(&mut batch);
                 Inline::Done(batch, r)
             }
         }

@@ -54,6 +54,16 @@ macro_rules! per_backend {
                 }
             )*
         }
+        /// POSIX AIO (glibc's on Linux, kqueue-driven on FreeBSD).
+        #[cfg(any(target_os = "linux", target_os = "freebsd"))]
+        mod lio {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(aiowal::Backend::Lio).await
+                }
+            )*
+        }
         /// On a current-thread runtime: every batch goes to the I/O thread.
         mod threaded_current_thread {
             $(

@@ -1,0 +1,62 @@
+//! `Backend::Lio` on Linux: glibc's POSIX AIO driven from one thread per log.
+//!
+//! glibc runs AIO requests on its own helper threads, so completion
+//! notification by signal (a realtime signal read through tokio's signal
+//! stream) or by `SIGEV_THREAD` would add hand-offs and process-wide signal
+//! state to a path that is already thread-based. The log's I/O thread (the
+//! same worker as the threaded backend) submits each batch with
+//! `lio_listio` and blocks in `aio_suspend` until it completes: no runtime
+//! worker blocks, nothing polls.
+
+use std::sync::Arc;
+
+use super::{AioBatch, Submit};
+use crate::error::Result;
+use crate::io::threaded::Threaded;
+use crate::io::{Completion, IoBatch, IoFailure};
+
+/// Starts the Linux lio backend.
+pub(crate) fn start(sink: Arc<dyn Completion>) -> Result<Threaded> {
+    // Never inline: the point of this backend is to run the shared AIO code.
+    Threaded::start_with(sink, "lio", write_and_sync, false)
+}
+
+/// Submits with `lio_listio`, waits with `aio_suspend`, then `aio_fsync`.
+fn write_and_sync(batch: &mut IoBatch) -> std::result::Result<(), IoFailure> {
+    let file = batch.file.resolve()?;
+    let mut aio = AioBatch::new(batch, file)?;
+    run(&mut aio)
+}
+
+fn run(aio: &mut AioBatch<'_>) -> std::result::Result<(), IoFailure> {
+    loop {
+        match aio.submit_writes(None) {
+            Ok(()) => break,
+            // The queue is full: let what was queued finish, then resubmit the rest.
+            Err(Submit::Again) => wait_some(aio),
+            Err(Submit::Failed(f)) => return Err(f),
+        }
+    }
+    aio.wait_all();
+    debug_assert!(aio.writes_done());
+    aio.reap_writes()?;
+    loop {
+        match aio.submit_sync(None) {
+            Ok(()) => break,
+            Err(Submit::Again) => std::thread::sleep(std::time::Duration::from_micros(50)),
+            Err(Submit::Failed(f)) => return Err(f),
+        }
+    }
+    aio.wait_all();
+    debug_assert!(aio.sync_done());
+    aio.reap_sync()
+}
+
+fn wait_some(aio: &AioBatch<'_>) {
+    if aio.in_progress().is_empty() {
+        // Nothing of ours in flight: others fill the queue; back off briefly.
+        std::thread::sleep(std::time::Duration::from_micros(50));
+    } else {
+        aio.wait_all();
+    }
+}
