@@ -265,6 +265,7 @@ pub fn wal(
         let name = match (wal.backend_name(), wal.direct_io()) {
             ("uring", true) => "uring+dio",
             ("threaded", true) => "thread+dio",
+            ("lio", true) => "lio+dio",
             (n, _) => n,
         };
         let start = Instant::now();

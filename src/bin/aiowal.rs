@@ -21,6 +21,7 @@ enum BackendArg {
     Auto,
     Threaded,
     Uring,
+    Lio,
     All,
 }
 
@@ -135,7 +136,11 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
                 BackendArg::Auto => vec![Backend::Auto],
                 BackendArg::Threaded => vec![Backend::Threaded],
                 BackendArg::Uring => vec![Backend::Uring],
-                BackendArg::All if cfg!(target_os = "linux") => vec![Backend::Uring, Backend::Threaded],
+                BackendArg::Lio => vec![Backend::Lio],
+                BackendArg::All if cfg!(target_os = "linux") => {
+                    vec![Backend::Uring, Backend::Threaded, Backend::Lio]
+                }
+                BackendArg::All if cfg!(target_os = "freebsd") => vec![Backend::Lio, Backend::Threaded],
                 BackendArg::All => vec![Backend::Threaded],
             };
             let cfg = bench::Config {
