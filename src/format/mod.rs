@@ -199,6 +199,9 @@ impl SegmentHeader {
         if stored != crc {
             return Err(FormatError::BadChecksum);
         }
+        if read_u32(raw, HEADER_RESERVED_OFFSET)? != 0 {
+            return Err(FormatError::BadField("reserved"));
+        }
         let version = read_u32(raw, VERSION_OFFSET)?;
         if version != VERSION {
             return Err(FormatError::UnsupportedVersion(version));
@@ -393,6 +396,10 @@ pub fn decode_frame(b: &[u8], salt: u64, max_payload: u64) -> Result<Frame<'_>, 
         return Err(FormatError::Zeroed);
     }
     let kind = FrameKind::from_byte(*hdr.get(FRAME_KIND_OFFSET).ok_or(FormatError::Truncated)?)?;
+    // Reserved bytes are written as zero; anything else is not this format.
+    if hdr.get(FRAME_RESERVED_OFFSET..).is_none_or(|r| r.iter().any(|&b| b != 0)) {
+        return Err(FormatError::BadField("reserved"));
+    }
     let len = read_u32(hdr, FRAME_LEN_OFFSET)?;
     let lsn = read_u64(hdr, FRAME_LSN_OFFSET)?;
     let stored = read_u32(hdr, FRAME_CRC_OFFSET)?;

@@ -158,3 +158,30 @@ proptest! {
         let _ = SegmentHeader::decode(&b);
     }
 }
+
+/// Found by fuzzing: a frame whose reserved bytes are not zero but whose
+/// checksum covers them must still be refused, so that decoding and
+/// re-encoding agree byte for byte.
+#[test]
+fn nonzero_reserved_bytes_rejected() {
+    let mut out = Vec::new();
+    encode_frame(&mut out, 3, 1, FrameKind::Record, b"abc").unwrap();
+    out[20] = 0xff;
+    let mut h = crc32fast::Hasher::new();
+    h.update(&3u64.to_le_bytes());
+    h.update(&out[4..24]);
+    h.update(b"abc");
+    out[..4].copy_from_slice(&h.finalize().to_le_bytes());
+    assert_eq!(decode_frame(&out, 3, 10), Err(FormatError::BadField("reserved")));
+    let hdr = SegmentHeader {
+        alignment: 4096,
+        sequence: 1,
+        first_lsn: 1,
+        salt: 3,
+        segment_bytes: 1 << 20,
+        window_bytes: 1 << 16,
+    };
+    let mut b = hdr.encode();
+    b[62] = 1;
+    assert_eq!(SegmentHeader::decode(&b), Err(FormatError::BadField("reserved")));
+}
