@@ -177,10 +177,15 @@ fn reuse_spare(dir: &Path, spare: &Path, path: &Path, bytes: u64) -> Result<bool
 
 /// Renames retired segments to spares; returns their new paths.
 pub(crate) fn retire(dir: &Path, paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    rename_with_suffix(dir, paths, ".spare")
+}
+
+/// Appends `suffix` to each file's name (one directory fsync at the end).
+fn rename_with_suffix(dir: &Path, paths: &[PathBuf], suffix: &str) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in paths {
         let mut name = p.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-        name.push(".spare");
+        name.push(suffix);
         let to = p.with_file_name(name);
         fs::rename(p, &to).map_err(|e| Error::io(IoOp::Rename, p, e))?;
         out.push(to);
@@ -235,22 +240,11 @@ pub(crate) fn remove(dir: &Path, paths: &[PathBuf]) -> Result<()> {
 /// Renames segments out of the log (PointInTime recovery keeps them for
 /// inspection instead of deleting them).
 pub(crate) fn set_aside(dir: &Path, paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for p in paths {
-        let mut name = p.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default();
-        name.push(format!(".discarded-{secs}"));
-        let to = p.with_file_name(name);
-        fs::rename(p, &to).map_err(|e| Error::io(IoOp::Rename, p, e))?;
-        out.push(to);
-    }
-    if !paths.is_empty() {
-        sync_dir(dir)?;
-    }
-    Ok(out)
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    rename_with_suffix(dir, paths, &format!(".discarded-{secs}"))
 }
 
 /// A segment being prepared on a background thread.
