@@ -282,7 +282,7 @@ fn empty_report() -> RecoveryReport {
 
 /// Writes what the plan needs (a seal) and sets up where appends go next.
 fn apply(dir: &Path, opts: &Options, plan: Plan, lock: segment::DirLock) -> Result<Start> {
-    let Plan { segments, unused, next_lsn, tail, spares, .. } = plan;
+    let Plan { segments, unused, next_lsn, tail, mut spares, .. } = plan;
     let last = segments.last().cloned();
     // Continue in the last segment only if it was written with today's
     // settings: its header's window and alignment drive its recovery.
@@ -300,27 +300,28 @@ fn apply(dir: &Path, opts: &Options, plan: Plan, lock: segment::DirLock) -> Resu
         let place =
             Place { seq: last.seq, salt: last.header.salt, offset, seg_end: last.header.segment_bytes };
         let active = Active { seq: last.seq, file: Arc::new(file) };
-        let next = reuse_or_prepare(dir, opts, unused, last.seq + 1, false)?;
+        let next = reuse_or_prepare(dir, opts, unused, last.seq + 1, false, &mut spares)?;
         return Ok(Start { next_lsn, spares, place, active: Some(active), next, segments, lock });
     }
     if let (Tail::Seal { offset }, Some(last)) = (tail, &last) {
         seal(last, offset, next_lsn)?;
     }
     let seq = last.map_or_else(|| unused.first().map_or(1, |u| u.0), |l| l.seq + 1);
-    let next = reuse_or_prepare(dir, opts, unused, seq, true)?;
+    let next = reuse_or_prepare(dir, opts, unused, seq, true, &mut spares)?;
     let place = Place { seq, salt: 0, offset: 0, seg_end: opts.segment_bytes };
     Ok(Start { next_lsn, spares, place, active: None, next, segments, lock })
 }
 
 /// Reuses a never-written trailing segment as segment `seq` if it fits the
-/// options, removing the others; otherwise prepares `seq` (now, or in the
-/// background when `now` is false).
+/// options, removing the others; otherwise prepares `seq` from a spare or by
+/// zero-filling (now, or in the background when `now` is false).
 fn reuse_or_prepare(
     dir: &Path,
     opts: &Options,
-    unused: Vec<(u64, PathBuf)>,
+    unused: segment::Numbered,
     seq: u64,
     now: bool,
+    spares: &mut Vec<PathBuf>,
 ) -> Result<Next> {
     let mut reuse = None;
     let mut remove = Vec::new();
@@ -336,16 +337,11 @@ fn reuse_or_prepare(
     if let Some(path) = reuse {
         return Ok(Next::Ready(seq, segment::open_for_write(&path, opts.direct)?));
     }
+    let (bytes, spare) = (opts.segment_bytes, spares.pop());
     if now {
-        return Ok(Next::Ready(seq, segment::prepare(dir, seq, opts.segment_bytes, opts.direct, None)?));
+        return Ok(Next::Ready(seq, segment::prepare(dir, seq, bytes, opts.direct, spare)?));
     }
-    Ok(Next::Preparing(segment::Preparing::start(
-        dir.to_path_buf(),
-        seq,
-        opts.segment_bytes,
-        opts.direct,
-        None,
-    )?))
+    Ok(Next::Preparing(segment::Preparing::start(dir.to_path_buf(), seq, bytes, opts.direct, spare)?))
 }
 
 /// Cuts a segment at `offset`: a padding frame from there to the segment's

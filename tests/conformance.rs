@@ -456,6 +456,11 @@ async fn second_open_is_locked(b: Backend) {
     wal.append(b"a").await.unwrap();
     wal.close().await.unwrap();
     assert!(matches!(wal.append(b"b").await, Err(Error::Closed)));
+    // Closing again, from any clone and concurrently, is a no-op.
+    let other = wal.clone();
+    let (a, b2) = tokio::join!(wal.close(), other.close());
+    a.unwrap();
+    b2.unwrap();
     let wal = Wal::open(dir.path(), small(b)).await.unwrap();
     assert_eq!(read_all(&wal, Lsn::FIRST).len(), 1);
     wal.close().await.unwrap();

@@ -135,6 +135,8 @@ pub(crate) struct Core {
     pub opts: Options,
     state: Mutex<State>,
     durable: watch::Sender<Durable>,
+    /// Set once `close` has stopped the backend and released the lock.
+    closed: watch::Sender<bool>,
     space: Notify,
     backend: OnceLock<Box<dyn IoBackend>>,
     /// Segments holding (or about to hold) records, oldest first.
@@ -202,6 +204,7 @@ impl Core {
                 stats: stats::Counters::default(),
             }),
             durable: watch::Sender::new(durable),
+            closed: watch::Sender::new(false),
             space: Notify::new(),
             backend: OnceLock::new(),
             segments: Mutex::new(start.segments),
@@ -561,12 +564,25 @@ impl Core {
     /// Refuses new appends, waits for staged records to become durable and
     /// stops the backend.
     pub(crate) async fn close(&self) -> Result<()> {
-        let target = {
+        let (target, first) = {
             let mut st = lock(&self.state);
-            st.closing = true;
-            st.next_lsn - 1
+            let first = !std::mem::replace(&mut st.closing, true);
+            (st.next_lsn - 1, first)
         };
-        let flushed = self.wait_durable(target).await;
+        let flushed = self.wait_durable(target).await.map(|_| ());
+        if !first {
+            // Another close (or this one, earlier) stops the backend; wait for it.
+            let mut closed = self.closed.subscribe();
+            let _ = closed.wait_for(|c| *c).await;
+            return flushed;
+        }
+        let result = self.shut_down(flushed.is_ok()).await;
+        self.closed.send_replace(true);
+        flushed.and(result)
+    }
+
+    /// Stops the backend, marks the clean end, releases the lock.
+    async fn shut_down(&self, clean: bool) -> Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if let Some(b) = self.backend.get() {
             b.stop(Box::new(move || {
@@ -574,9 +590,7 @@ impl Core {
             }));
             let _ = rx.await;
         }
-        if flushed.is_ok() {
-            self.mark_clean_end().await?;
-        }
+        let marked = if clean { self.mark_clean_end().await } else { Ok(()) };
         let next = {
             let mut st = lock(&self.state);
             st.lock = None;
@@ -586,7 +600,7 @@ impl Core {
             // Let a preparation in progress finish rather than leave a temp file.
             let _ = tokio::task::spawn_blocking(move || p.wait()).await;
         }
-        flushed.map(|_| ())
+        marked
     }
 
     /// Zeroes the block after the last batch, so that the next open sees a
@@ -615,7 +629,9 @@ impl Core {
 
     /// Stops the backend without waiting (the last handle was dropped).
     pub(crate) fn shutdown(&self) {
-        lock(&self.state).closing = true;
+        if std::mem::replace(&mut lock(&self.state).closing, true) {
+            return; // `close` already stops it
+        }
         if let Some(b) = self.backend.get() {
             b.stop(Box::new(|| {}));
         }
