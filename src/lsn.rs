@@ -86,3 +86,10 @@ impl fmt::Display for LsnRange {
         write!(f, "{}..={}", self.first, self.last)
     }
 }
+
+impl From<Lsn> for LsnRange {
+    /// The range holding just `lsn`.
+    fn from(lsn: Lsn) -> LsnRange {
+        LsnRange { first: lsn, last: lsn }
+    }
+}
