@@ -27,6 +27,7 @@ const SNAPSHOT: &str = "snapshot";
 const SNAPSHOT_MAGIC: &[u8; 8] = b"KVSNAP1\n";
 const OP_PUT: u8 = 1;
 const OP_DELETE: u8 = 2;
+const OP_CLEAR: u8 = 3;
 
 /// Errors of the store: the log's, the file system's, or a bad snapshot/record.
 #[derive(Debug)]
@@ -65,6 +66,8 @@ impl From<std::io::Error> for StoreError {
 pub enum Op {
     Put(Vec<u8>, Vec<u8>),
     Delete(Vec<u8>),
+    /// Removes every key written before this record.
+    Clear,
 }
 
 impl Op {
@@ -72,6 +75,7 @@ impl Op {
         let (tag, key, value): (u8, &[u8], &[u8]) = match self {
             Op::Put(k, v) => (OP_PUT, k, v),
             Op::Delete(k) => (OP_DELETE, k, &[]),
+            Op::Clear => (OP_CLEAR, &[], &[]),
         };
         let mut out = Vec::with_capacity(5 + key.len() + value.len());
         out.push(tag);
@@ -91,6 +95,7 @@ impl Op {
         match tag {
             OP_PUT => Ok(Op::Put(key, value)),
             OP_DELETE if value.is_empty() => Ok(Op::Delete(key)),
+            OP_CLEAR if key.is_empty() && value.is_empty() => Ok(Op::Clear),
             _ => Err(bad()),
         }
     }
@@ -114,10 +119,17 @@ pub struct Recovered {
     pub replayed: u64,
 }
 
+/// The map and the LSN of the newest `Clear` applied to it.
+#[derive(Debug, Default)]
+struct Map {
+    entries: BTreeMap<Vec<u8>, Versioned>,
+    cleared_at: u64,
+}
+
 pub struct Store {
     dir: PathBuf,
     wal: Wal,
-    map: Mutex<BTreeMap<Vec<u8>, Versioned>>,
+    map: Mutex<Map>,
     /// Writers hold it shared across append + apply; `checkpoint` takes it
     /// exclusively so that the map holds exactly the durable LSNs.
     writes: RwLock<()>,
@@ -129,8 +141,9 @@ impl Store {
     pub async fn open(dir: impl AsRef<Path>) -> Result<Store, StoreError> {
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir)?;
-        let (mut map, snapshot_lsn) = load_snapshot(&dir.join(SNAPSHOT))?;
-        let snapshot_keys = map.len();
+        let (entries, snapshot_lsn) = load_snapshot(&dir.join(SNAPSHOT))?;
+        let snapshot_keys = entries.len();
+        let mut map = Map { entries, cleared_at: 0 };
         let wal = Wal::open(dir.join("wal"), Options::default()).await?;
         let mut replayed = 0;
         for rec in wal.read_from(Lsn::new(snapshot_lsn + 1))? {
@@ -179,18 +192,18 @@ impl Store {
     }
 
     pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.map.lock().unwrap().get(key).and_then(|v| v.value.clone())
+        self.map.lock().unwrap().entries.get(key).and_then(|v| v.value.clone())
     }
 
     /// Live keys.
     pub fn len(&self) -> usize {
-        self.map.lock().unwrap().values().filter(|v| v.value.is_some()).count()
+        self.map.lock().unwrap().entries.values().filter(|v| v.value.is_some()).count()
     }
 
     /// Live entries in key order.
     pub fn entries(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         let map = self.map.lock().unwrap();
-        map.iter().filter_map(|(k, v)| v.value.clone().map(|v| (k.clone(), v))).collect()
+        map.entries.iter().filter_map(|(k, v)| v.value.clone().map(|v| (k.clone(), v))).collect()
     }
 
     /// Writes a snapshot of everything durable, then lets the log forget it.
@@ -213,12 +226,20 @@ impl Store {
 }
 
 /// Last writer (by LSN) wins, whatever order acks arrive in.
-fn apply(map: &mut BTreeMap<Vec<u8>, Versioned>, lsn: u64, op: Op) {
+fn apply(map: &mut Map, lsn: u64, op: Op) {
     let (key, value) = match op {
         Op::Put(k, v) => (k, Some(v)),
         Op::Delete(k) => (k, None),
+        Op::Clear => {
+            map.cleared_at = map.cleared_at.max(lsn);
+            map.entries.retain(|_, v| v.lsn > lsn);
+            return;
+        }
     };
-    let slot = map.entry(key).or_insert(Versioned { lsn: 0, value: None });
+    if lsn < map.cleared_at {
+        return; // a later Clear already removed it
+    }
+    let slot = map.entries.entry(key).or_insert(Versioned { lsn: 0, value: None });
     if slot.lsn < lsn {
         *slot = Versioned { lsn, value };
     }
