@@ -133,6 +133,15 @@ fn redis_cli_commands() {
     assert_eq!(raw(p, b"PING\r\n"), "+PONG\r\n");
     assert!(raw(p, b"GET \"unterminated\r\n").starts_with("-ERR Protocol error"));
     assert!(raw(p, b"*2\r\n$3\r\nGET\r\n$x\r\n").starts_with("-ERR Protocol error"));
+    // An oversized request is refused with an error, not buffered forever.
+    let mut big = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$9000000\r\n".to_vec();
+    big.resize(big.len() + (5 << 20), b'x');
+    let mut sock = TcpStream::connect(("127.0.0.1", p)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = sock.write_all(&big);
+    let mut answer = String::new();
+    let _ = BufReader::new(&sock).read_line(&mut answer);
+    assert!(answer.starts_with("-ERR request larger than"), "{answer:?}");
     assert_eq!(cli(p, &["flushall"]), "OK");
     assert_eq!(cli(p, &["dbsize"]), "0");
 }
