@@ -8,9 +8,9 @@ import struct, zlib, os, sys
 
 ALIGN = 4096
 
-def header(seq, first_lsn, salt, seg_bytes=1 << 16, window=1 << 15):
-    b = b"AIOWALsg" + struct.pack("<IIQQQQQ", 1, ALIGN, seq, first_lsn, salt, seg_bytes, window)
-    b += struct.pack("<I", zlib.crc32(b)) + b"\0" * 4
+def header(seq, first_lsn, salt, seg_bytes=1 << 16, window=1 << 15, log_id=0x5EED):
+    b = b"AIOWALsg" + struct.pack("<IIQQQQQI", 1, ALIGN, seq, first_lsn, salt, seg_bytes, window, log_id)
+    b += struct.pack("<I", zlib.crc32(b))
     return b.ljust(ALIGN, b"\0")
 
 def frame(salt, lsn, kind, payload):

@@ -96,6 +96,24 @@ pub enum Error {
         /// Why it was rejected.
         reason: FormatError,
     },
+    /// A segment written by a newer format version than this build reads.
+    #[error(
+        "{path} uses segment format version {version}, which this aiowal does not read; upgrade aiowal (the file was left untouched)"
+    )]
+    UnsupportedFormat {
+        /// The segment.
+        path: PathBuf,
+        /// Its format version.
+        version: u32,
+    },
+    /// A directory entry aiowal will not manage (a symlink in place of a segment).
+    #[error("{path}: {reason}; replace it with the segment file itself")]
+    BadDirectoryEntry {
+        /// The entry.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A record larger than `Options::max_record_bytes`.
     #[error("record of {len} bytes exceeds max_record_bytes = {max}")]
     RecordTooLarge {

@@ -284,6 +284,8 @@ fn empty_report() -> RecoveryReport {
 fn apply(dir: &Path, opts: &Options, plan: Plan, lock: segment::DirLock) -> Result<Start> {
     let Plan { segments, unused, next_lsn, tail, mut spares, .. } = plan;
     let last = segments.last().cloned();
+    // A new log gets a random id; an existing one keeps its first segment's.
+    let log_id = segments.first().map_or_else(|| crate::commit::random_salt() as u32, |s| s.header.log_id);
     // Continue in the last segment only if it was written with today's
     // settings: its header's window and alignment drive its recovery.
     let same_settings = last.as_ref().is_some_and(|l| {
@@ -301,7 +303,7 @@ fn apply(dir: &Path, opts: &Options, plan: Plan, lock: segment::DirLock) -> Resu
             Place { seq: last.seq, salt: last.header.salt, offset, seg_end: last.header.segment_bytes };
         let active = Active { seq: last.seq, file: Arc::new(file) };
         let next = reuse_or_prepare(dir, opts, unused, last.seq + 1, false, &mut spares)?;
-        return Ok(Start { next_lsn, spares, place, active: Some(active), next, segments, lock });
+        return Ok(Start { next_lsn, log_id, spares, place, active: Some(active), next, segments, lock });
     }
     if let (Tail::Seal { offset }, Some(last)) = (tail, &last) {
         seal(last, offset, next_lsn)?;
@@ -309,7 +311,7 @@ fn apply(dir: &Path, opts: &Options, plan: Plan, lock: segment::DirLock) -> Resu
     let seq = last.map_or_else(|| unused.first().map_or(1, |u| u.0), |l| l.seq + 1);
     let next = reuse_or_prepare(dir, opts, unused, seq, true, &mut spares)?;
     let place = Place { seq, salt: 0, offset: 0, seg_end: opts.segment_bytes };
-    Ok(Start { next_lsn, spares, place, active: None, next, segments, lock })
+    Ok(Start { next_lsn, log_id, spares, place, active: None, next, segments, lock })
 }
 
 /// Reuses a never-written trailing segment as segment `seq` if it fits the

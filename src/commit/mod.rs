@@ -133,6 +133,8 @@ pub(crate) struct State {
 pub(crate) struct Core {
     pub dir: PathBuf,
     pub opts: Options,
+    /// Written into every segment header; recovery refuses segments of other logs.
+    log_id: u32,
     state: Mutex<State>,
     durable: watch::Sender<Durable>,
     /// Set once `close` has stopped the backend and released the lock.
@@ -146,6 +148,7 @@ pub(crate) struct Core {
 /// How `open` leaves the tail for the pipeline.
 pub(crate) struct Start {
     pub next_lsn: u64,
+    pub log_id: u32,
     /// Retired segment files found at open, reusable.
     pub spares: Vec<PathBuf>,
     pub place: Place,
@@ -186,6 +189,7 @@ impl Core {
         Arc::new(Core {
             dir,
             opts,
+            log_id: start.log_id,
             state: Mutex::new(State {
                 next_lsn: start.next_lsn,
                 open: None,
@@ -342,6 +346,7 @@ impl Core {
                 salt: st.place.salt,
                 segment_bytes: self.opts.segment_bytes,
                 window_bytes: self.opts.window_bytes(),
+                log_id: self.log_id,
             };
             buf.extend_from_slice(&h.encode());
             buf.resize(start + self.opts.alignment as usize, 0);

@@ -17,8 +17,8 @@
 //!      32    8 salt           u64 LE, random per segment
 //!      40    8 segment_bytes  u64 LE, preallocated size of the file
 //!      48    8 window_bytes   u64 LE, most bytes ever in flight (torn-tail window)
-//!      56    4 header_crc     u32 LE, CRC32 of bytes 0..56
-//!      60    4 reserved       zero
+//!      56    4 log_id         u32 LE, random per log, the same in all its segments
+//!      60    4 header_crc     u32 LE, CRC32 of bytes 0..60
 //!
 //! Frame (24-byte header, payload, zeroes up to the next multiple of 8)
 //!  offset size field
@@ -57,10 +57,10 @@ const FIRST_LSN_OFFSET: usize = SEQUENCE_OFFSET + 8;
 const SALT_OFFSET: usize = FIRST_LSN_OFFSET + 8;
 const SEGMENT_BYTES_OFFSET: usize = SALT_OFFSET + 8;
 const WINDOW_BYTES_OFFSET: usize = SEGMENT_BYTES_OFFSET + 8;
-const HEADER_CRC_OFFSET: usize = WINDOW_BYTES_OFFSET + 8;
-const HEADER_RESERVED_OFFSET: usize = HEADER_CRC_OFFSET + 4;
+const LOG_ID_OFFSET: usize = WINDOW_BYTES_OFFSET + 8;
+const HEADER_CRC_OFFSET: usize = LOG_ID_OFFSET + 4;
 /// Bytes of the segment header that carry information.
-pub const SEGMENT_HEADER_LEN: usize = HEADER_RESERVED_OFFSET + 4;
+pub const SEGMENT_HEADER_LEN: usize = HEADER_CRC_OFFSET + 4;
 
 const FRAME_CRC_OFFSET: usize = 0;
 const FRAME_LEN_OFFSET: usize = FRAME_CRC_OFFSET + 4;
@@ -144,6 +144,8 @@ pub struct SegmentHeader {
     pub segment_bytes: u64,
     /// Most bytes that can be in flight at once while writing this segment.
     pub window_bytes: u64,
+    /// Identifies the log: a segment copied in from another log is refused.
+    pub log_id: u32,
 }
 
 fn read_u32(b: &[u8], at: usize) -> Result<u32, FormatError> {
@@ -176,6 +178,7 @@ impl SegmentHeader {
         put(&mut b, SALT_OFFSET, &self.salt.to_le_bytes());
         put(&mut b, SEGMENT_BYTES_OFFSET, &self.segment_bytes.to_le_bytes());
         put(&mut b, WINDOW_BYTES_OFFSET, &self.window_bytes.to_le_bytes());
+        put(&mut b, LOG_ID_OFFSET, &self.log_id.to_le_bytes());
         let crc = crc32fast::hash(b.get(..HEADER_CRC_OFFSET).unwrap_or_default());
         put(&mut b, HEADER_CRC_OFFSET, &crc.to_le_bytes());
         b
@@ -199,9 +202,6 @@ impl SegmentHeader {
         if stored != crc {
             return Err(FormatError::BadChecksum);
         }
-        if read_u32(raw, HEADER_RESERVED_OFFSET)? != 0 {
-            return Err(FormatError::BadField("reserved"));
-        }
         let version = read_u32(raw, VERSION_OFFSET)?;
         if version != VERSION {
             return Err(FormatError::UnsupportedVersion(version));
@@ -213,6 +213,7 @@ impl SegmentHeader {
             salt: read_u64(raw, SALT_OFFSET)?,
             segment_bytes: read_u64(raw, SEGMENT_BYTES_OFFSET)?,
             window_bytes: read_u64(raw, WINDOW_BYTES_OFFSET)?,
+            log_id: read_u32(raw, LOG_ID_OFFSET)?,
         };
         if !h.alignment.is_power_of_two() || !(ALIGNMENT_MIN..=ALIGNMENT_MAX).contains(&h.alignment) {
             return Err(FormatError::BadField("alignment"));

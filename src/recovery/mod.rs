@@ -351,27 +351,78 @@ pub(crate) fn plan(dir: &Path, mode: RecoveryMode, max_payload: u64) -> Result<P
         let header = SegmentHeader::decode(&map);
         mapped.push(Mapped { seq, path, map, header });
     }
-    // Trailing segments whose header never became durable were prepared but
-    // not used (or their first write was in flight at a crash).
+    // A file that is not an aiowal segment, or one from a newer format, is
+    // never touched: refuse to open.
+    for m in &mapped {
+        if let Err(FormatError::UnsupportedVersion(v)) = m.header {
+            return Err(Error::UnsupportedFormat { path: m.path.clone(), version: v });
+        }
+    }
+    // Trailing segments that were prepared but never written (all-zero
+    // header, or an empty file): reusable, and safe to remove.
     let mut unused = Vec::new();
     while let Some(m) = mapped.last() {
-        match m.header {
-            Err(FormatError::BadMagic) => {
-                return Err(Error::ForeignFile { path: m.path.clone(), reason: FormatError::BadMagic });
-            }
-            Err(_) => {
-                if let Some(m) = mapped.pop() {
-                    unused.push((m.seq, m.path));
-                }
-            }
-            Ok(_) => break,
+        let never_written = matches!(m.header, Err(FormatError::Zeroed)) || m.map.is_empty();
+        if !never_written {
+            break;
+        }
+        if let Some(m) = mapped.pop() {
+            unused.push((m.seq, m.path));
         }
     }
     unused.reverse();
+    // The newest segment with a damaged header: its first write (header and
+    // first batch together) may have been torn by a crash, which loses
+    // nothing acknowledged. But if frames under the header's salt are
+    // intact, the header was damaged after data was synced: corruption.
+    let mut torn_header = None;
+    if let Some(m) = mapped.last() {
+        // A foreign file does not have a preallocated segment's shape.
+        let segment_shaped = m.map.len() >= 8192 && m.map.len() % 4096 == 0;
+        if let (Err(cause), true) = (m.header, segment_shaped || m.header != Err(FormatError::BadMagic)) {
+            if frames_survive(&m.map, max_payload) {
+                let kind = CorruptKind::Header(cause);
+                if mode != RecoveryMode::PointInTime {
+                    return Err(corrupt(&m.path, 0, 0, kind));
+                }
+            } else if mode == RecoveryMode::AbsoluteConsistency {
+                return Err(corrupt(&m.path, 0, 0, CorruptKind::TornTail(cause)));
+            }
+            if let Some(m) = mapped.pop() {
+                torn_header = Some((m.path, cause));
+            }
+        }
+    }
+    for m in &mapped {
+        if let Err(FormatError::BadMagic) = m.header {
+            return Err(Error::ForeignFile { path: m.path.clone(), reason: FormatError::BadMagic });
+        }
+    }
     let mut plan = walk(mapped, unused, mode, max_payload)?;
+    if let Some((path, cause)) = torn_header {
+        // Set aside, not deleted: whatever it holds stays inspectable.
+        plan.report.stop = StopReason::TornTail { segment: path.clone(), offset: 0, cause };
+        plan.discard.push(path);
+    }
     plan.leftovers = listing.tmp;
     plan.spares = listing.spares;
     Ok(plan)
+}
+
+/// Whether a frame decodes at any block start of a segment whose header is
+/// damaged, using the salt where the header keeps it.
+fn frames_survive(map: &[u8], max_payload: u64) -> bool {
+    let Some(salt) = map.get(32..40).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes) else {
+        return false;
+    };
+    let mut align = u64::from(format::ALIGNMENT_MIN);
+    while align <= u64::from(format::ALIGNMENT_MAX) {
+        if format::decode_frame(slice_from(map, align), salt, max_payload).is_ok() {
+            return true;
+        }
+        align *= 2;
+    }
+    false
 }
 
 fn walk(mapped: Vec<Mapped>, unused: Vec<(u64, PathBuf)>, mode: RecoveryMode, max: u64) -> Result<Plan> {
@@ -413,7 +464,7 @@ fn walk(mapped: Vec<Mapped>, unused: Vec<(u64, PathBuf)>, mode: RecoveryMode, ma
                 break;
             }
         };
-        if let Some(err) = check_header(&m, &h, segments.is_empty(), next_lsn) {
+        if let Some(err) = check_header(&m, &h, segments.first().map(|s| &s.header), next_lsn) {
             if mode != RecoveryMode::PointInTime {
                 return Err(err);
             }
@@ -478,7 +529,23 @@ fn walk(mapped: Vec<Mapped>, unused: Vec<(u64, PathBuf)>, mode: RecoveryMode, ma
     Ok(Plan { segments, unused, discard, leftovers: Vec::new(), spares: Vec::new(), next_lsn, tail, report })
 }
 
-fn check_header(m: &Mapped, h: &SegmentHeader, first: bool, next_lsn: u64) -> Option<Error> {
+fn check_header(
+    m: &Mapped,
+    h: &SegmentHeader,
+    first: Option<&SegmentHeader>,
+    next_lsn: u64,
+) -> Option<Error> {
+    if let Some(f) = first {
+        if h.log_id != f.log_id {
+            return Some(corrupt(
+                &m.path,
+                0,
+                next_lsn,
+                CorruptKind::Mismatch("segment belongs to another log"),
+            ));
+        }
+    }
+    let first = first.is_none();
     if h.sequence != m.seq {
         return Some(corrupt(
             &m.path,

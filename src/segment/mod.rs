@@ -94,6 +94,15 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Listing> {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if let Some(seq) = parse_segment_name(name) {
+            let kind = entry.file_type().map_err(|e| Error::io(IoOp::Read, entry.path(), e))?;
+            if !kind.is_file() {
+                let reason = if kind.is_symlink() {
+                    "a symlink in place of a segment (renames and removals would act on the link, not the data)"
+                } else {
+                    "not a regular file"
+                };
+                return Err(Error::BadDirectoryEntry { path: entry.path(), reason });
+            }
             out.push((seq, entry.path()));
         } else if name.ends_with(TMP_SUFFIX) {
             tmp.push(entry.path());
