@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -102,6 +103,25 @@ enum Cmd {
         /// Largest record length to accept, in bytes.
         #[arg(long, default_value_t = 1 << 20)]
         max_record_bytes: u32,
+        /// Print each record's bytes in full, as hex.
+        #[arg(long, conflicts_with = "json")]
+        hex: bool,
+        /// One JSON object per record: lsn, len, crc32, data_hex.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Makes a log openable: cuts a torn tail (what open would do); with
+    /// --force, also cuts at a corruption after copying the damaged segment
+    /// aside (records after the corruption are set aside, not deleted).
+    Repair {
+        /// The log directory.
+        dir: PathBuf,
+        /// Cut at a corruption too (PointInTime recovery).
+        #[arg(long)]
+        force: bool,
+        /// Largest record length to accept, in bytes.
+        #[arg(long, default_value_t = 1 << 20)]
+        max_record_bytes: u32,
     },
 }
 
@@ -113,6 +133,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Copies a damaged segment next to itself before repair cuts it.
+fn copy_aside(segment: &std::path::Path) -> Result<PathBuf, String> {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut name = segment.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".damaged-{secs}"));
+    let to = segment.with_file_name(name);
+    std::fs::copy(segment, &to).map_err(|e| format!("copying {} aside failed: {e}", segment.display()))?;
+    Ok(to)
 }
 
 fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
@@ -200,24 +230,88 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Dump { dir, from, limit, max_record_bytes } => {
+        Cmd::Dump { dir, from, limit, max_record_bytes, hex, json } => {
             let opts = Options::default().max_record_bytes(max_record_bytes);
             let (_, iter) = aiowal::dump(&dir, &opts, Lsn::new(from))?;
+            let mut out = std::io::stdout().lock();
             for rec in iter.take(limit.unwrap_or(usize::MAX)) {
                 let rec = rec?;
                 let data = rec.data();
-                let shown = data.iter().take(32).fold(String::new(), |mut s, b| {
+                let shown = if hex || json { data.len() } else { 32 };
+                let text = data.iter().take(shown).fold(String::new(), |mut s, b| {
                     let _ = write!(s, "{b:02x}");
                     s
                 });
-                let more = if data.len() > 32 { "..." } else { "" };
-                println!(
-                    "{} len={} crc32={:08x} {shown}{more}",
-                    rec.lsn(),
-                    data.len(),
-                    crc32fast::hash(data)
-                );
+                let crc = crc32fast::hash(data);
+                let line = if json {
+                    format!(
+                        r#"{{"lsn":{},"len":{},"crc32":"{crc:08x}","data_hex":"{text}"}}"#,
+                        rec.lsn(),
+                        data.len()
+                    )
+                } else {
+                    let more = if data.len() > shown { "..." } else { "" };
+                    format!("{} len={} crc32={crc:08x} {text}{more}", rec.lsn(), data.len())
+                };
+                if writeln!(out, "{line}").is_err() {
+                    break; // stdout closed (e.g. piped into head)
+                }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Repair { dir, force, max_record_bytes } => {
+            let mode = if force { RecoveryMode::PointInTime } else { RecoveryMode::TolerateTornTail };
+            let opts = Options::default().recovery_mode(mode).max_record_bytes(max_record_bytes);
+            let before = match aiowal::verify(&dir, &opts) {
+                Ok(r) => r,
+                Err(e @ aiowal::Error::Corrupt { .. }) => {
+                    eprintln!(
+                        "aiowal: {e}\nrepair refuses to cut acknowledged data; rerun with --force to cut there (the damaged segment is copied aside first)"
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) => return Err(e),
+            };
+            if let StopReason::PointInTime { segment, offset, .. } = &before.stop {
+                match copy_aside(segment) {
+                    Ok(copy) => println!(
+                        "copied {} to {} before cutting at offset {offset}",
+                        segment.display(),
+                        copy.display()
+                    ),
+                    Err(e) => {
+                        eprintln!("aiowal: {e}; nothing was changed");
+                        return Ok(ExitCode::from(2));
+                    }
+                }
+            }
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("aiowal: cannot start a runtime: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let report = rt.block_on(async {
+                let wal = aiowal::Wal::open(&dir, opts.backend(Backend::Threaded)).await?;
+                let report = wal.recovery_report().clone();
+                wal.close().await?;
+                Ok::<_, aiowal::Error>(report)
+            })?;
+            match &report.stop {
+                StopReason::Clean | StopReason::Empty => println!("nothing to repair: the log ends cleanly"),
+                StopReason::TornTail { segment, offset, cause } => {
+                    println!("cut a torn tail at {}:{offset} ({cause})", segment.display());
+                }
+                StopReason::PointInTime { segment, offset, kind } => {
+                    println!("cut at {}:{offset} ({kind})", segment.display());
+                }
+                other => println!("{other:?}"),
+            }
+            for p in &report.set_aside {
+                println!("set aside {}", p.display());
+            }
+            println!("{} records kept, LSN {}..={}", report.records, report.first_lsn, report.last_lsn);
             Ok(ExitCode::SUCCESS)
         }
     }
