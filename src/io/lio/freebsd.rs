@@ -155,37 +155,38 @@ async fn run(batch: &mut IoBatch) -> Result<(), IoFailure> {
     let mut aio = AioBatch::new(batch, file)?;
 
     let list = Aio::new_for_lio(Kevent::default()).map_err(|e| reactor_failure(IoOp::Write, e))?;
-    loop {
-        match aio.submit_writes(list.sigevent()) {
-            Ok(()) => break,
-            Err(Submit::Again) => tokio::time::sleep(Duration::from_micros(100)).await,
-            Err(Submit::Failed(f)) => return Err(f),
-        }
-    }
-    while !aio.writes_done() {
-        let ev = poll_fn(|cx| list.poll_ready(cx)).await.map_err(|e| reactor_failure(IoOp::Write, e))?;
-        if !aio.writes_done() {
-            // Woken before every member finished: wait for the next event.
-            list.clear_ready(ev);
-        }
-    }
+    phase(&mut aio, &list, IoOp::Write, AioBatch::submit_writes, AioBatch::writes_done).await?;
     aio.reap_writes()?;
-
     let sync = Aio::new_for_aio(Kevent::default()).map_err(|e| reactor_failure(IoOp::Sync, e))?;
+    phase(&mut aio, &sync, IoOp::Sync, AioBatch::submit_sync, AioBatch::sync_done).await?;
+    aio.reap_sync()
+}
+
+/// Submits through `reg`'s kevent and waits until `done`: a wake-up may
+/// come before every operation finished, so readiness is cleared and
+/// awaited again until they all have.
+async fn phase<'b>(
+    aio: &mut AioBatch<'b>,
+    reg: &Aio<Kevent>,
+    op: IoOp,
+    submit: fn(&mut AioBatch<'b>, Option<libc::sigevent>) -> Result<(), Submit>,
+    done: fn(&AioBatch<'b>) -> bool,
+) -> Result<(), IoFailure> {
     loop {
-        match aio.submit_sync(sync.sigevent()) {
+        match submit(aio, reg.sigevent()) {
             Ok(()) => break,
+            // The kernel's AIO queue is full: retry what it did not take.
             Err(Submit::Again) => tokio::time::sleep(Duration::from_micros(100)).await,
             Err(Submit::Failed(f)) => return Err(f),
         }
     }
-    while !aio.sync_done() {
-        let ev = poll_fn(|cx| sync.poll_ready(cx)).await.map_err(|e| reactor_failure(IoOp::Sync, e))?;
-        if !aio.sync_done() {
-            sync.clear_ready(ev);
+    while !done(aio) {
+        let ev = poll_fn(|cx| reg.poll_ready(cx)).await.map_err(|e| reactor_failure(op, e))?;
+        if !done(aio) {
+            reg.clear_ready(ev);
         }
     }
-    aio.reap_sync()
+    Ok(())
 }
 
 #[cfg(test)]
