@@ -29,6 +29,29 @@
 //! ```
 //!
 //! Thread-based code uses [`blocking::Wal`], which owns a small runtime.
+//!
+//! # Backends
+//!
+//! [`Backend::Auto`] picks io_uring on Linux (falling back to the threaded
+//! backend, with the reason logged, where io_uring is blocked), POSIX AIO
+//! (`lio_listio`, completion by kqueue) on FreeBSD, and the threaded
+//! backend (`pwrite` + `fdatasync` on one thread per log) elsewhere. Every
+//! backend can be chosen explicitly; an explicit choice that cannot work is
+//! an error. Segments are written with `O_DIRECT` where the file system
+//! takes it ([`DirectIo`]).
+//!
+//! # Checkpoints and segment reuse
+//!
+//! [`Wal::truncate_before`] retires whole segments below a checkpoint LSN;
+//! a few are kept and reused for new segments instead of zero-filling new
+//! space ([`Options::segments_recycled_max`]).
+//!
+//! # Tools
+//!
+//! With the default `cli` feature, the `aiowal` binary runs the benchmark
+//! (`aiowal bench`) and inspects logs read-only (`aiowal verify`, `aiowal
+//! dump`) or repairs them (`aiowal repair`); [`verify`] and [`dump`] are the
+//! same functions for programs.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
