@@ -73,7 +73,7 @@ pub use error::{CorruptKind, Error, IoOp, Result};
 pub use lsn::{Lsn, LsnRange};
 pub use options::{Backend, DirectIo, Options, RecoveryMode, UringSync};
 pub use recovery::{ReadIter, Record, RecoveryReport, StopReason};
-pub use wal::{Wal, dump, verify};
+pub use wal::{Staged, Wal, dump, verify};
 
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

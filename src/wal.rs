@@ -129,6 +129,59 @@ impl Wal {
         self.handle.core.append(&refs, true).await
     }
 
+    /// Stages one record without waiting for it to become durable: when this
+    /// returns, the record has its LSN and its place in the log (records
+    /// staged later get higher LSNs), and its batch is on its way to disk.
+    /// Await [`Staged::durable`] before acknowledging it to anyone.
+    ///
+    /// This lets a caller order log records with its own state under its own
+    /// lock (stage while holding it, wait for durability after releasing it)
+    /// and still share group commits with everyone else.
+    ///
+    /// # Errors
+    /// As for [`Wal::append`].
+    ///
+    /// # Cancel safety
+    /// As for [`Wal::append`]: once polled, the record may become durable.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), aiowal::Error> {
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// let wal = aiowal::Wal::open(tmp.path(), aiowal::Options::default()).await?;
+    /// let a = wal.stage(b"first").await?;  // LSN 1, not yet durable
+    /// let b = wal.stage(b"second").await?; // LSN 2
+    /// assert_eq!(b.lsns().first(), a.lsns().last().next());
+    /// b.durable().await?;                  // 2 durable, so 1 is too
+    /// assert_eq!(wal.durable_lsn(), aiowal::Lsn::new(2));
+    /// # Ok(()) }
+    /// ```
+    pub async fn stage(&self, record: &[u8]) -> Result<Staged> {
+        let core = &self.handle.core;
+        let range = core.reserve(&[record], false, false).await?;
+        Ok(Staged { range, wal: self.clone() })
+    }
+
+    /// Stages an atomic batch without waiting for durability; see [`Wal::stage`].
+    ///
+    /// # Errors
+    /// As for [`Wal::append_batch`].
+    pub async fn stage_batch<I, R>(&self, records: I) -> Result<Staged>
+    where
+        I: IntoIterator<Item = R>,
+        R: AsRef<[u8]>,
+    {
+        let owned: Vec<R> = records.into_iter().collect();
+        let refs: Vec<&[u8]> = owned.iter().map(AsRef::as_ref).collect();
+        if refs.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        let range = self.handle.core.reserve(&refs, true, false).await?;
+        Ok(Staged { range, wal: self.clone() })
+    }
+
     /// Waits until everything appended so far is durable; returns the durable LSN
     /// ([`Lsn::ZERO`] for a log that never held a record).
     ///
@@ -225,6 +278,33 @@ impl Wal {
     /// [`Error::Poisoned`] if records could not be made durable.
     pub async fn close(&self) -> Result<()> {
         self.handle.core.close().await
+    }
+}
+
+/// Records staged by [`Wal::stage`]: LSNs assigned, durability pending.
+#[derive(Debug)]
+#[must_use = "a staged record is not durable until `durable()` resolves"]
+pub struct Staged {
+    range: LsnRange,
+    wal: Wal,
+}
+
+impl Staged {
+    /// The LSNs the staged records got.
+    pub fn lsns(&self) -> LsnRange {
+        self.range
+    }
+
+    /// Waits until the staged records (and everything before them) are durable.
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`] if a write or sync failed first.
+    ///
+    /// # Cancel safety
+    /// Safe to drop; the records become durable regardless.
+    pub async fn durable(self) -> Result<LsnRange> {
+        self.wal.handle.core.wait_durable(self.range.last.0).await?;
+        Ok(self.range)
     }
 }
 

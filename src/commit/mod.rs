@@ -241,24 +241,36 @@ impl Core {
 
     /// Appends `records` (one record, or an atomic batch) and waits until durable.
     pub(crate) async fn append(&self, records: &[&[u8]], atomic: bool) -> Result<LsnRange> {
+        let range = self.reserve(records, atomic, true).await?;
+        self.wait_durable(range.last.0).await?;
+        Ok(range)
+    }
+
+    /// Stages `records` (LSNs assigned, bytes in a batch) and starts the
+    /// batch if the backend is idle, without waiting for durability. With
+    /// `inline`, an idle threaded backend writes on this thread (the lone
+    /// appender's fast path); otherwise the batch is handed off.
+    pub(crate) async fn reserve(&self, records: &[&[u8]], atomic: bool, inline: bool) -> Result<LsnRange> {
         let max = self.opts.max_record_bytes;
         if let Some(r) = records.iter().find(|r| r.len() > max as usize) {
             return Err(Error::RecordTooLarge { len: r.len() as u64, max: u64::from(max) });
         }
-        let range = loop {
+        loop {
             let notified = self.space.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             match self.stage(records, atomic)? {
                 Staged::Done(range, kick) => {
-                    self.dispatch(kick);
-                    break range;
+                    if inline {
+                        self.dispatch(kick);
+                    } else {
+                        self.submit(kick);
+                    }
+                    return Ok(range);
                 }
                 Staged::Full => notified.await,
             }
-        };
-        self.wait_durable(range.last.0).await?;
-        Ok(range)
+        }
     }
 
     fn check_open(st: &State) -> Result<()> {
