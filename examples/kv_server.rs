@@ -21,6 +21,7 @@
 #[path = "kv/store.rs"]
 mod store;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use redis_protocol::resp2::decode::decode;
@@ -42,16 +43,20 @@ const VALUE_BYTES_MAX: usize = (1 << 20) - 4096;
 /// slips in between their read and their write.
 const STRIPES: usize = 256;
 
+/// Values written by read-modify-writes that are staged but not yet
+/// durable, with their LSNs: the next INCR of the key builds on them.
+type Pending = HashMap<Vec<u8>, (u64, Vec<u8>)>;
+
 struct Server {
     store: Store,
-    stripes: Vec<RwLock<()>>,
+    stripes: Vec<RwLock<Pending>>,
 }
 
 /// Held for its Drop: releases the stripe.
 #[allow(dead_code)]
 enum Guard<'a> {
-    Shared(tokio::sync::RwLockReadGuard<'a, ()>),
-    Exclusive(tokio::sync::RwLockWriteGuard<'a, ()>),
+    Shared(tokio::sync::RwLockReadGuard<'a, Pending>),
+    Exclusive(tokio::sync::RwLockWriteGuard<'a, Pending>),
 }
 
 fn stripe(key: &[u8]) -> usize {
@@ -151,8 +156,11 @@ impl Server {
             "EXISTS" => Frame::Integer(a.iter().filter(|k| self.store.get(k).is_some()).count() as i64),
             "DEL" => {
                 let keys: Vec<&[u8]> = a.iter().map(Vec::as_slice).collect();
-                let _g = self.lock_keys(&keys, true).await;
-                let present: Vec<&Vec<u8>> = a.iter().filter(|k| self.store.get(k).is_some()).collect();
+                let guards = self.lock_keys(&keys, true).await;
+                let pending =
+                    |k: &[u8]| guards.iter().any(|g| matches!(g, Guard::Exclusive(p) if p.contains_key(k)));
+                let present: Vec<&Vec<u8>> =
+                    a.iter().filter(|k| self.store.get(k).is_some() || pending(k)).collect();
                 if present.is_empty() {
                     return Frame::Integer(0);
                 }
@@ -171,22 +179,7 @@ impl Server {
                         None => return err("ERR value is not an integer or out of range"),
                     }
                 };
-                let _g = self.lock_keys(&[&a[0]], true).await;
-                let cur = match self.store.get(&a[0]) {
-                    None => 0i64,
-                    Some(v) => match std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()) {
-                        Some(n) => n,
-                        None => return err("ERR value is not an integer or out of range"),
-                    },
-                };
-                let Some(next) = cur.checked_add(by) else {
-                    return err("ERR increment or decrement would overflow");
-                };
-                match self.store.write_batch(vec![Op::Put(a[0].clone(), next.to_string().into_bytes())]).await
-                {
-                    Ok(_) => Frame::Integer(next),
-                    Err(e) => err(format!("ERR {e}")),
-                }
+                self.incr(&a[0], by).await
             }
             "DBSIZE" => Frame::Integer(self.store.len() as i64),
             "FLUSHALL" => {
@@ -208,6 +201,51 @@ impl Server {
             "CONFIG" => self.config(a),
             "COMMAND" => Frame::Array(Vec::new()),
             _ => err(format!("ERR unknown command '{}'", String::from_utf8_lossy(name))),
+        }
+    }
+
+    /// INCRBY: read, compute and stage under the key's exclusive stripe
+    /// lock, so the LSN order is the order of effect; wait for durability
+    /// after releasing it, so increments of one key share group commits.
+    async fn incr(&self, key: &[u8], by: i64) -> Frame {
+        let stripe = &self.stripes[stripe(key)];
+        let (staged, next) = {
+            let mut pending = stripe.write().await;
+            // The newest of the durable value and a staged one.
+            let durable = self.store.get_versioned(key);
+            let cur = match (pending.get(key), durable) {
+                (Some((pl, pv)), Some((dl, _))) if *pl > dl => Some(pv.clone()),
+                (Some((_, pv)), None) => Some(pv.clone()),
+                (_, Some((_, dv))) => dv,
+                (None, None) => None,
+            };
+            let cur = match cur {
+                None => 0i64,
+                Some(v) => match std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()) {
+                    Some(n) => n,
+                    None => return err("ERR value is not an integer or out of range"),
+                },
+            };
+            let Some(next) = cur.checked_add(by) else {
+                return err("ERR increment or decrement would overflow");
+            };
+            let value = next.to_string().into_bytes();
+            let staged = match self.store.stage(vec![Op::Put(key.to_vec(), value.clone())]).await {
+                Ok(s) => s,
+                Err(e) => return err(format!("ERR {e}")),
+            };
+            pending.insert(key.to_vec(), (staged.lsn().get(), value));
+            (staged, next)
+        };
+        let lsn = staged.lsn().get();
+        let result = self.store.finish(staged).await;
+        let mut pending = stripe.write().await;
+        if pending.get(key).is_some_and(|(l, _)| *l == lsn) {
+            pending.remove(key);
+        }
+        match result {
+            Ok(_) => Frame::Integer(next),
+            Err(e) => err(format!("ERR {e}")),
         }
     }
 
@@ -377,8 +415,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "recovered {} keys from the snapshot (LSN {}) and replayed {} log records",
         r.snapshot_keys, r.snapshot_lsn, r.replayed
     );
-    let server = Arc::new(Server { store, stripes: (0..STRIPES).map(|_| RwLock::new(())).collect() });
+    let server =
+        Arc::new(Server { store, stripes: (0..STRIPES).map(|_| RwLock::new(HashMap::new())).collect() });
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    // With --port 0 the system picks the port: say which.
+    let port = listener.local_addr()?.port();
     println!("listening on 127.0.0.1:{port}, data in {}", dir.display());
     loop {
         let (sock, _) = listener.accept().await?;

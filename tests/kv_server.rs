@@ -16,33 +16,33 @@ fn skip() -> bool {
     false
 }
 
-/// The example binary, built by `cargo test` next to this test's binary.
+/// The example binary, (re)built once per test run so it is never stale.
 fn server_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = profile_dir.join("examples").join("kv_server");
-    if !bin.exists() {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "--example", "kv_server"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-    bin
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let st = Command::new(env!("CARGO"))
+                .args(["build", "--quiet", "--all-features", "--example", "kv_server"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .unwrap();
+            assert!(st.success(), "building the kv_server example failed");
+            let exe = std::env::current_exe().unwrap();
+            let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+            profile_dir.join("examples").join("kv_server")
+        })
+        .clone()
 }
 
 struct Server {
     child: Child,
     port: u16,
-    out: std::sync::mpsc::Receiver<String>,
+    recovered: String,
 }
 
 impl Server {
+    /// Starts the server; `port` 0 lets it pick a free one (no race between
+    /// tests running in parallel).
     fn start(dir: &Path, port: u16) -> Server {
         let mut child = Command::new(server_binary())
             .args(["--port", &port.to_string(), "--dir"])
@@ -58,17 +58,27 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "kv_server did not start listening");
+        // From here on a failed check still kills the child (Drop).
+        let mut server = Server { child, port: 0, recovered: String::new() };
+        let wait = Duration::from_secs(20);
+        server.recovered = out.recv_timeout(wait).expect("kv_server printed nothing");
+        let listening = out.recv_timeout(wait).expect("kv_server did not start listening");
+        server.port = listening
+            .strip_prefix("listening on 127.0.0.1:")
+            .and_then(|r| r.split(',').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected line: {listening}"));
+        let deadline = Instant::now() + wait;
+        while TcpStream::connect(("127.0.0.1", server.port)).is_err() {
+            assert!(Instant::now() < deadline, "kv_server does not accept connections");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Server { child, port, out }
+        server
     }
 
     /// The first line the server printed (what it recovered).
     fn recovered_line(&self) -> String {
-        self.out.recv_timeout(Duration::from_secs(5)).unwrap()
+        self.recovered.clone()
     }
 
     fn kill(mut self) {
@@ -110,7 +120,7 @@ fn redis_cli_commands() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path(), free_port());
+    let s = Server::start(dir.path(), 0);
     let p = s.port;
     assert_eq!(cli(p, &["ping"]), "PONG");
     assert_eq!(cli(p, &["set", "a", "1"]), "OK");
@@ -152,7 +162,7 @@ fn redis_benchmark_runs_without_errors() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path(), free_port());
+    let s = Server::start(dir.path(), 0);
     let out = Command::new("redis-benchmark")
         .args(["-p", &s.port.to_string(), "-t", "set,get,incr", "-n", "20000", "-c", "16", "-q"])
         .output()
@@ -174,8 +184,8 @@ fn sigkill_mid_benchmark_loses_no_acknowledged_set() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let s = Server::start(dir.path(), port);
+    let s = Server::start(dir.path(), 0);
+    let port = s.port;
     let mut bench = Command::new("redis-benchmark")
         .args(["-p", &port.to_string(), "-t", "set", "-r", "100000", "-n", "100000000", "-c", "16", "-q"])
         .stdout(Stdio::null())
@@ -205,8 +215,8 @@ fn sigkill_mid_benchmark_loses_no_acknowledged_set() {
     let _ = bench.wait();
     assert!(acked.len() > 50, "only {} SETs acknowledged before the kill", acked.len());
 
-    let s = Server::start(dir.path(), port);
-    let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let s = Server::start(dir.path(), 0);
+    let mut sock = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
     let mut reader = BufReader::new(sock.try_clone().unwrap());
     for i in &acked {
         let k = format!("own:{i}");
@@ -229,8 +239,8 @@ fn restart_after_checkpoint_replays_only_the_tail() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let s = Server::start(dir.path(), port);
+    let s = Server::start(dir.path(), 0);
+    let port = s.port;
     for i in 0..50 {
         assert_eq!(cli(port, &["set", &format!("k{i}"), &format!("v{i}")]), "OK");
     }
@@ -239,7 +249,8 @@ fn restart_after_checkpoint_replays_only_the_tail() {
         assert_eq!(cli(port, &["set", &format!("k{i}"), &format!("v{i}")]), "OK");
     }
     s.kill();
-    let s = Server::start(dir.path(), port);
+    let s = Server::start(dir.path(), 0);
+    let port = s.port;
     let line = s.recovered_line();
     assert!(
         line.contains("recovered 50 keys from the snapshot") && line.contains("replayed 10 log records"),

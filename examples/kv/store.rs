@@ -20,8 +20,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use std::sync::Arc;
+
 use aiowal::{Lsn, Options, Wal};
-use tokio::sync::RwLock;
+use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 
 const SNAPSHOT: &str = "snapshot";
 const SNAPSHOT_MAGIC: &[u8; 8] = b"KVSNAP1\n";
@@ -108,6 +110,21 @@ struct Versioned {
     value: Option<Vec<u8>>,
 }
 
+/// A write staged by [`Store::stage`]; it holds off checkpoints until
+/// finished, so a snapshot never misses a durable but unapplied record.
+pub struct StagedWrite {
+    staged: aiowal::Staged,
+    ops: Vec<Op>,
+    _checkpoint: OwnedRwLockReadGuard<()>,
+}
+
+impl StagedWrite {
+    /// LSN of the last staged record.
+    pub fn lsn(&self) -> Lsn {
+        self.staged.lsns().last()
+    }
+}
+
 /// What `open` found.
 #[derive(Debug, Clone, Copy)]
 pub struct Recovered {
@@ -132,7 +149,7 @@ pub struct Store {
     map: Mutex<Map>,
     /// Writers hold it shared across append + apply; `checkpoint` takes it
     /// exclusively so that the map holds exactly the durable LSNs.
-    writes: RwLock<()>,
+    writes: Arc<RwLock<()>>,
     recovered: Recovered,
 }
 
@@ -152,7 +169,7 @@ impl Store {
             replayed += 1;
         }
         let recovered = Recovered { snapshot_keys, snapshot_lsn, replayed };
-        Ok(Store { dir, wal, map: Mutex::new(map), writes: RwLock::new(()), recovered })
+        Ok(Store { dir, wal, map: Mutex::new(map), writes: Arc::new(RwLock::new(())), recovered })
     }
 
     /// What `open` loaded.
@@ -189,6 +206,37 @@ impl Store {
             apply(&mut map, lsn.get(), op);
         }
         Ok(range.last())
+    }
+
+    /// Stages `ops` as one atomic record batch: LSNs assigned, not yet
+    /// durable or visible. Finish it with [`Store::finish`]. Lets a caller
+    /// order a read-modify-write under its own lock and release the lock
+    /// before the durable wait, so such writes still share group commits.
+    pub async fn stage(&self, ops: Vec<Op>) -> Result<StagedWrite, StoreError> {
+        let guard = Arc::clone(&self.writes).read_owned().await;
+        let records: Vec<Vec<u8>> = ops.iter().map(Op::encode).collect();
+        let staged = if records.len() == 1 {
+            self.wal.stage(&records[0]).await?
+        } else {
+            self.wal.stage_batch(&records).await?
+        };
+        Ok(StagedWrite { staged, ops, _checkpoint: guard })
+    }
+
+    /// Waits until a staged write is durable, then makes it visible.
+    pub async fn finish(&self, w: StagedWrite) -> Result<Lsn, StoreError> {
+        let StagedWrite { staged, ops, _checkpoint } = w;
+        let range = staged.durable().await?;
+        let mut map = self.map.lock().unwrap();
+        for (lsn, op) in range.iter().zip(ops) {
+            apply(&mut map, lsn.get(), op);
+        }
+        Ok(range.last())
+    }
+
+    /// A key's durable value (or deletion) and the LSN that set it.
+    pub fn get_versioned(&self, key: &[u8]) -> Option<(u64, Option<Vec<u8>>)> {
+        self.map.lock().unwrap().entries.get(key).map(|v| (v.lsn, v.value.clone()))
     }
 
     pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
