@@ -122,11 +122,7 @@ impl Wal {
         R: AsRef<[u8]>,
     {
         let owned: Vec<R> = records.into_iter().collect();
-        let refs: Vec<&[u8]> = owned.iter().map(AsRef::as_ref).collect();
-        if refs.is_empty() {
-            return Err(Error::EmptyBatch);
-        }
-        self.handle.core.append(&refs, true).await
+        self.handle.core.append(&batch_refs(&owned)?, true).await
     }
 
     /// Stages one record without waiting for it to become durable: when this
@@ -174,11 +170,7 @@ impl Wal {
         R: AsRef<[u8]>,
     {
         let owned: Vec<R> = records.into_iter().collect();
-        let refs: Vec<&[u8]> = owned.iter().map(AsRef::as_ref).collect();
-        if refs.is_empty() {
-            return Err(Error::EmptyBatch);
-        }
-        let range = self.handle.core.reserve(&refs, true, false).await?;
+        let range = self.handle.core.reserve(&batch_refs(&owned)?, true, false).await?;
         Ok(Staged { range, wal: self.clone() })
     }
 
@@ -279,6 +271,14 @@ impl Wal {
     pub async fn close(&self) -> Result<()> {
         self.handle.core.close().await
     }
+}
+
+/// The records of an atomic batch as slices; a batch needs at least one.
+fn batch_refs<R: AsRef<[u8]>>(owned: &[R]) -> Result<Vec<&[u8]>> {
+    if owned.is_empty() {
+        return Err(Error::EmptyBatch);
+    }
+    Ok(owned.iter().map(AsRef::as_ref).collect())
 }
 
 /// Records staged by [`Wal::stage`]: LSNs assigned, durability pending.
