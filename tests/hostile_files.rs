@@ -37,6 +37,12 @@ fn patch(path: &Path, at: usize, bytes: &[u8]) {
     std::fs::write(path, b).unwrap();
 }
 
+/// Flips the low bit of the byte at `at` (a header field, in these tests).
+fn flip_bit(path: &Path, at: usize) {
+    let b = std::fs::read(path).unwrap()[at];
+    patch(path, at, &[b ^ 1]);
+}
+
 fn next_name(used: &[PathBuf]) -> PathBuf {
     let last = used.last().unwrap();
     let seq: u64 = last.file_stem().unwrap().to_str().unwrap().parse().unwrap();
@@ -92,8 +98,7 @@ async fn future_format_version_is_refused_and_left_untouched() {
 async fn bad_header_crc_in_the_middle_is_corruption() {
     let dir = tempfile::tempdir().unwrap();
     let (_, used) = make_log(dir.path()).await;
-    let b = std::fs::read(&used[1]).unwrap()[20];
-    patch(&used[1], 20, &[b ^ 1]);
+    flip_bit(&used[1], 20);
     match Wal::open(dir.path(), opts()).await {
         Err(Error::Corrupt {
             segment,
@@ -115,8 +120,7 @@ async fn damaged_newest_header_with_intact_frames_is_corruption() {
     let dir = tempfile::tempdir().unwrap();
     let (want, used) = make_log(dir.path()).await;
     let newest = used.last().unwrap();
-    let b = std::fs::read(newest).unwrap()[20];
-    patch(newest, 20, &[b ^ 1]);
+    flip_bit(newest, 20);
     assert!(matches!(
         Wal::open(dir.path(), opts()).await,
         Err(Error::Corrupt { kind: CorruptKind::Header(FormatError::BadChecksum), .. })

@@ -94,6 +94,17 @@ impl Drop for Server {
     }
 }
 
+/// A server on a new directory (dropped first, so the server dies before
+/// its directory goes), or `None` when these tests are skipped.
+fn fresh_server() -> Option<(Server, tempfile::TempDir)> {
+    if skip() {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), 0);
+    Some((s, dir))
+}
+
 fn cli(port: u16, args: &[&str]) -> String {
     let out = Command::new("redis-cli")
         .args(["-p", &port.to_string()])
@@ -116,11 +127,7 @@ fn raw(port: u16, bytes: &[u8]) -> String {
 
 #[test]
 fn redis_cli_commands() {
-    if skip() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path(), 0);
+    let Some((s, _dir)) = fresh_server() else { return };
     let p = s.port;
     assert_eq!(cli(p, &["ping"]), "PONG");
     assert_eq!(cli(p, &["set", "a", "1"]), "OK");
@@ -158,11 +165,7 @@ fn redis_cli_commands() {
 
 #[test]
 fn redis_benchmark_runs_without_errors() {
-    if skip() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path(), 0);
+    let Some((s, _dir)) = fresh_server() else { return };
     let out = Command::new("redis-benchmark")
         .args(["-p", &s.port.to_string(), "-t", "set,get,incr", "-n", "20000", "-c", "16", "-q"])
         .output()
@@ -180,11 +183,7 @@ fn redis_benchmark_runs_without_errors() {
 /// on the same directory: every SET acknowledged to our own client is there.
 #[test]
 fn sigkill_mid_benchmark_loses_no_acknowledged_set() {
-    if skip() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path(), 0);
+    let Some((s, dir)) = fresh_server() else { return };
     let port = s.port;
     let mut bench = Command::new("redis-benchmark")
         .args(["-p", &port.to_string(), "-t", "set", "-r", "100000", "-n", "100000000", "-c", "16", "-q"])
@@ -235,11 +234,7 @@ fn sigkill_mid_benchmark_loses_no_acknowledged_set() {
 /// the log records written after it.
 #[test]
 fn restart_after_checkpoint_replays_only_the_tail() {
-    if skip() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path(), 0);
+    let Some((s, dir)) = fresh_server() else { return };
     let port = s.port;
     for i in 0..50 {
         assert_eq!(cli(port, &["set", &format!("k{i}"), &format!("v{i}")]), "OK");

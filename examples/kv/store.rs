@@ -195,17 +195,20 @@ impl Store {
     pub async fn write_batch(&self, ops: Vec<Op>) -> Result<Lsn, StoreError> {
         let _shared = self.writes.read().await;
         let records: Vec<Vec<u8>> = ops.iter().map(Op::encode).collect();
-        let range = if records.len() == 1 {
-            let lsn = self.wal.append(&records[0]).await?;
-            aiowal::LsnRange::from(lsn)
-        } else {
-            self.wal.append_batch(&records).await?
+        let range = match &records[..] {
+            [one] => self.wal.append(one).await?.into(),
+            many => self.wal.append_batch(many).await?,
         };
+        Ok(self.apply_range(range, ops))
+    }
+
+    /// Makes durable ops visible, each under its LSN.
+    fn apply_range(&self, range: aiowal::LsnRange, ops: Vec<Op>) -> Lsn {
         let mut map = self.map.lock().unwrap();
         for (lsn, op) in range.iter().zip(ops) {
             apply(&mut map, lsn.get(), op);
         }
-        Ok(range.last())
+        range.last()
     }
 
     /// Stages `ops` as one atomic record batch: LSNs assigned, not yet
@@ -215,10 +218,9 @@ impl Store {
     pub async fn stage(&self, ops: Vec<Op>) -> Result<StagedWrite, StoreError> {
         let guard = Arc::clone(&self.writes).read_owned().await;
         let records: Vec<Vec<u8>> = ops.iter().map(Op::encode).collect();
-        let staged = if records.len() == 1 {
-            self.wal.stage(&records[0]).await?
-        } else {
-            self.wal.stage_batch(&records).await?
+        let staged = match &records[..] {
+            [one] => self.wal.stage(one).await?,
+            many => self.wal.stage_batch(many).await?,
         };
         Ok(StagedWrite { staged, ops, _checkpoint: guard })
     }
@@ -227,11 +229,7 @@ impl Store {
     pub async fn finish(&self, w: StagedWrite) -> Result<Lsn, StoreError> {
         let StagedWrite { staged, ops, _checkpoint } = w;
         let range = staged.durable().await?;
-        let mut map = self.map.lock().unwrap();
-        for (lsn, op) in range.iter().zip(ops) {
-            apply(&mut map, lsn.get(), op);
-        }
-        Ok(range.last())
+        Ok(self.apply_range(range, ops))
     }
 
     /// A key's durable value (or deletion) and the LSN that set it.

@@ -176,7 +176,7 @@ pub(crate) fn random_salt() -> u64 {
     u64::from_le_bytes(b)
 }
 
-enum Staged {
+enum StageOutcome {
     /// The records are in a batch; wait for this LSN range to be durable.
     Done(LsnRange, Option<IoBatch>),
     /// No room: wait for the backend to take a batch, then retry.
@@ -260,7 +260,7 @@ impl Core {
             tokio::pin!(notified);
             notified.as_mut().enable();
             match self.stage(records, atomic)? {
-                Staged::Done(range, kick) => {
+                StageOutcome::Done(range, kick) => {
                     if inline {
                         self.dispatch(kick);
                     } else {
@@ -268,7 +268,7 @@ impl Core {
                     }
                     return Ok(range);
                 }
-                Staged::Full => notified.await,
+                StageOutcome::Full => notified.await,
             }
         }
     }
@@ -285,7 +285,7 @@ impl Core {
 
     /// Encodes the records into the open batch; returns a batch to submit if
     /// the backend was idle.
-    fn stage(&self, records: &[&[u8]], atomic: bool) -> Result<Staged> {
+    fn stage(&self, records: &[&[u8]], atomic: bool) -> Result<StageOutcome> {
         let encoded: u64 = records.iter().map(|r| format::frame_len(r.len()) as u64).sum();
         let align = u64::from(self.opts.alignment);
         let batch_max = u64::from(self.opts.batch_bytes_max);
@@ -301,14 +301,14 @@ impl Core {
         }
         if st.open.is_none() {
             if st.sealed.len() >= SEALED_MAX {
-                return Ok(Staged::Full);
+                return Ok(StageOutcome::Full);
             }
             self.open_batch(&mut st, encoded);
         }
         let first = st.next_lsn;
         let n = records.len() as u64;
         let Some(open) = st.open.as_mut() else {
-            return Ok(Staged::Full);
+            return Ok(StageOutcome::Full);
         };
         for (i, r) in records.iter().enumerate() {
             let kind = match (atomic && records.len() > 1, i) {
@@ -327,7 +327,7 @@ impl Core {
         st.stats.appends += n;
         st.stats.bytes += records.iter().map(|r| r.len() as u64).sum::<u64>();
         let kick = self.take_next(&mut st);
-        Ok(Staged::Done(LsnRange { first: Lsn(first), last: Lsn(first + n - 1) }, kick))
+        Ok(StageOutcome::Done(LsnRange { first: Lsn(first), last: Lsn(first + n - 1) }, kick))
     }
 
     /// Starts a new open batch at the placement cursor, moving it to a new
