@@ -52,6 +52,12 @@
 //! (`aiowal bench`) and inspects logs read-only (`aiowal verify`, `aiowal
 //! dump`) or repairs them (`aiowal repair`); [`verify`] and [`dump`] are the
 //! same functions for programs.
+//!
+//! # Crash simulation
+//!
+//! With the `sim` feature, `aiowal::sim` provides an in-memory disk that loses
+//! power and fails on demand, and a checker of the durability invariant, so
+//! that a store built on aiowal can be run through crashes deterministically.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
@@ -66,6 +72,9 @@ mod lsn;
 mod options;
 mod recovery;
 mod segment;
+#[cfg(feature = "sim")]
+pub mod sim;
+mod vfs;
 mod wal;
 
 pub use commit::Stats;

@@ -103,6 +103,8 @@ pub struct Options {
     pub(crate) segments_recycled_max: usize,
     /// Resolved at open from `direct_io`: whether segments use O_DIRECT.
     pub(crate) direct: bool,
+    /// The file system the log lives on (the real one, or the simulator's).
+    pub(crate) vfs: crate::vfs::Vfs,
 }
 
 impl Default for Options {
@@ -120,11 +122,22 @@ impl Default for Options {
             direct_io: DirectIo::Auto,
             segments_recycled_max: 4,
             direct: false,
+            vfs: crate::vfs::Vfs::Os,
         }
     }
 }
 
 impl Options {
+    /// Puts the log on a simulated disk (see [`crate::sim`]): every file call
+    /// goes to `disk`, batches are written by the simulator's backend (the
+    /// `backend` option is ignored), and nothing runs on threads of aiowal's
+    /// own, so a seed replays exactly on a current-thread runtime.
+    #[cfg(feature = "sim")]
+    pub fn sim(mut self, disk: &crate::sim::SimDisk) -> Self {
+        self.vfs = crate::vfs::Vfs::Sim(disk.clone());
+        self
+    }
+
     /// Size each segment file is preallocated to (default 64 MiB).
     pub fn segment_bytes(mut self, bytes: u64) -> Self {
         self.segment_bytes = bytes;

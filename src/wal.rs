@@ -1,8 +1,6 @@
 //! The `Wal` handle.
 
 use std::fmt;
-use std::fs;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -14,6 +12,7 @@ use crate::lsn::{Lsn, LsnRange};
 use crate::options::Options;
 use crate::recovery::{self, Plan, ReadIter, RecoveryReport, SegmentMeta, Tail};
 use crate::segment;
+use crate::vfs::Vfs;
 
 /// A write-ahead log. Cheap to clone; all clones share one log.
 ///
@@ -79,9 +78,13 @@ impl Wal {
     pub async fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Wal> {
         let dir = dir.as_ref().to_path_buf();
         let (o, d) = (opts.clone(), dir.clone());
-        let (start, report, opts) = tokio::task::spawn_blocking(move || recover(&d, o))
-            .await
-            .map_err(|e| Error::io(IoOp::Spawn, "spawn_blocking", std::io::Error::other(e)))??;
+        let (start, report, opts) = if opts.vfs.threads() {
+            tokio::task::spawn_blocking(move || recover(&d, o))
+                .await
+                .map_err(|e| Error::io(IoOp::Spawn, "spawn_blocking", std::io::Error::other(e)))??
+        } else {
+            recover(&d, o)?
+        };
         let core = Core::new(dir, opts.clone(), start);
         let sink: Arc<dyn io::Completion> = core.clone();
         core.set_backend(io::start(opts.backend, sink, &opts)?);
@@ -202,7 +205,7 @@ impl Wal {
         let segs = core.segments();
         let start = segs.iter().rposition(|s| s.header.first_lsn <= from.0).unwrap_or(0);
         let segs: Vec<SegmentMeta> = segs.into_iter().skip(start).collect();
-        Ok(ReadIter::new(segs, from.0, until, u64::from(core.opts.max_record_bytes)))
+        Ok(ReadIter::new(core.opts.vfs.clone(), segs, from.0, until, u64::from(core.opts.max_record_bytes)))
     }
 
     /// The oldest LSN still in the log, or the next LSN if it holds none.
@@ -233,6 +236,9 @@ impl Wal {
     /// The removal runs on a blocking thread and completes even if the future is dropped.
     pub async fn truncate_before(&self, lsn: Lsn) -> Result<u64> {
         let core = Arc::clone(&self.handle.core);
+        if !core.opts.vfs.threads() {
+            return core.truncate_before(lsn.0);
+        }
         tokio::task::spawn_blocking(move || core.truncate_before(lsn.0))
             .await
             .map_err(|e| Error::io(IoOp::Spawn, "spawn_blocking", std::io::Error::other(e)))?
@@ -311,16 +317,17 @@ impl Staged {
 /// Recovery plus the tail repair it calls for; runs on a blocking thread.
 fn recover(dir: &Path, mut opts: Options) -> Result<(Start, RecoveryReport, Options)> {
     opts.validate()?;
+    let vfs = &opts.vfs.clone();
     if opts.create {
-        fs::create_dir_all(dir).map_err(|e| Error::io(IoOp::CreateDir, dir, e))?;
+        vfs.create_dir_all(dir).map_err(|e| Error::io(IoOp::CreateDir, dir, e))?;
     }
-    let lock = segment::lock_dir(dir)?;
+    let lock = segment::lock_dir(vfs, dir)?;
     opts.direct = resolve_direct_io(dir, &opts)?;
     let opts = &opts;
-    let mut plan = recovery::plan(dir, opts.recovery_mode, u64::from(opts.max_record_bytes))?;
-    segment::remove(dir, &plan.leftovers)?;
+    let mut plan = recovery::plan(vfs, dir, opts.recovery_mode, u64::from(opts.max_record_bytes))?;
+    segment::remove(vfs, dir, &plan.leftovers)?;
     if !plan.discard.is_empty() {
-        plan.report.set_aside = segment::set_aside(dir, &plan.discard)?;
+        plan.report.set_aside = segment::set_aside(vfs, dir, &plan.discard)?;
     }
     let report = std::mem::replace(&mut plan.report, empty_report());
     let start = apply(dir, opts, plan, lock)?;
@@ -331,7 +338,7 @@ fn recover(dir: &Path, mut opts: Options) -> Result<(Start, RecoveryReport, Opti
 /// by opening the lock file with the flag.
 fn resolve_direct_io(dir: &Path, opts: &Options) -> Result<bool> {
     use crate::options::DirectIo;
-    let probe = || segment::probe_direct_io(dir);
+    let probe = || segment::probe_direct_io(&opts.vfs, dir);
     match opts.direct_io {
         DirectIo::Off => Ok(false),
         DirectIo::Auto if opts.alignment < 4096 => Ok(false),
@@ -365,7 +372,8 @@ fn apply(dir: &Path, opts: &Options, plan: Plan, lock: segment::DirLock) -> Resu
     let Plan { segments, unused, next_lsn, tail, mut spares, .. } = plan;
     let last = segments.last().cloned();
     // A new log gets a random id; an existing one keeps its first segment's.
-    let log_id = segments.first().map_or_else(|| crate::commit::random_salt() as u32, |s| s.header.log_id);
+    let vfs = &opts.vfs;
+    let log_id = segments.first().map_or_else(|| vfs.random_u64() as u32, |s| s.header.log_id);
     // Continue in the last segment only if it was written with today's
     // settings: its header's window and alignment drive its recovery.
     let same_settings = last.as_ref().is_some_and(|l| {
@@ -378,7 +386,11 @@ fn apply(dir: &Path, opts: &Options, plan: Plan, lock: segment::DirLock) -> Resu
         t => t,
     };
     if let (Tail::Continue { offset }, Some(last)) = (tail, &last) {
-        let file = segment::open_for_write(&last.path, opts.direct)?;
+        let file = segment::open_for_write(vfs, &last.path, opts.direct)?;
+        // What recovery read may still sit only in the page cache (the
+        // process died, the machine did not): make it durable before new
+        // records are acknowledged after it.
+        file.sync_data().map_err(|e| Error::io(IoOp::Sync, &last.path, e))?;
         let place =
             Place { seq: last.seq, salt: last.header.salt, offset, seg_end: last.header.segment_bytes };
         let active = Active { seq: last.seq, file: Arc::new(file) };
@@ -386,7 +398,7 @@ fn apply(dir: &Path, opts: &Options, plan: Plan, lock: segment::DirLock) -> Resu
         return Ok(Start { next_lsn, log_id, spares, place, active: Some(active), next, segments, lock });
     }
     if let (Tail::Seal { offset }, Some(last)) = (tail, &last) {
-        seal(last, offset, next_lsn)?;
+        seal(vfs, last, offset, next_lsn)?;
     }
     let seq = last.map_or_else(|| unused.first().map_or(1, |u| u.0), |l| l.seq + 1);
     let next = reuse_or_prepare(dir, opts, unused, seq, true, &mut spares)?;
@@ -408,28 +420,29 @@ fn reuse_or_prepare(
     let mut reuse = None;
     let mut remove = Vec::new();
     for (s, path) in unused {
-        let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let len = opts.vfs.len(&path).unwrap_or(0);
         if s == seq && len == opts.segment_bytes && reuse.is_none() {
             reuse = Some(path);
         } else {
             remove.push(path);
         }
     }
-    segment::remove(dir, &remove)?;
+    let vfs = &opts.vfs;
+    segment::remove(vfs, dir, &remove)?;
     if let Some(path) = reuse {
-        return Ok(Next::Ready(seq, segment::open_for_write(&path, opts.direct)?));
+        return Ok(Next::Ready(seq, segment::open_for_write(vfs, &path, opts.direct)?));
     }
     let (bytes, spare) = (opts.segment_bytes, spares.pop());
     if now {
-        return Ok(Next::Ready(seq, segment::prepare(dir, seq, bytes, opts.direct, spare)?));
+        return Ok(Next::Ready(seq, segment::prepare(vfs, dir, seq, bytes, opts.direct, spare)?));
     }
-    Ok(Next::Preparing(segment::Preparing::start(dir.to_path_buf(), seq, bytes, opts.direct, spare)?))
+    Ok(Next::Preparing(segment::Preparing::start(vfs, dir.to_path_buf(), seq, bytes, opts.direct, spare)?))
 }
 
 /// Cuts a segment at `offset`: a padding frame from there to the segment's
 /// end, so the scan skips whatever the crash left after it. Only the block
 /// holding `offset` is rewritten, with its bytes before `offset` unchanged.
-fn seal(seg: &SegmentMeta, offset: u64, next_lsn: u64) -> Result<()> {
+fn seal(vfs: &Vfs, seg: &SegmentMeta, offset: u64, next_lsn: u64) -> Result<()> {
     let h = &seg.header;
     if offset + FRAME_HEADER_LEN as u64 > h.segment_bytes {
         return Ok(());
@@ -437,8 +450,11 @@ fn seal(seg: &SegmentMeta, offset: u64, next_lsn: u64) -> Result<()> {
     let align = u64::from(h.alignment);
     let block = offset - offset % align;
     let prefix = usize::try_from(offset - block).unwrap_or(0);
-    let file = segment::open_for_write(&seg.path, false)?;
-    let mut buf = vec![0u8; h.alignment as usize];
+    let file = segment::open_for_write(vfs, &seg.path, false)?;
+    // Frames are 8-aligned, not block-aligned: the padding header may cross
+    // into the next block (the segment ends on a block boundary after it).
+    let blocks = if prefix + FRAME_HEADER_LEN > h.alignment as usize { 2 } else { 1 };
+    let mut buf = vec![0u8; blocks * h.alignment as usize];
     if prefix > 0 {
         file.read_exact_at(&mut buf[..prefix], block).map_err(|e| Error::io(IoOp::Read, &seg.path, e))?;
     }
@@ -477,9 +493,9 @@ pub fn verify(dir: impl AsRef<Path>, opts: &Options) -> Result<RecoveryReport> {
 /// As [`verify`].
 pub fn dump(dir: impl AsRef<Path>, opts: &Options, from: Lsn) -> Result<(RecoveryReport, ReadIter)> {
     let max = u64::from(opts.max_record_bytes);
-    let plan = recovery::plan(dir.as_ref(), opts.recovery_mode, max)?;
+    let plan = recovery::plan(&opts.vfs, dir.as_ref(), opts.recovery_mode, max)?;
     let start = plan.segments.iter().rposition(|s| s.header.first_lsn <= from.0).unwrap_or(0);
     let segs: Vec<SegmentMeta> = plan.segments.into_iter().skip(start).collect();
     let until = plan.next_lsn - 1;
-    Ok((plan.report, ReadIter::new(segs, from.0, until, max)))
+    Ok((plan.report, ReadIter::new(opts.vfs.clone(), segs, from.0, until, max)))
 }

@@ -17,7 +17,6 @@
 mod stats;
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -34,6 +33,7 @@ use crate::lsn::{Lsn, LsnRange};
 use crate::options::Options;
 use crate::recovery::SegmentMeta;
 use crate::segment::{self, DirLock, Preparing};
+use crate::vfs::SegFile;
 
 /// Sealed batches that may wait behind the one in flight.
 pub(crate) const SEALED_MAX: usize = 2;
@@ -65,7 +65,7 @@ pub(crate) struct Place {
 #[derive(Debug)]
 pub(crate) struct Active {
     pub seq: u64,
-    pub file: Arc<File>,
+    pub file: Arc<SegFile>,
 }
 
 /// A batch being filled or waiting for the backend.
@@ -101,7 +101,7 @@ pub(crate) enum Next {
     /// Being zero-filled in the background.
     Preparing(Preparing),
     /// Prepared: sequence number and file.
-    Ready(u64, File),
+    Ready(u64, SegFile),
 }
 
 pub(crate) struct State {
@@ -136,7 +136,12 @@ pub(crate) struct Core {
     /// Written into every segment header; recovery refuses segments of other logs.
     log_id: u32,
     state: Mutex<State>,
-    durable: watch::Sender<Durable>,
+    /// The durable watermark and poison, and the waiters for them. (A
+    /// `Notify` rather than a `watch`: `watch` spreads its waiters over
+    /// randomly chosen lists, which would make the simulator's replays
+    /// depend on more than the seed.)
+    durable: Mutex<Durable>,
+    durable_changed: Notify,
     /// Set once `close` has stopped the backend and released the lock.
     closed: watch::Sender<bool>,
     space: Notify,
@@ -207,7 +212,8 @@ impl Core {
                 lock: Some(start.lock),
                 stats: stats::Counters::default(),
             }),
-            durable: watch::Sender::new(durable),
+            durable: Mutex::new(durable),
+            durable_changed: Notify::new(),
             closed: watch::Sender::new(false),
             space: Notify::new(),
             backend: OnceLock::new(),
@@ -350,7 +356,8 @@ impl Core {
                 self.seal_segment(st, p);
             }
             let seq = if p.offset == 0 { p.seq } else { p.seq + 1 };
-            st.place = Place { seq, salt: random_salt(), offset: 0, seg_end: self.opts.segment_bytes };
+            st.place =
+                Place { seq, salt: self.opts.vfs.random_u64(), offset: 0, seg_end: self.opts.segment_bytes };
             let h = SegmentHeader {
                 alignment: self.opts.alignment,
                 sequence: seq,
@@ -456,19 +463,20 @@ impl Core {
             return FileTarget::Open(Arc::clone(&a.file));
         }
         let (dir, bytes, direct) = (self.dir.clone(), self.opts.segment_bytes, self.opts.direct);
+        let vfs = self.opts.vfs.clone();
         match std::mem::replace(&mut st.next, Next::None) {
             Next::Ready(s, f) if s == seq => FileTarget::Open(Arc::new(f)),
             Next::Preparing(p) if p.seq() == seq => FileTarget::new(move || p.wait()),
             _ => {
                 let spare = st.spares.pop();
-                FileTarget::new(move || segment::prepare(&dir, seq, bytes, direct, spare))
+                FileTarget::new(move || segment::prepare(&vfs, &dir, seq, bytes, direct, spare))
             }
         }
     }
 
     /// After the first batch of a segment is durable: make it the active
     /// segment, show it to readers, and prepare the one after it.
-    fn rotated(&self, st: &mut State, meta: &BatchMeta, file: Arc<File>) {
+    fn rotated(&self, st: &mut State, meta: &BatchMeta, file: Arc<SegFile>) {
         let seq = meta.seq;
         let path = segment::segment_path(&self.dir, seq);
         if let Some(h) = meta.header {
@@ -477,6 +485,7 @@ impl Core {
         st.active = Some(Active { seq, file });
         let spare = st.spares.pop();
         st.next = match Preparing::start(
+            &self.opts.vfs,
             self.dir.clone(),
             seq + 1,
             self.opts.segment_bytes,
@@ -496,20 +505,32 @@ impl Core {
         }
         st.open = None;
         st.sealed.clear();
-        self.durable.send_modify(|d| d.poison = Some(p));
+        self.publish(|d| d.poison = Some(p));
         self.space.notify_waiters();
+    }
+
+    /// Updates the durable state and wakes every waiter.
+    fn publish(&self, f: impl FnOnce(&mut Durable)) {
+        f(&mut lock(&self.durable));
+        self.durable_changed.notify_waiters();
     }
 
     /// Waits until `lsn` is durable (or the log is poisoned).
     pub(crate) async fn wait_durable(&self, lsn: u64) -> Result<Lsn> {
-        let mut rx = self.durable.subscribe();
-        let d = rx.wait_for(|d| d.lsn >= lsn || d.poison.is_some()).await.map_err(|_| Error::Closed)?;
-        if d.lsn >= lsn {
-            return Ok(Lsn(d.lsn));
-        }
-        match &d.poison {
-            Some(p) => Err(Error::Poisoned { op: p.op, cause: Arc::clone(&p.cause) }),
-            None => Err(Error::Closed),
+        loop {
+            let changed = self.durable_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let d = lock(&self.durable);
+                if d.lsn >= lsn {
+                    return Ok(Lsn(d.lsn));
+                }
+                if let Some(p) = &d.poison {
+                    return Err(Error::Poisoned { op: p.op, cause: Arc::clone(&p.cause) });
+                }
+            }
+            changed.await;
         }
     }
 
@@ -528,7 +549,7 @@ impl Core {
 
     /// The durable watermark.
     pub(crate) fn durable_lsn(&self) -> u64 {
-        self.durable.borrow().lsn
+        lock(&self.durable).lsn
     }
 
     /// The LSN the next append will get.
@@ -566,15 +587,18 @@ impl Core {
         // Forget them first so new readers do not start on a file being retired.
         lock(&self.segments).retain(|s| !victims.iter().any(|v| v.seq == s.seq));
         let room = self.opts.segments_recycled_max.saturating_sub(lock(&self.state).spares.len());
-        let (recycle, remove): (Vec<_>, Vec<_>) = victims
-            .iter()
-            .enumerate()
-            .partition(|(i, v)| *i < room && v.header.segment_bytes == self.opts.segment_bytes);
-        let recycle: Vec<PathBuf> = recycle.into_iter().map(|(_, v)| v.path.clone()).collect();
-        let remove: Vec<PathBuf> = remove.into_iter().map(|(_, v)| v.path.clone()).collect();
-        segment::remove(&self.dir, &remove)?;
-        let spares = segment::retire(&self.dir, &recycle)?;
-        lock(&self.state).spares.extend(spares);
+        // Oldest first, each change synced before the next: a crash part
+        // way leaves the log without a prefix of its segments, never with
+        // a hole (the simulator found the hole when removals came first).
+        for (i, v) in victims.iter().enumerate() {
+            let path = std::slice::from_ref(&v.path);
+            if i < room && v.header.segment_bytes == self.opts.segment_bytes {
+                let spares = segment::retire(&self.opts.vfs, &self.dir, path)?;
+                lock(&self.state).spares.extend(spares);
+            } else {
+                segment::remove(&self.opts.vfs, &self.dir, path)?;
+            }
+        }
         Ok(victims.len() as u64)
     }
 
@@ -615,7 +639,7 @@ impl Core {
         };
         if let Next::Preparing(p) = next {
             // Let a preparation in progress finish rather than leave a temp file.
-            let _ = tokio::task::spawn_blocking(move || p.wait()).await;
+            let _ = self.off_task(move || p.wait()).await;
         }
         marked
     }
@@ -632,14 +656,23 @@ impl Core {
             return Ok(());
         }
         let path = segment::segment_path(&self.dir, p.seq);
+        let vfs = self.opts.vfs.clone();
         let zero = move || -> Result<()> {
-            let f = segment::open_for_write(&path, false)?;
+            let f = segment::open_for_write(&vfs, &path, false)?;
             let zeroes = vec![0u8; align as usize];
-            std::os::unix::fs::FileExt::write_all_at(&f, &zeroes, p.offset)
-                .map_err(|e| Error::io(IoOp::Write, &path, e))?;
+            f.write_all_at(&zeroes, p.offset).map_err(|e| Error::io(IoOp::Write, &path, e))?;
             f.sync_data().map_err(|e| Error::io(IoOp::Sync, &path, e))
         };
-        tokio::task::spawn_blocking(zero)
+        self.off_task(zero).await
+    }
+
+    /// Runs blocking file work on tokio's blocking pool, or right here where
+    /// the file system allows no threads (the simulator).
+    async fn off_task<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+        if !self.opts.vfs.threads() {
+            return f();
+        }
+        tokio::task::spawn_blocking(f)
             .await
             .map_err(|e| Error::io(IoOp::Spawn, "spawn_blocking", io::Error::other(e)))?
     }
@@ -684,15 +717,22 @@ impl Completion for Core {
         let (next, durable) = {
             let mut st = lock(&self.state);
             let id = batch.meta.id;
+            if let Err(f) = result {
+                // Nothing in flight may count as durable any more, whatever
+                // completes later: with two batches in flight, the other
+                // one's sync can succeed after this one failed, though the
+                // failed sync may have been about its pages (Linux reports a
+                // writeback error once and drops the pages).
+                st.in_flight.clear();
+                st.writing = false;
+                self.poison(&mut st, Poison { op: f.op, cause: Arc::new(f.error) });
+                return;
+            }
             if let Some(slot) = st.in_flight.iter_mut().find(|(i, _, _)| *i == id) {
                 slot.2 = true;
             }
             if st.in_flight.back().is_some_and(|(i, _, _)| *i == id) {
                 st.writing = false;
-            }
-            if let Err(f) = result {
-                self.poison(&mut st, Poison { op: f.op, cause: Arc::new(f.error) });
-                return;
             }
             if st.active.as_ref().is_none_or(|a| a.seq != batch.meta.seq) {
                 if let FileTarget::Open(f) = &batch.file {
@@ -713,7 +753,7 @@ impl Completion for Core {
         };
         self.submit(next);
         if let Some(lsn) = durable {
-            self.durable.send_modify(|d| d.lsn = d.lsn.max(lsn));
+            self.publish(|d| d.lsn = d.lsn.max(lsn));
             self.space.notify_waiters();
         }
     }

@@ -24,12 +24,13 @@
 
 #[cfg(any(target_os = "linux", target_os = "freebsd"))]
 mod lio;
+#[cfg(feature = "sim")]
+mod sim;
 mod threaded;
 #[cfg(target_os = "linux")]
 mod uring;
 
 use std::fmt;
-use std::fs::File;
 use std::io;
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,6 +38,7 @@ use std::time::Instant;
 use crate::error::{Error, IoOp, Result};
 use crate::format::SegmentHeader;
 use crate::options::{Backend, Options};
+use crate::vfs::SegFile;
 
 /// One block-aligned buffer written at a file offset. The data starts at
 /// `start`, chosen so that it is aligned in memory as well (O_DIRECT needs it).
@@ -80,15 +82,15 @@ pub(crate) struct BatchMeta {
 /// The file a batch goes to.
 pub(crate) enum FileTarget {
     /// The segment being written.
-    Open(Arc<File>),
+    Open(Arc<SegFile>),
     /// A new segment whose file may still be being prepared: the backend
     /// waits for it (off the pipeline's lock) before writing. `None` once taken.
-    New(Option<Box<dyn FnOnce() -> Result<File> + Send + Sync>>),
+    New(Option<Box<dyn FnOnce() -> Result<SegFile> + Send + Sync>>),
 }
 
 impl FileTarget {
     /// A new segment's file, produced by `prepare`.
-    pub(crate) fn new(prepare: impl FnOnce() -> Result<File> + Send + Sync + 'static) -> FileTarget {
+    pub(crate) fn new(prepare: impl FnOnce() -> Result<SegFile> + Send + Sync + 'static) -> FileTarget {
         FileTarget::New(Some(Box::new(prepare)))
     }
 
@@ -98,7 +100,7 @@ impl FileTarget {
     }
 
     /// The file, waiting for its preparation if needed; afterwards `Open`.
-    pub(crate) fn resolve(&mut self) -> std::result::Result<Arc<File>, IoFailure> {
+    pub(crate) fn resolve(&mut self) -> std::result::Result<Arc<SegFile>, IoFailure> {
         let prepare = match self {
             FileTarget::Open(f) => return Ok(Arc::clone(f)),
             FileTarget::New(prepare) => prepare.take().ok_or_else(|| IoFailure {
@@ -197,6 +199,10 @@ pub(crate) enum Inline {
 /// [`Error::BackendUnavailable`] when an explicitly chosen backend cannot run
 /// here; `Auto` falls back instead, with the reason logged.
 pub(crate) fn start(which: Backend, sink: Arc<dyn Completion>, opts: &Options) -> Result<Box<dyn IoBackend>> {
+    #[cfg(feature = "sim")]
+    if let crate::vfs::Vfs::Sim(disk) = &opts.vfs {
+        return Ok(Box::new(sim::Sim::start(disk.clone(), sink)?));
+    }
     match which {
         Backend::Threaded => Ok(Box::new(threaded::Threaded::start(sink)?)),
         Backend::Lio => start_lio(sink),

@@ -8,7 +8,6 @@
 //! uses it with glibc's POSIX AIO calls instead of `pwrite`.
 
 use std::collections::VecDeque;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 

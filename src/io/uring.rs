@@ -17,7 +17,6 @@
 //! them, and dropping the ring with I/O in flight waits for it first.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -30,6 +29,7 @@ use tokio::io::unix::AsyncFd;
 use super::{Completion, IoBackend, IoBatch, IoFailure};
 use crate::error::IoOp;
 use crate::options::UringSync;
+use crate::vfs::SegFile;
 
 const SYNC_OP: u64 = 0xFFFF;
 
@@ -39,7 +39,7 @@ type Finished = (IoBatch, Result<(), IoFailure>);
 struct Flight {
     batch: IoBatch,
     /// Keeps the file descriptor open while the kernel uses it.
-    _file: Arc<File>,
+    _file: Arc<SegFile>,
     writes_left: usize,
     ops_left: usize,
     result: Result<(), IoFailure>,
@@ -168,7 +168,10 @@ impl Shared {
             Ok(f) => f,
             Err(fail) => return self.fail(batch, fail),
         };
-        let fd = types::Fd(file.as_raw_fd());
+        let fd = match file.raw_fd() {
+            Ok(fd) => types::Fd(fd),
+            Err(error) => return self.fail(batch, IoFailure { op: IoOp::Write, error }),
+        };
         let mut r = lock(&self.ring);
         let id = r.next_id;
         r.next_id += 1;

@@ -26,11 +26,8 @@
 
 mod read;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use memmap2::Mmap;
 
 pub use read::{ReadIter, Record};
 
@@ -39,26 +36,11 @@ use crate::format::{self, FRAME_ALIGN, FRAME_HEADER_LEN, FormatError, FrameKind,
 use crate::lsn::Lsn;
 use crate::options::RecoveryMode;
 use crate::segment;
+use crate::vfs::{Mapped as Bytes, Vfs};
 
-/// Maps a segment read-only. This is aiowal's one mmap site.
-pub(crate) fn map(path: &Path) -> Result<Mmap> {
-    let file = File::open(path).map_err(|e| Error::io(IoOp::Open, path, e))?;
-    let len = file.metadata().map_err(|e| Error::io(IoOp::Read, path, e))?.len();
-    if len == 0 {
-        // mmap of an empty file fails on some systems; an empty map is what we mean.
-        return memmap2::MmapOptions::new()
-            .len(0)
-            .map_anon()
-            .and_then(|m| m.make_read_only())
-            .map_err(|e| Error::io(IoOp::Map, path, e));
-    }
-    // SAFETY: the map is read-only. While the log is open, its one owner
-    // (the directory lock) never rewrites bytes below a segment's durable end
-    // as long as the segment is live; a segment retired by `truncate_before`
-    // may be reused, which is why its docs tell callers not to keep records
-    // of retired segments. A file truncated by someone else under us is
-    // outside the contract (SIGBUS, as for any mmap).
-    unsafe { Mmap::map(&file) }.map_err(|e| Error::io(IoOp::Map, path, e))
+/// A segment's bytes, read-only (mapped, or the simulator's copy).
+pub(crate) fn map(vfs: &Vfs, path: &Path) -> Result<crate::vfs::Mapped> {
+    vfs.map(path).map_err(|e| Error::io(IoOp::Map, path, e))
 }
 
 /// What a segment knows about itself after the scan.
@@ -338,16 +320,16 @@ fn corrupt(path: &Path, offset: u64, lsn: u64, kind: CorruptKind) -> Error {
 struct Mapped {
     seq: u64,
     path: PathBuf,
-    map: Mmap,
+    map: Bytes,
     header: std::result::Result<SegmentHeader, FormatError>,
 }
 
 /// Scans the log in `dir` and decides what to do, without writing anything.
-pub(crate) fn plan(dir: &Path, mode: RecoveryMode, max_payload: u64) -> Result<Plan> {
+pub(crate) fn plan(vfs: &Vfs, dir: &Path, mode: RecoveryMode, max_payload: u64) -> Result<Plan> {
     let mut mapped = Vec::new();
-    let listing = segment::list_segments(dir)?;
+    let listing = segment::list_segments(vfs, dir)?;
     for (seq, path) in listing.segments {
-        let map = map(&path)?;
+        let map = map(vfs, &path)?;
         let header = SegmentHeader::decode(&map);
         mapped.push(Mapped { seq, path, map, header });
     }
@@ -377,8 +359,11 @@ pub(crate) fn plan(dir: &Path, mode: RecoveryMode, max_payload: u64) -> Result<P
     // intact, the header was damaged after data was synced: corruption.
     let mut torn_header = None;
     if let Some(m) = mapped.last() {
-        // A foreign file does not have a preallocated segment's shape.
-        let segment_shaped = m.map.len() >= 8192 && m.map.len() % 4096 == 0;
+        // A foreign file rarely has a preallocated segment's shape: a whole
+        // number of (at least two) blocks of the smallest alignment. (Small
+        // logs have segments of a few 512-byte blocks, so nothing stricter.)
+        let block = format::ALIGNMENT_MIN as usize;
+        let segment_shaped = m.map.len() >= 2 * block && m.map.len() % block == 0;
         if let (Err(cause), true) = (m.header, segment_shaped || m.header != Err(FormatError::BadMagic)) {
             if frames_survive(&m.map, max_payload) {
                 let kind = CorruptKind::Header(cause);
@@ -561,8 +546,8 @@ fn check_header(
 }
 
 /// Opens a mapped segment as shared for readers.
-pub(crate) fn map_shared(path: &Path) -> Result<Arc<Mmap>> {
-    map(path).map(Arc::new)
+pub(crate) fn map_shared(vfs: &Vfs, path: &Path) -> Result<Arc<Bytes>> {
+    map(vfs, path).map(Arc::new)
 }
 
 #[cfg(test)]

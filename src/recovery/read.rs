@@ -4,18 +4,17 @@
 use std::fmt;
 use std::sync::Arc;
 
-use memmap2::Mmap;
-
 use super::{SegmentMeta, map_shared, slice_from};
 use crate::error::{CorruptKind, Error, Result};
 use crate::format::{self, FRAME_HEADER_LEN, FormatError, FrameKind};
 use crate::lsn::Lsn;
+use crate::vfs::{Mapped, Vfs};
 
 /// One record read back from the log.
 #[derive(Clone)]
 pub struct Record {
     lsn: Lsn,
-    map: Arc<Mmap>,
+    map: Arc<Mapped>,
     start: usize,
     len: usize,
 }
@@ -51,7 +50,8 @@ impl fmt::Debug for Record {
 pub struct ReadIter {
     segments: Vec<SegmentMeta>,
     idx: usize,
-    map: Option<Arc<Mmap>>,
+    map: Option<Arc<Mapped>>,
+    vfs: Vfs,
     pos: u64,
     next_lsn: u64,
     from: u64,
@@ -73,9 +73,26 @@ impl fmt::Debug for ReadIter {
 impl ReadIter {
     /// `segments` must start with the segment holding `from` (or the first
     /// segment, when `from` precedes it) and be in order.
-    pub(crate) fn new(segments: Vec<SegmentMeta>, from: u64, until: u64, max_payload: u64) -> ReadIter {
+    pub(crate) fn new(
+        vfs: Vfs,
+        segments: Vec<SegmentMeta>,
+        from: u64,
+        until: u64,
+        max_payload: u64,
+    ) -> ReadIter {
         let next_lsn = segments.first().map_or(from, |s| s.header.first_lsn);
-        ReadIter { segments, idx: 0, map: None, pos: 0, next_lsn, from, until, max_payload, failed: false }
+        ReadIter {
+            segments,
+            idx: 0,
+            map: None,
+            vfs,
+            pos: 0,
+            next_lsn,
+            from,
+            until,
+            max_payload,
+            failed: false,
+        }
     }
 
     fn fail(&mut self, offset: u64, kind: CorruptKind) -> Option<Result<Record>> {
@@ -105,7 +122,7 @@ impl Iterator for ReadIter {
             let (salt, seg_end) = (seg.header.salt, seg.header.segment_bytes);
             let map = match &self.map {
                 Some(m) => Arc::clone(m),
-                None => match map_shared(&seg.path) {
+                None => match map_shared(&self.vfs, &seg.path) {
                     Ok(m) => {
                         if seg.header.first_lsn != self.next_lsn {
                             return self.fail(0, CorruptKind::LsnGap { found: seg.header.first_lsn });

@@ -6,14 +6,12 @@
 //! under a temporary name, filled with written zeroes, fsynced, renamed and the
 //! directory fsynced: a file with a final name is always fully preallocated.
 
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
-use nix::fcntl::{Flock, FlockArg};
-
 use crate::error::{Error, IoOp, Result};
+pub(crate) use crate::vfs::DirLock;
+use crate::vfs::{EntryKind, SegFile, Vfs};
 
 const SUFFIX: &str = ".wal";
 const TMP_SUFFIX: &str = ".wal.tmp";
@@ -44,32 +42,19 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Holds the exclusive lock on a log directory while alive.
-#[derive(Debug)]
-pub(crate) struct DirLock {
-    _lock: Flock<File>,
-}
-
 /// Takes the directory's exclusive lock, failing at once if it is held.
-pub(crate) fn lock_dir(dir: &Path) -> Result<DirLock> {
+pub(crate) fn lock_dir(vfs: &Vfs, dir: &Path) -> Result<DirLock> {
     let path = dir.join(LOCK_NAME);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io(IoOp::Lock, &path, e))?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => Ok(DirLock { _lock: lock }),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(Error::Locked { path }),
-        Err((_, errno)) => Err(Error::io(IoOp::Lock, &path, errno.into())),
+    match vfs.try_lock(&path) {
+        Ok(Some(lock)) => Ok(lock),
+        Ok(None) => Err(Error::Locked { path }),
+        Err(e) => Err(Error::io(IoOp::Lock, &path, e)),
     }
 }
 
 /// fsyncs a directory so that entries created, renamed or removed in it persist.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    let d = File::open(dir).map_err(|e| Error::io(IoOp::SyncDir, dir, e))?;
-    d.sync_all().map_err(|e| Error::io(IoOp::SyncDir, dir, e))
+pub(crate) fn sync_dir(vfs: &Vfs, dir: &Path) -> Result<()> {
+    vfs.sync_dir(dir).map_err(|e| Error::io(IoOp::SyncDir, dir, e))
 }
 
 /// What a log directory holds besides its lock.
@@ -84,34 +69,31 @@ pub(crate) struct Listing {
 }
 
 /// Lists the files of a log directory. Read-only.
-pub(crate) fn list_segments(dir: &Path) -> Result<Listing> {
+pub(crate) fn list_segments(vfs: &Vfs, dir: &Path) -> Result<Listing> {
     let mut out = Vec::new();
     let mut tmp = Vec::new();
     let mut spares = Vec::new();
-    let entries = fs::read_dir(dir).map_err(|e| Error::io(IoOp::Read, dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(IoOp::Read, dir, e))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(seq) = parse_segment_name(name) {
-            let kind = entry.file_type().map_err(|e| Error::io(IoOp::Read, entry.path(), e))?;
-            if !kind.is_file() {
-                let reason = if kind.is_symlink() {
+    let entries = vfs.read_dir(dir).map_err(|e| Error::io(IoOp::Read, dir, e))?;
+    for (name, path, kind) in entries {
+        if let Some(seq) = parse_segment_name(&name) {
+            if kind != EntryKind::File {
+                let reason = if kind == EntryKind::Symlink {
                     "a symlink in place of a segment (renames and removals would act on the link, not the data)"
                 } else {
                     "not a regular file"
                 };
-                return Err(Error::BadDirectoryEntry { path: entry.path(), reason });
+                return Err(Error::BadDirectoryEntry { path, reason });
             }
-            out.push((seq, entry.path()));
+            out.push((seq, path));
         } else if name.ends_with(TMP_SUFFIX) {
-            tmp.push(entry.path());
+            tmp.push(path);
         } else if name.ends_with(SPARE_SUFFIX) {
-            spares.push(entry.path());
+            spares.push(path);
         }
     }
     out.sort_unstable_by_key(|(seq, _)| *seq);
     spares.sort();
+    tmp.sort();
     Ok(Listing { segments: out, tmp, spares })
 }
 
@@ -125,40 +107,35 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Listing> {
 ///
 /// With `direct`, the returned handle is opened with `O_DIRECT`.
 pub(crate) fn prepare(
+    vfs: &Vfs,
     dir: &Path,
     seq: u64,
     bytes: u64,
     direct: bool,
     spare: Option<PathBuf>,
-) -> Result<File> {
+) -> Result<SegFile> {
     let path = segment_path(dir, seq);
     if let Some(spare) = spare {
-        match reuse_spare(dir, &spare, &path, bytes) {
-            Ok(true) => return open_for_write(&path, direct),
-            Ok(false) => fs::remove_file(&spare).map_err(|e| Error::io(IoOp::Remove, &spare, e))?,
+        match reuse_spare(vfs, dir, &spare, &path, bytes) {
+            Ok(true) => return open_for_write(vfs, &path, direct),
+            Ok(false) => remove(vfs, dir, std::slice::from_ref(&spare))?,
             Err(e) => return Err(e),
         }
     }
     let tmp = dir.join(format!("{seq:020}{TMP_SUFFIX}"));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| Error::io(IoOp::Open, &tmp, e))?;
-    let zeroes = vec![0u8; ZERO_CHUNK];
+    let file = vfs.create(&tmp).map_err(|e| Error::io(IoOp::Open, &tmp, e))?;
+    let zeroes = vec![0u8; ZERO_CHUNK.min(usize::try_from(bytes).unwrap_or(ZERO_CHUNK))];
     let mut off = 0u64;
     while off < bytes {
-        let n = usize::try_from((bytes - off).min(ZERO_CHUNK as u64)).unwrap_or(ZERO_CHUNK);
+        let n = usize::try_from((bytes - off).min(zeroes.len() as u64)).unwrap_or(zeroes.len());
         file.write_all_at(zeroes.get(..n).unwrap_or_default(), off)
             .map_err(|e| Error::io(IoOp::Write, &tmp, e))?;
         off += n as u64;
     }
     file.sync_all().map_err(|e| Error::io(IoOp::Sync, &tmp, e))?;
-    fs::rename(&tmp, &path).map_err(|e| Error::io(IoOp::Rename, &path, e))?;
-    sync_dir(dir)?;
-    if direct { open_for_write(&path, true) } else { Ok(file) }
+    vfs.rename(&tmp, &path).map_err(|e| Error::io(IoOp::Rename, &path, e))?;
+    sync_dir(vfs, dir)?;
+    if direct { open_for_write(vfs, &path, true) } else { Ok(file) }
 }
 
 /// Bytes zeroed at the start of a reused segment: its whole header block at
@@ -167,9 +144,9 @@ const SPARE_HEADER_ZERO: usize = 64 << 10;
 
 /// Turns a spare into segment `path`: zero its header block durably, then
 /// rename. Returns false (nothing done) if the spare has the wrong size.
-fn reuse_spare(dir: &Path, spare: &Path, path: &Path, bytes: u64) -> Result<bool> {
-    let file = open_for_write(spare, false)?;
-    let len = file.metadata().map_err(|e| Error::io(IoOp::Read, spare, e))?.len();
+fn reuse_spare(vfs: &Vfs, dir: &Path, spare: &Path, path: &Path, bytes: u64) -> Result<bool> {
+    let file = open_for_write(vfs, spare, false)?;
+    let len = file.len().map_err(|e| Error::io(IoOp::Read, spare, e))?;
     if len != bytes {
         return Ok(false);
     }
@@ -179,104 +156,99 @@ fn reuse_spare(dir: &Path, spare: &Path, path: &Path, bytes: u64) -> Result<bool
     let zeroes = vec![0u8; SPARE_HEADER_ZERO.min(usize::try_from(bytes).unwrap_or(SPARE_HEADER_ZERO))];
     file.write_all_at(&zeroes, 0).map_err(|e| Error::io(IoOp::Write, spare, e))?;
     file.sync_data().map_err(|e| Error::io(IoOp::Sync, spare, e))?;
-    fs::rename(spare, path).map_err(|e| Error::io(IoOp::Rename, path, e))?;
-    sync_dir(dir)?;
+    vfs.rename(spare, path).map_err(|e| Error::io(IoOp::Rename, path, e))?;
+    sync_dir(vfs, dir)?;
     Ok(true)
 }
 
 /// Renames retired segments to spares; returns their new paths.
-pub(crate) fn retire(dir: &Path, paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    rename_with_suffix(dir, paths, ".spare")
+pub(crate) fn retire(vfs: &Vfs, dir: &Path, paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    rename_with_suffix(vfs, dir, paths, ".spare")
 }
 
-/// Appends `suffix` to each file's name (one directory fsync at the end).
-fn rename_with_suffix(dir: &Path, paths: &[PathBuf], suffix: &str) -> Result<Vec<PathBuf>> {
+/// Appends `suffix` to each file's name, in order, with a directory fsync
+/// after each: nothing orders directory changes between two syncs, and a
+/// crash must never leave a later segment gone while an earlier one stays
+/// (a gap in the log).
+fn rename_with_suffix(vfs: &Vfs, dir: &Path, paths: &[PathBuf], suffix: &str) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in paths {
         let mut name = p.file_name().map(|n| n.to_os_string()).unwrap_or_default();
         name.push(suffix);
         let to = p.with_file_name(name);
-        fs::rename(p, &to).map_err(|e| Error::io(IoOp::Rename, p, e))?;
+        vfs.rename(p, &to).map_err(|e| Error::io(IoOp::Rename, p, e))?;
+        sync_dir(vfs, dir)?;
         out.push(to);
-    }
-    if !paths.is_empty() {
-        sync_dir(dir)?;
     }
     Ok(out)
 }
 
 /// Opens an existing segment for writing, with `O_DIRECT` if `direct`.
-pub(crate) fn open_for_write(path: &Path, direct: bool) -> Result<File> {
-    let mut o = OpenOptions::new();
-    o.read(true).write(true);
-    if direct {
-        let Some(flag) = crate::io::direct_io_flag() else {
-            let e = std::io::Error::new(
-                std::io::ErrorKind::Unsupported,
-                "O_DIRECT is not available on this platform",
-            );
-            return Err(Error::io(IoOp::Open, path, e));
-        };
-        o.custom_flags(flag);
-    }
-    o.open(path).map_err(|e| Error::io(IoOp::Open, path, e))
+pub(crate) fn open_for_write(vfs: &Vfs, path: &Path, direct: bool) -> Result<SegFile> {
+    vfs.open(path, direct).map_err(|e| Error::io(IoOp::Open, path, e))
 }
 
 /// Whether files in `dir` can be opened with `O_DIRECT`, by trying on the
 /// lock file; the reason when not.
-pub(crate) fn probe_direct_io(dir: &Path) -> std::result::Result<(), String> {
-    let Some(flag) = crate::io::direct_io_flag() else {
-        return Err("O_DIRECT is not available on this platform".into());
-    };
-    let path = dir.join(LOCK_NAME);
-    match OpenOptions::new().read(true).custom_flags(flag).open(&path) {
-        Ok(_) => Ok(()),
-        Err(e) => Err(format!("the file system refuses O_DIRECT ({e})")),
-    }
+pub(crate) fn probe_direct_io(vfs: &Vfs, dir: &Path) -> std::result::Result<(), String> {
+    vfs.probe_direct_io(&dir.join(LOCK_NAME))
 }
 
-/// Removes segment files and fsyncs the directory once.
-pub(crate) fn remove(dir: &Path, paths: &[PathBuf]) -> Result<()> {
+/// Removes files in order, with a directory fsync after each (see
+/// [`rename_with_suffix`] for why one sync at the end is not enough).
+pub(crate) fn remove(vfs: &Vfs, dir: &Path, paths: &[PathBuf]) -> Result<()> {
     for p in paths {
-        fs::remove_file(p).map_err(|e| Error::io(IoOp::Remove, p, e))?;
-    }
-    if !paths.is_empty() {
-        sync_dir(dir)?;
+        vfs.remove(p).map_err(|e| Error::io(IoOp::Remove, p, e))?;
+        sync_dir(vfs, dir)?;
     }
     Ok(())
 }
 
 /// Renames segments out of the log (PointInTime recovery keeps them for
 /// inspection instead of deleting them).
-pub(crate) fn set_aside(dir: &Path, paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+pub(crate) fn set_aside(vfs: &Vfs, dir: &Path, paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default();
-    rename_with_suffix(dir, paths, &format!(".discarded-{secs}"))
+    rename_with_suffix(vfs, dir, paths, &format!(".discarded-{secs}"))
 }
 
-/// A segment being prepared on a background thread.
+/// A segment being prepared.
 #[derive(Debug)]
 pub(crate) struct Preparing {
     seq: u64,
-    handle: JoinHandle<Result<File>>,
+    work: Work,
+}
+
+#[derive(Debug)]
+enum Work {
+    /// On a background thread.
+    Thread(JoinHandle<Result<SegFile>>),
+    /// Already done, on the caller's thread (the simulator runs no threads).
+    Done(Result<SegFile>),
 }
 
 impl Preparing {
-    /// Starts preparing segment `seq` in the background.
+    /// Starts preparing segment `seq` in the background (or, where `vfs`
+    /// allows no threads, prepares it now).
     pub(crate) fn start(
+        vfs: &Vfs,
         dir: PathBuf,
         seq: u64,
         bytes: u64,
         direct: bool,
         spare: Option<PathBuf>,
     ) -> Result<Preparing> {
+        if !vfs.threads() {
+            return Ok(Preparing { seq, work: Work::Done(prepare(vfs, &dir, seq, bytes, direct, spare)) });
+        }
+        let vfs = vfs.clone();
         let handle = std::thread::Builder::new()
             .name(format!("aiowal-prep-{seq}"))
-            .spawn(move || prepare(&dir, seq, bytes, direct, spare))
+            .spawn(move || prepare(&vfs, &dir, seq, bytes, direct, spare))
             .map_err(|e| Error::io(IoOp::Spawn, PathBuf::from("aiowal-prep"), e))?;
-        Ok(Preparing { seq, handle })
+        Ok(Preparing { seq, work: Work::Thread(handle) })
     }
 
     /// The segment's sequence number.
@@ -285,14 +257,17 @@ impl Preparing {
     }
 
     /// Waits for the preparation to finish.
-    pub(crate) fn wait(self) -> Result<File> {
-        match self.handle.join() {
-            Ok(r) => r,
-            Err(_) => Err(Error::io(
-                IoOp::Spawn,
-                PathBuf::from("aiowal-prep"),
-                std::io::Error::other("segment preparation thread panicked"),
-            )),
+    pub(crate) fn wait(self) -> Result<SegFile> {
+        match self.work {
+            Work::Done(r) => r,
+            Work::Thread(handle) => match handle.join() {
+                Ok(r) => r,
+                Err(_) => Err(Error::io(
+                    IoOp::Spawn,
+                    PathBuf::from("aiowal-prep"),
+                    std::io::Error::other("segment preparation thread panicked"),
+                )),
+            },
         }
     }
 }

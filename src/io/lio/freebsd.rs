@@ -194,13 +194,12 @@ mod tests {
     //! Modelled on tokio's `tests/io_poll_aio.rs`: a list of writes submitted
     //! through `Aio` with LIO interest, readiness cleared after a partial
     //! wake-up, results read back.
-    use std::os::unix::fs::FileExt;
     use std::time::Instant;
 
     use super::*;
     use crate::io::{BatchMeta, WriteBuf};
 
-    fn batch(file: &Arc<std::fs::File>) -> IoBatch {
+    fn batch(file: &Arc<crate::vfs::SegFile>) -> IoBatch {
         let writes = (0..3u8)
             .map(|i| WriteBuf { offset: u64::from(i) * 4096, buf: vec![i + 1; 4096], start: 0 })
             .collect();
@@ -219,7 +218,7 @@ mod tests {
     #[tokio::test]
     async fn lio_list_writes_then_syncs() {
         let tmp = tempfile::tempfile().unwrap();
-        let file = Arc::new(tmp);
+        let file = Arc::new(crate::vfs::SegFile::Os(tmp));
         let mut b = batch(&file);
         run(&mut b).await.unwrap();
         let mut back = vec![0u8; 3 * 4096];
@@ -232,7 +231,7 @@ mod tests {
     #[tokio::test]
     async fn write_to_a_read_only_file_fails() {
         let path = tempfile::NamedTempFile::new().unwrap();
-        let ro = Arc::new(std::fs::File::open(path.path()).unwrap());
+        let ro = Arc::new(crate::vfs::SegFile::Os(std::fs::File::open(path.path()).unwrap()));
         let mut b = batch(&ro);
         let err = run(&mut b).await.unwrap_err();
         assert_eq!(err.op, IoOp::Write);

@@ -34,13 +34,12 @@ pub(crate) use freebsd::Lio;
 pub(crate) use linux::start;
 
 use std::cell::UnsafeCell;
-use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use super::{IoBatch, IoFailure};
 use crate::error::IoOp;
+use crate::vfs::SegFile;
 
 /// Most control blocks one `lio_listio` call may carry here.
 fn listio_max() -> usize {
@@ -75,7 +74,7 @@ pub(crate) enum Submit {
 pub(crate) struct AioBatch<'a> {
     _batch: &'a IoBatch,
     /// Keeps the descriptor open while the kernel uses it.
-    _file: Arc<File>,
+    _file: Arc<SegFile>,
     fd: libc::c_int,
     /// One control block per buffer; never resized once built, so the
     /// addresses given to the kernel stay valid. In cells: the AIO
@@ -94,8 +93,8 @@ unsafe impl Send for AioBatch<'_> {}
 
 impl<'a> AioBatch<'a> {
     /// Control blocks for every buffer of `batch`, written to `file`.
-    pub(crate) fn new(batch: &'a IoBatch, file: Arc<File>) -> Result<AioBatch<'a>, IoFailure> {
-        let fd = file.as_raw_fd();
+    pub(crate) fn new(batch: &'a IoBatch, file: Arc<SegFile>) -> Result<AioBatch<'a>, IoFailure> {
+        let fd = file.raw_fd().map_err(|error| IoFailure { op: IoOp::Write, error })?;
         let mut writes = Vec::with_capacity(batch.writes.len());
         for w in &batch.writes {
             let Ok(offset) = libc::off_t::try_from(w.offset) else {

@@ -1,0 +1,110 @@
+//! The simulator's backend: batches go to a [`SimDisk`] from tokio tasks.
+//!
+//! Each batch is one task: it yields a seeded number of times (so appenders
+//! run and batches interleave differently per seed), writes, reports
+//! `written` (the next batch may start, as io_uring's overlap allows: depth
+//! 2), yields again, syncs, and completes. On a current-thread runtime the
+//! order of everything is a function of the seed.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::runtime::Handle;
+
+use super::{Completion, IoBackend, IoBatch, IoFailure};
+use crate::error::{Error, IoOp, Result};
+use crate::sim::SimDisk;
+
+#[derive(Default)]
+struct Flight {
+    running: usize,
+    stop: Option<Box<dyn FnOnce() + Send>>,
+}
+
+pub(crate) struct Sim {
+    disk: SimDisk,
+    sink: Arc<dyn Completion>,
+    runtime: Handle,
+    flight: Arc<Mutex<Flight>>,
+}
+
+fn lock(m: &Mutex<Flight>) -> MutexGuard<'_, Flight> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Sim {
+    pub(crate) fn start(disk: SimDisk, sink: Arc<dyn Completion>) -> Result<Sim> {
+        let runtime = Handle::try_current().map_err(|e| Error::BackendUnavailable {
+            backend: "sim",
+            reason: format!("the simulator's backend runs on the tokio runtime that opens the log: {e}"),
+        })?;
+        Ok(Sim { disk, sink, runtime, flight: Arc::default() })
+    }
+}
+
+async fn pause(disk: &SimDisk) {
+    for _ in 0..disk.yields() {
+        tokio::task::yield_now().await;
+    }
+    if let Some(d) = disk.latency() {
+        tokio::time::sleep(d).await;
+    }
+}
+
+fn write(batch: &mut IoBatch) -> std::result::Result<(), IoFailure> {
+    let file = batch.file.resolve()?;
+    for w in &batch.writes {
+        file.write_all_at(w.data(), w.offset).map_err(|error| IoFailure { op: IoOp::Write, error })?;
+    }
+    Ok(())
+}
+
+fn sync(batch: &mut IoBatch) -> std::result::Result<(), IoFailure> {
+    let file = batch.file.resolve()?;
+    file.sync_data().map_err(|error| IoFailure { op: IoOp::Sync, error })
+}
+
+async fn run(disk: SimDisk, sink: Arc<dyn Completion>, flight: Arc<Mutex<Flight>>, mut batch: IoBatch) {
+    pause(&disk).await;
+    let mut result = write(&mut batch);
+    if result.is_ok() {
+        sink.written();
+        pause(&disk).await;
+        result = sync(&mut batch);
+    }
+    sink.complete(batch, result);
+    let done = {
+        let mut f = lock(&flight);
+        f.running -= 1;
+        if f.running == 0 { f.stop.take() } else { None }
+    };
+    if let Some(done) = done {
+        drop(sink);
+        done();
+    }
+}
+
+impl IoBackend for Sim {
+    fn name(&self) -> &'static str {
+        "sim"
+    }
+
+    fn depth(&self) -> usize {
+        2
+    }
+
+    fn submit(&self, batch: IoBatch) {
+        lock(&self.flight).running += 1;
+        let task = run(self.disk.clone(), Arc::clone(&self.sink), Arc::clone(&self.flight), batch);
+        drop(self.runtime.spawn(task));
+    }
+
+    fn stop(&self, done: Box<dyn FnOnce() + Send>) {
+        let mut f = lock(&self.flight);
+        if f.running > 0 {
+            f.stop = Some(done);
+            return;
+        }
+        drop(f);
+        done();
+    }
+}

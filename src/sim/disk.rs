@@ -1,0 +1,535 @@
+//! The simulated disk's state: files as page cache plus what is durable,
+//! directories as names plus what a directory sync made durable, and the
+//! crash image built from them (DESIGN.md §5).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{Fault, OpInfo, OpKind, Rng, SimStats};
+
+/// Sector size of the failure model: a torn write is torn at these boundaries.
+pub(crate) const SECTOR: usize = 512;
+
+/// A write that completed but is not yet covered by a completed sync.
+#[derive(Debug, Clone)]
+struct Pending {
+    offset: u64,
+    bytes: Vec<u8>,
+    /// A sync failed while this write was pending: like Linux after a failed
+    /// fsync, later syncs do not make it durable (its page was marked clean),
+    /// though it may still have reached the platter.
+    doomed: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Inode {
+    /// What reads see (the page cache).
+    data: Vec<u8>,
+    /// What survives any crash.
+    durable: Vec<u8>,
+    pending: Vec<Pending>,
+}
+
+/// A change to a directory entry since the directory's last sync.
+#[derive(Debug, Clone)]
+enum DirOp {
+    Link { path: PathBuf, ino: usize },
+    Unlink { path: PathBuf },
+    Rename { from: PathBuf, to: PathBuf },
+}
+
+impl DirOp {
+    fn dir(&self) -> Option<&Path> {
+        match self {
+            DirOp::Link { path, .. } | DirOp::Unlink { path } => path.parent(),
+            DirOp::Rename { to, .. } => to.parent(),
+        }
+    }
+
+    fn apply(&self, names: &mut BTreeMap<PathBuf, usize>) {
+        match self {
+            DirOp::Link { path, ino } => {
+                names.insert(path.clone(), *ino);
+            }
+            DirOp::Unlink { path } => {
+                names.remove(path);
+            }
+            DirOp::Rename { from, to } => {
+                if let Some(ino) = names.remove(from) {
+                    names.insert(to.clone(), ino);
+                }
+            }
+        }
+    }
+}
+
+/// A fault waiting for its turn: `left` more operations of its kind pass first.
+#[derive(Debug, Clone, Copy)]
+struct Armed {
+    fault: Fault,
+    left: u64,
+}
+
+/// What an operation is, for crash points and faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Write,
+    Sync,
+}
+
+/// A crash trigger set with `SimDisk::crash_when`.
+pub(crate) struct Trigger(pub Box<dyn FnMut(&OpInfo) -> bool + Send>);
+
+impl std::fmt::Debug for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Trigger(..)")
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Disk {
+    pub seed: u64,
+    pub rng: Rng,
+    inodes: Vec<Inode>,
+    names: BTreeMap<PathBuf, usize>,
+    durable_names: BTreeMap<PathBuf, usize>,
+    dir_log: Vec<DirOp>,
+    dirs: BTreeSet<PathBuf>,
+    locks: BTreeSet<PathBuf>,
+    ops: u64,
+    crash_at: Option<u64>,
+    pub trigger: Option<Trigger>,
+    crashed: bool,
+    faults: Vec<Armed>,
+    capacity_bytes: Option<u64>,
+    pub latency: Option<Duration>,
+    pub stats: SimStats,
+}
+
+fn power_loss() -> io::Error {
+    io::Error::other("simulated power loss: the disk is down until SimDisk::restart")
+}
+
+fn not_found(path: &Path) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("{}: no such file on the simulated disk", path.display()))
+}
+
+impl Disk {
+    pub(crate) fn new(seed: u64) -> Disk {
+        Disk {
+            seed,
+            rng: Rng::new(seed),
+            inodes: Vec::new(),
+            names: BTreeMap::new(),
+            durable_names: BTreeMap::new(),
+            dir_log: Vec::new(),
+            dirs: BTreeSet::new(),
+            locks: BTreeSet::new(),
+            ops: 0,
+            crash_at: None,
+            trigger: None,
+            crashed: false,
+            faults: Vec::new(),
+            capacity_bytes: None,
+            latency: None,
+            stats: SimStats::default(),
+        }
+    }
+
+    pub(crate) fn ops(&self) -> u64 {
+        self.ops
+    }
+
+    pub(crate) fn crashed(&self) -> bool {
+        self.crashed
+    }
+
+    pub(crate) fn crash_after(&mut self, ops: u64) {
+        self.crash_at = Some(self.ops + ops.max(1));
+    }
+
+    pub(crate) fn crash_now(&mut self) {
+        if !self.crashed {
+            self.crashed = true;
+            self.stats.crashes += 1;
+        }
+    }
+
+    pub(crate) fn inject(&mut self, fault: Fault) {
+        match fault {
+            Fault::NoSpace { capacity_bytes } => self.capacity_bytes = Some(capacity_bytes),
+            Fault::Latency(d) => self.latency = Some(d),
+            Fault::WriteError { after } | Fault::SyncError { after } | Fault::ShortWrite { after } => {
+                self.faults.push(Armed { fault, left: after });
+            }
+        }
+    }
+
+    /// Counts one operation; fails if the power is (or just went) out.
+    /// Returns whether this very operation is the one the crash interrupts.
+    fn step(&mut self, kind: OpKind, path: &Path) -> io::Result<bool> {
+        if self.crashed {
+            return Err(power_loss());
+        }
+        self.ops += 1;
+        let mut hit = self.crash_at == Some(self.ops);
+        if let Some(t) = self.trigger.as_mut() {
+            hit |= (t.0)(&OpInfo { kind, path: path.to_path_buf(), index: self.ops });
+        }
+        if hit {
+            self.trigger = None;
+            self.crash_now();
+        }
+        Ok(hit)
+    }
+
+    /// An operation that fails when the power is out.
+    fn meta_op(&mut self, kind: OpKind, path: &Path) -> io::Result<()> {
+        if self.step(kind, path)? {
+            return Err(power_loss());
+        }
+        Ok(())
+    }
+
+    /// The current name of inode `ino` (empty if it has none), for triggers.
+    fn name_of(&self, ino: usize) -> PathBuf {
+        if self.trigger.is_none() {
+            return PathBuf::new();
+        }
+        self.names.iter().find(|(_, i)| **i == ino).map(|(p, _)| p.clone()).unwrap_or_default()
+    }
+
+    /// The armed fault of `kind`'s operation that fires now, if any.
+    fn fire(&mut self, op: Op) -> Option<Fault> {
+        let mut fired = None;
+        for a in &mut self.faults {
+            let kind = match a.fault {
+                Fault::WriteError { .. } | Fault::ShortWrite { .. } => Op::Write,
+                Fault::SyncError { .. } => Op::Sync,
+                _ => continue,
+            };
+            if kind != op {
+                continue;
+            }
+            if a.left == 0 && fired.is_none() {
+                fired = Some(a.fault);
+                a.left = u64::MAX; // fired: removed below
+            } else if a.left != u64::MAX {
+                a.left -= 1;
+            }
+        }
+        self.faults.retain(|a| a.left != u64::MAX);
+        if fired.is_some() {
+            self.stats.faults_fired += 1;
+        }
+        fired
+    }
+
+    pub(crate) fn create_dir_all(&mut self, dir: &Path) -> io::Result<()> {
+        self.meta_op(OpKind::CreateDir, dir)?;
+        for d in dir.ancestors() {
+            self.dirs.insert(d.to_path_buf());
+        }
+        Ok(())
+    }
+
+    fn check_dir(&self, path: &Path) -> io::Result<()> {
+        match path.parent() {
+            Some(d) if self.dirs.contains(d) => Ok(()),
+            _ => Err(not_found(path.parent().unwrap_or(path))),
+        }
+    }
+
+    pub(crate) fn try_lock(&mut self, path: &Path) -> io::Result<bool> {
+        self.meta_op(OpKind::Lock, path)?;
+        self.check_dir(path)?;
+        Ok(self.locks.insert(path.to_path_buf()))
+    }
+
+    pub(crate) fn unlock(&mut self, path: &Path) {
+        self.locks.remove(path);
+    }
+
+    pub(crate) fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
+        self.meta_op(OpKind::SyncDir, dir)?;
+        if !self.dirs.contains(dir) {
+            return Err(not_found(dir));
+        }
+        self.stats.dir_syncs += 1;
+        let log = std::mem::take(&mut self.dir_log);
+        for op in log {
+            if op.dir() == Some(dir) {
+                op.apply(&mut self.durable_names);
+            } else {
+                self.dir_log.push(op);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn read_dir(&mut self, dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
+        self.meta_op(OpKind::Read, dir)?;
+        if !self.dirs.contains(dir) {
+            return Err(not_found(dir));
+        }
+        Ok(self
+            .names
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| Some((p.file_name()?.to_str()?.to_string(), p.clone())))
+            .collect())
+    }
+
+    /// Creates an empty file at `path` (replacing any), returning its inode.
+    pub(crate) fn create(&mut self, path: &Path) -> io::Result<usize> {
+        self.meta_op(OpKind::Create, path)?;
+        self.check_dir(path)?;
+        let ino = self.inodes.len();
+        self.inodes.push(Inode::default());
+        self.names.insert(path.to_path_buf(), ino);
+        self.dir_log.push(DirOp::Link { path: path.to_path_buf(), ino });
+        Ok(ino)
+    }
+
+    pub(crate) fn lookup(&mut self, path: &Path) -> io::Result<usize> {
+        self.meta_op(OpKind::Open, path)?;
+        self.names.get(path).copied().ok_or_else(|| not_found(path))
+    }
+
+    pub(crate) fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        self.meta_op(OpKind::Rename, to)?;
+        self.check_dir(to)?;
+        let ino = self.names.remove(from).ok_or_else(|| not_found(from))?;
+        self.names.insert(to.to_path_buf(), ino);
+        self.dir_log.push(DirOp::Rename { from: from.to_path_buf(), to: to.to_path_buf() });
+        Ok(())
+    }
+
+    pub(crate) fn remove(&mut self, path: &Path) -> io::Result<()> {
+        self.meta_op(OpKind::Remove, path)?;
+        self.names.remove(path).ok_or_else(|| not_found(path))?;
+        self.dir_log.push(DirOp::Unlink { path: path.to_path_buf() });
+        Ok(())
+    }
+
+    pub(crate) fn files(&self) -> Vec<(PathBuf, u64)> {
+        self.names.iter().map(|(p, &i)| (p.clone(), self.inode(i).data.len() as u64)).collect()
+    }
+
+    pub(crate) fn contents(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let ino = self.names.get(path).copied().ok_or_else(|| not_found(path))?;
+        Ok(self.inode(ino).data.clone())
+    }
+
+    pub(crate) fn read_all(&mut self, path: &Path) -> io::Result<Vec<u8>> {
+        let ino = self.lookup(path)?;
+        Ok(self.inode(ino).data.clone())
+    }
+
+    fn inode(&self, ino: usize) -> &Inode {
+        static EMPTY: Inode = Inode { data: Vec::new(), durable: Vec::new(), pending: Vec::new() };
+        self.inodes.get(ino).unwrap_or(&EMPTY)
+    }
+
+    pub(crate) fn len(&mut self, ino: usize) -> io::Result<u64> {
+        let path = self.name_of(ino);
+        self.meta_op(OpKind::Read, &path)?;
+        Ok(self.inode(ino).data.len() as u64)
+    }
+
+    pub(crate) fn read_at(&mut self, ino: usize, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let path = self.name_of(ino);
+        self.meta_op(OpKind::Read, &path)?;
+        let data = &self.inode(ino).data;
+        let start = usize::try_from(offset).map_err(io::Error::other)?;
+        let src = data.get(start..start + buf.len()).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of a simulated file")
+        })?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+
+    /// Bytes held by linked files, for the ENOSPC fault.
+    fn used_bytes(&self) -> u64 {
+        let live: BTreeSet<usize> = self.names.values().copied().collect();
+        live.iter().map(|&i| self.inode(i).data.len() as u64).sum()
+    }
+
+    /// One `pwrite`: may write less than asked (a short-write fault).
+    pub(crate) fn write_at(
+        &mut self,
+        ino: usize,
+        buf: &[u8],
+        offset: u64,
+        direct: bool,
+    ) -> io::Result<usize> {
+        let path = self.name_of(ino);
+        let interrupted = self.step(OpKind::Write, &path)?;
+        let aligned = |n: u64| n % SECTOR as u64 == 0;
+        if direct && !(aligned(offset) && aligned(buf.len() as u64) && aligned(buf.as_ptr() as usize as u64))
+        {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let start = usize::try_from(offset).map_err(io::Error::other)?;
+        if interrupted {
+            // The power went out during this write: any part of it may persist.
+            if let Some(inode) = self.inodes.get_mut(ino) {
+                inode.pending.push(Pending { offset, bytes: buf.to_vec(), doomed: false });
+            }
+            return Err(power_loss());
+        }
+        let mut n = buf.len();
+        match self.fire(Op::Write) {
+            Some(Fault::WriteError { .. }) => return Err(io::Error::from_raw_os_error(libc::EIO)),
+            Some(Fault::ShortWrite { .. }) if n > 1 => {
+                n = if direct { (n / 2).max(SECTOR) / SECTOR * SECTOR } else { n / 2 };
+            }
+            _ => {}
+        }
+        let end = start + n;
+        let grow = (end as u64).saturating_sub(self.inode(ino).data.len() as u64);
+        if let Some(cap) = self.capacity_bytes {
+            if grow > 0 && self.used_bytes() + grow > cap {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+        }
+        let bytes = buf.get(..n).unwrap_or_default();
+        let inode = self.inodes.get_mut(ino).ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
+        if inode.data.len() < end {
+            inode.data.resize(end, 0);
+        }
+        if let Some(dst) = inode.data.get_mut(start..end) {
+            dst.copy_from_slice(bytes);
+        }
+        inode.pending.push(Pending { offset, bytes: bytes.to_vec(), doomed: false });
+        self.stats.writes += 1;
+        self.stats.bytes_written += n as u64;
+        Ok(n)
+    }
+
+    /// `fsync`/`fdatasync` of one file.
+    pub(crate) fn sync(&mut self, ino: usize) -> io::Result<()> {
+        let path = self.name_of(ino);
+        self.meta_op(OpKind::Sync, &path)?;
+        let fault = self.fire(Op::Sync);
+        let inode = self.inodes.get_mut(ino).ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
+        if matches!(fault, Some(Fault::SyncError { .. })) {
+            for p in &mut inode.pending {
+                p.doomed = true;
+            }
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let pending = std::mem::take(&mut inode.pending);
+        for p in pending {
+            if p.doomed {
+                inode.pending.push(p);
+            } else {
+                apply(&mut inode.durable, p.offset, &p.bytes);
+            }
+        }
+        self.stats.syncs += 1;
+        Ok(())
+    }
+
+    /// What the disk holds after the power comes back (see DESIGN.md §5).
+    pub(crate) fn crash_image(&mut self) -> Disk {
+        let mut names = self.durable_names.clone();
+        for op in &self.dir_log {
+            if self.rng.below(2) == 0 {
+                op.apply(&mut names);
+            } else {
+                self.stats.dir_ops_lost += 1;
+            }
+        }
+        let mut inodes = Vec::new();
+        let mut renumber = BTreeMap::new();
+        let mut out_names = BTreeMap::new();
+        for (path, ino) in names {
+            let new = *renumber.entry(ino).or_insert_with(|| {
+                let image = self.file_image(ino);
+                inodes.push(Inode { data: image.clone(), durable: image, pending: Vec::new() });
+                inodes.len() - 1
+            });
+            out_names.insert(path, new);
+        }
+        let mut stats = self.stats;
+        stats.restarts += 1;
+        Disk {
+            seed: self.seed,
+            rng: Rng::new(self.rng.next_u64()),
+            inodes,
+            names: out_names.clone(),
+            durable_names: out_names,
+            dir_log: Vec::new(),
+            dirs: self.dirs.clone(),
+            locks: BTreeSet::new(),
+            ops: 0,
+            crash_at: None,
+            trigger: None,
+            crashed: false,
+            faults: Vec::new(),
+            capacity_bytes: self.capacity_bytes,
+            latency: self.latency,
+            stats,
+        }
+    }
+
+    /// One file after a crash: its durable bytes plus any subset of its
+    /// pending writes, each kept whole, dropped, or torn at sectors holding
+    /// old bytes, new bytes or garbage.
+    fn file_image(&mut self, ino: usize) -> Vec<u8> {
+        let Some(inode) = self.inodes.get(ino) else { return Vec::new() };
+        let mut img = inode.durable.clone();
+        let pending = inode.pending.clone();
+        for p in pending {
+            match self.rng.below(3) {
+                0 => self.stats.writes_lost += 1,
+                1 => apply(&mut img, p.offset, &p.bytes),
+                _ => self.tear(&mut img, &p),
+            }
+        }
+        img
+    }
+
+    fn tear(&mut self, img: &mut Vec<u8>, p: &Pending) {
+        let Ok(start) = usize::try_from(p.offset) else { return };
+        let end = start + p.bytes.len();
+        if img.len() < end {
+            img.resize(end, 0);
+        }
+        let mut pos = start;
+        while pos < end {
+            let sector_end = ((pos / SECTOR + 1) * SECTOR).min(end);
+            let (Some(dst), Some(src)) =
+                (img.get_mut(pos..sector_end), p.bytes.get(pos - start..sector_end - start))
+            else {
+                return;
+            };
+            match self.rng.below(3) {
+                0 => {} // old bytes
+                1 => dst.copy_from_slice(src),
+                _ => {
+                    self.stats.sectors_garbled += 1;
+                    for b in dst.iter_mut() {
+                        *b = self.rng.next_u64() as u8;
+                    }
+                }
+            }
+            pos = sector_end;
+        }
+        self.stats.writes_torn += 1;
+    }
+}
+
+fn apply(img: &mut Vec<u8>, offset: u64, bytes: &[u8]) {
+    let Ok(start) = usize::try_from(offset) else { return };
+    let end = start + bytes.len();
+    if img.len() < end {
+        img.resize(end, 0);
+    }
+    if let Some(dst) = img.get_mut(start..end) {
+        dst.copy_from_slice(bytes);
+    }
+}

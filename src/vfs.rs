@@ -1,0 +1,353 @@
+//! The file-system seam: every file and directory call aiowal makes goes
+//! through [`Vfs`], so that the crash simulator (feature `sim`) can stand in
+//! for the operating system without a second copy of the segment, recovery
+//! or pipeline code.
+//!
+//! Without the `sim` feature each enum has one variant and every call is a
+//! direct `std::fs` / `libc` call.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::ops::Deref;
+use std::os::fd::RawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use nix::fcntl::{Flock, FlockArg};
+
+/// Where a log's files live: the real file system, or a simulated disk.
+#[derive(Clone, Default)]
+pub(crate) enum Vfs {
+    /// The operating system's file system.
+    #[default]
+    Os,
+    /// The crash simulator's in-memory disk.
+    #[cfg(feature = "sim")]
+    Sim(crate::sim::SimDisk),
+}
+
+impl fmt::Debug for Vfs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Vfs::Os => f.write_str("Os"),
+            #[cfg(feature = "sim")]
+            Vfs::Sim(d) => f.debug_tuple("Sim").field(&d.seed()).finish(),
+        }
+    }
+}
+
+impl PartialEq for Vfs {
+    fn eq(&self, other: &Vfs) -> bool {
+        match (self, other) {
+            (Vfs::Os, Vfs::Os) => true,
+            #[cfg(feature = "sim")]
+            (Vfs::Sim(a), Vfs::Sim(b)) => a.same_disk(b),
+            #[cfg(feature = "sim")]
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Vfs {}
+
+/// What a directory entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EntryKind {
+    File,
+    Symlink,
+    Other,
+}
+
+/// An open segment file.
+#[derive(Debug)]
+pub(crate) enum SegFile {
+    Os(File),
+    #[cfg(feature = "sim")]
+    Sim(crate::sim::SimFile),
+}
+
+impl SegFile {
+    /// Writes all of `buf` at `offset`, looping over short writes.
+    pub(crate) fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        match self {
+            SegFile::Os(f) => f.write_all_at(buf, offset),
+            #[cfg(feature = "sim")]
+            SegFile::Sim(f) => {
+                let (mut done, mut off) = (0usize, offset);
+                while let Some(rest) = buf.get(done..).filter(|r| !r.is_empty()) {
+                    let n = f.write_at(rest, off)?;
+                    if n == 0 {
+                        return Err(io::ErrorKind::WriteZero.into());
+                    }
+                    done += n;
+                    off += n as u64;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    pub(crate) fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        match self {
+            SegFile::Os(f) => f.read_exact_at(buf, offset),
+            #[cfg(feature = "sim")]
+            SegFile::Sim(f) => f.read_exact_at(buf, offset),
+        }
+    }
+
+    /// `fdatasync`.
+    pub(crate) fn sync_data(&self) -> io::Result<()> {
+        match self {
+            SegFile::Os(f) => f.sync_data(),
+            #[cfg(feature = "sim")]
+            SegFile::Sim(f) => f.sync(),
+        }
+    }
+
+    /// `fsync`.
+    pub(crate) fn sync_all(&self) -> io::Result<()> {
+        match self {
+            SegFile::Os(f) => f.sync_all(),
+            #[cfg(feature = "sim")]
+            SegFile::Sim(f) => f.sync(),
+        }
+    }
+
+    /// The file's length.
+    pub(crate) fn len(&self) -> io::Result<u64> {
+        match self {
+            SegFile::Os(f) => f.metadata().map(|m| m.len()),
+            #[cfg(feature = "sim")]
+            SegFile::Sim(f) => f.len(),
+        }
+    }
+
+    /// The descriptor, for backends that hand it to the kernel. A simulated
+    /// file has none (only the simulator's backend writes to it).
+    #[cfg_attr(not(any(target_os = "linux", target_os = "freebsd")), allow(dead_code))]
+    pub(crate) fn raw_fd(&self) -> io::Result<RawFd> {
+        use std::os::fd::AsRawFd;
+        match self {
+            SegFile::Os(f) => Ok(f.as_raw_fd()),
+            #[cfg(feature = "sim")]
+            SegFile::Sim(_) => Err(io::Error::other("a simulated file has no descriptor")),
+        }
+    }
+}
+
+/// A segment's bytes for reading: a read-only map, or the simulator's copy.
+#[derive(Debug)]
+pub(crate) enum Mapped {
+    Os(Mmap),
+    #[cfg(feature = "sim")]
+    Mem(Vec<u8>),
+}
+
+impl Deref for Mapped {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Mapped::Os(m) => m,
+            #[cfg(feature = "sim")]
+            Mapped::Mem(v) => v,
+        }
+    }
+}
+
+/// Holds a directory's exclusive lock while alive.
+#[derive(Debug)]
+pub(crate) enum DirLock {
+    Os(#[allow(dead_code)] Flock<File>),
+    #[cfg(feature = "sim")]
+    Sim(#[allow(dead_code)] crate::sim::LockGuard),
+}
+
+impl Vfs {
+    /// Whether aiowal may run file work on threads of its own. The simulator
+    /// says no: everything runs on the caller's task, so a seed replays exactly.
+    pub(crate) fn threads(&self) -> bool {
+        match self {
+            Vfs::Os => true,
+            #[cfg(feature = "sim")]
+            Vfs::Sim(_) => false,
+        }
+    }
+
+    pub(crate) fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        match self {
+            Vfs::Os => fs::create_dir_all(dir),
+            #[cfg(feature = "sim")]
+            Vfs::Sim(d) => d.create_dir_all(dir),
+        }
+    }
+
+    /// Takes the exclusive lock of the file at `path` without waiting;
+    /// `Ok(None)` if someone else holds it.
+    pub(crate) fn try_lock(&self, path: &Path) -> io::Result<Option<DirLock>> {
+        match self {
+            Vfs::Os => {
+                let file = OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+                match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                    Ok(lock) => Ok(Some(DirLock::Os(lock))),
+                    Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+                    Err((_, errno)) => Err(errno.into()),
+                }
+            }
+            #[cfg(feature = "sim")]
+            Vfs::Sim(d) => d.try_lock(path).map(|g| g.map(DirLock::Sim)),
+        }
+    }
+
+    /// fsyncs a directory.
+    pub(crate) fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        match self {
+            Vfs::Os => File::open(dir)?.sync_all(),
+            #[cfg(feature = "sim")]
+            Vfs::Sim(d) => d.sync_dir(dir),
+        }
+    }
+
+    /// Names, paths and kinds of a directory's entries.
+    pub(crate) fn read_dir(&self, dir: &Path) -> io::Result<Vec<(String, PathBuf, EntryKind)>> {
+        match self {
+            Vfs::Os => {
+                let mut out = Vec::new();
+                for entry in fs::read_dir(dir)? {
+                    let entry = entry?;
+                    let Ok(name) = entry.file_name().into_string() else { continue };
+                    let t = entry.file_type()?;
+                    let kind = if t.is_file() {
+                        EntryKind::File
+                    } else if t.is_symlink() {
+                        EntryKind::Symlink
+                    } else {
+                        EntryKind::Other
+                    };
+                    out.push((name, entry.path(), kind));
+                }
+                Ok(out)
+            }
+            #[cfg(feature = "sim")]
+            Vfs::Sim(d) => d.read_dir(dir),
+        }
+    }
+
+    /// Creates (or truncates) a file for reading and writing.
+    pub(crate) fn create(&self, path: &Path) -> io::Result<SegFile> {
+        match self {
+            Vfs::Os => OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(path)
+                .map(SegFile::Os),
+            #[cfg(feature = "sim")]
+            Vfs::Sim(d) => d.create(path).map(SegFile::Sim),
+        }
+    }
+
+    /// Opens an existing file for reading and writing, with `O_DIRECT` if `direct`.
+    pub(crate) fn open(&self, path: &Path, direct: bool) -> io::Result<SegFile> {
+        match self {
+            Vfs::Os => {
+                let mut o = OpenOptions::new();
+                o.read(true).write(true);
+                if direct {
+                    let Some(flag) = crate::io::direct_io_flag() else {
+                        return Err(io::Error::new(
+                            io::ErrorKind::Unsupported,
+                            "O_DIRECT is not available on this platform",
+                        ));
+                    };
+                    o.custom_flags(flag);
+                }
+                o.open(path).map(SegFile::Os)
+            }
+            #[cfg(feature = "sim")]
+            Vfs::Sim(d) => d.open(path, direct).map(SegFile::Sim),
+        }
+    }
+
+    pub(crate) fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        match self {
+            Vfs::Os => fs::rename(from, to),
+            #[cfg(feature = "sim")]
+            Vfs::Sim(d) => d.rename(from, to),
+        }
+    }
+
+    pub(crate) fn remove(&self, path: &Path) -> io::Result<()> {
+        match self {
+            Vfs::Os => fs::remove_file(path),
+            #[cfg(feature = "sim")]
+            Vfs::Sim(d) => d.remove(path),
+        }
+    }
+
+    /// The length of the file at `path`.
+    pub(crate) fn len(&self, path: &Path) -> io::Result<u64> {
+        match self {
+            Vfs::Os => fs::metadata(path).map(|m| m.len()),
+            #[cfg(feature = "sim")]
+            Vfs::Sim(d) => d.len(path),
+        }
+    }
+
+    /// The file's bytes, read-only. This is aiowal's one mmap site.
+    pub(crate) fn map(&self, path: &Path) -> io::Result<Mapped> {
+        match self {
+            Vfs::Os => {
+                let file = File::open(path)?;
+                if file.metadata()?.len() == 0 {
+                    // mmap of an empty file fails on some systems; an empty map is what we mean.
+                    return memmap2::MmapOptions::new()
+                        .len(0)
+                        .map_anon()
+                        .and_then(|m| m.make_read_only())
+                        .map(Mapped::Os);
+                }
+                // SAFETY: the map is read-only. While the log is open, its one
+                // owner (the directory lock) never rewrites bytes below a
+                // segment's durable end as long as the segment is live; a
+                // segment retired by `truncate_before` may be reused, which is
+                // why its docs tell callers not to keep records of retired
+                // segments. A file truncated by someone else under us is
+                // outside the contract (SIGBUS, as for any mmap).
+                unsafe { Mmap::map(&file) }.map(Mapped::Os)
+            }
+            #[cfg(feature = "sim")]
+            Vfs::Sim(d) => d.read_all(path).map(Mapped::Mem),
+        }
+    }
+
+    /// Whether files at `path` can be opened with `O_DIRECT`; the reason when not.
+    pub(crate) fn probe_direct_io(&self, path: &Path) -> Result<(), String> {
+        match self {
+            Vfs::Os => {
+                let Some(flag) = crate::io::direct_io_flag() else {
+                    return Err("O_DIRECT is not available on this platform".into());
+                };
+                match OpenOptions::new().read(true).custom_flags(flag).open(path) {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(format!("the file system refuses O_DIRECT ({e})")),
+                }
+            }
+            // The simulator checks O_DIRECT's alignment rules on every write.
+            #[cfg(feature = "sim")]
+            Vfs::Sim(_) => Ok(()),
+        }
+    }
+
+    /// A random number: from the OS, or from the simulator's seed.
+    pub(crate) fn random_u64(&self) -> u64 {
+        match self {
+            Vfs::Os => crate::commit::random_salt(),
+            #[cfg(feature = "sim")]
+            Vfs::Sim(d) => d.random_u64(),
+        }
+    }
+}

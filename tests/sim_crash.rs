@@ -1,0 +1,502 @@
+//! Crash simulation: random workloads from many tasks, power loss at a
+//! random (or chosen) disk operation, recovery, and the invariant checked by
+//! `aiowal::sim::Checker` after every crash.
+//!
+//! `cargo test --features sim --test sim_crash` runs 2,000 seeds; the long
+//! run is `cargo test --release --features sim --test sim_crash -- --ignored`
+//! (100,000 seeds). A failing seed prints itself; replay it alone with
+//! `AIOWAL_SIM_SEED=<seed> cargo test --features sim --test sim_crash replay_one_seed -- --nocapture`.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use aiowal::sim::{CheckReport, Checker, Fault, OpKind, Rng, SimDisk, SimStats};
+use aiowal::{Error, Lsn, Options, Wal};
+
+const DIR: &str = "/sim/wal";
+
+/// Options for one seed: small segments so that rotation, recycling and
+/// truncation happen within a few hundred records.
+fn options(rng: &mut Rng) -> Options {
+    let align: u32 = if rng.below(2) == 0 { 512 } else { 4096 };
+    let batch = align * (2 + rng.below(4) as u32); // 2..=5 blocks
+    let blocks = 6 + rng.below(10); // segments of 6..=15 blocks (more than batch + header)
+    let max_record = (batch - align - 64).min(1500);
+    Options::default()
+        .alignment(align)
+        .batch_bytes_max(batch.max(align * 2))
+        .segment_bytes(u64::from(align) * blocks.max(u64::from(batch / align) + 2))
+        .max_record_bytes(max_record)
+        .segments_recycled_max(rng.below(3) as usize)
+}
+
+fn record(rng: &mut Rng, max: u64) -> Vec<u8> {
+    let len = match rng.below(4) {
+        0 => rng.below(16),
+        1 => rng.below(max + 1),
+        _ => rng.below(200),
+    };
+    (0..len).map(|_| rng.next_u64() as u8).collect()
+}
+
+/// One appender: stages single records and atomic batches, waits for each,
+/// sometimes syncs or truncates; stops at the first error (the crash).
+async fn appender(wal: Wal, checker: Arc<Mutex<Checker>>, mut rng: Rng, ops: u64, max: u64) {
+    for _ in 0..ops {
+        let step = match rng.below(20) {
+            0..=12 => {
+                let rec = record(&mut rng, max);
+                match wal.stage(&rec).await {
+                    Ok(s) => {
+                        checker.lock().unwrap().staged(s.lsns(), [&rec], false);
+                        s.durable().await.map(|r| r.last())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            13..=16 => {
+                let n = 2 + rng.below(4);
+                let recs: Vec<Vec<u8>> = (0..n).map(|_| record(&mut rng, max / n)).collect();
+                match wal.stage_batch(&recs).await {
+                    Ok(s) => {
+                        checker.lock().unwrap().staged(s.lsns(), &recs, true);
+                        s.durable().await.map(|r| r.last())
+                    }
+                    Err(Error::BatchTooLarge { .. }) => continue,
+                    Err(e) => Err(e),
+                }
+            }
+            17 => wal.sync().await,
+            _ => {
+                let durable = wal.durable_lsn().get();
+                let to = Lsn::new(rng.below(durable + 2).max(1));
+                checker.lock().unwrap().truncated_before(to);
+                match wal.truncate_before(to).await {
+                    Ok(_) => continue,
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match step {
+            Ok(lsn) => checker.lock().unwrap().acked(lsn),
+            Err(_) => return,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct SeedRun {
+    rounds: u64,
+    acked_checked: u64,
+    recovered: u64,
+    lost_unacked: u64,
+    stats: SimStats,
+}
+
+async fn open(disk: &SimDisk, opts: &Options) -> Result<Wal, String> {
+    let trace = std::env::var_os("AIOWAL_SIM_TRACE").is_some();
+    if trace {
+        for (path, len) in disk.files() {
+            let head = disk.contents(&path).unwrap_or_default();
+            let field = |at: usize| head.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
+            eprintln!(
+                "  {} {len} bytes, header seq {:?} first_lsn {:?}",
+                path.display(),
+                field(16),
+                field(24)
+            );
+        }
+    }
+    let wal = Wal::open(DIR, opts.clone().sim(disk)).await.map_err(|e| format!("reopen failed: {e}"))?;
+    if trace {
+        eprintln!("opened: {:?}", wal.recovery_report());
+    }
+    Ok(wal)
+}
+
+fn absorb(run: &mut SeedRun, r: CheckReport) {
+    run.acked_checked += r.acked;
+    run.recovered += r.recovered;
+    run.lost_unacked += r.lost_unacked;
+}
+
+/// One seed: a few rounds of random work cut by a power loss at a random
+/// operation (sometimes with a fault armed as well), each followed by
+/// recovery and the check.
+async fn run_seed(seed: u64) -> Result<SeedRun, String> {
+    let mut rng = Rng::new(seed);
+    let opts = options(&mut rng);
+    let max = u64::from(opts.get_max_record_bytes());
+    let mut disk = SimDisk::new(seed ^ 0x5EED);
+    let checker = Arc::new(Mutex::new(Checker::new()));
+    let mut run = SeedRun::default();
+    let rounds = 2 + rng.below(3);
+    for round in 0..rounds {
+        let wal = open(&disk, &opts).await?;
+        if round > 0 {
+            let r = checker.lock().unwrap().check(&wal).map_err(|v| format!("round {round}: {v}"))?;
+            absorb(&mut run, r);
+        }
+        disk.crash_after(1 + rng.below(300));
+        match rng.below(8) {
+            0 => disk.inject(Fault::SyncError { after: rng.below(20) }),
+            1 => disk.inject(Fault::WriteError { after: rng.below(30) }),
+            2 => disk.inject(Fault::ShortWrite { after: rng.below(30) }),
+            _ => {}
+        }
+        let tasks = 1 + rng.below(12);
+        let ops = 5 + rng.below(40);
+        let mut handles = Vec::new();
+        for t in 0..tasks {
+            let task_rng = Rng::new(rng.next_u64() ^ t);
+            handles.push(tokio::spawn(appender(wal.clone(), Arc::clone(&checker), task_rng, ops, max)));
+        }
+        for h in handles {
+            h.await.map_err(|e| format!("appender panicked: {e}"))?;
+        }
+        let closed = wal.close().await;
+        if std::env::var_os("AIOWAL_SIM_TRACE").is_some() {
+            eprintln!(
+                "round {round}: opts {opts:?}\n  crashed {} after {} ops, close {closed:?}, durable {}",
+                disk.crashed(),
+                disk.ops(),
+                wal.durable_lsn(),
+            );
+        }
+        drop(wal);
+        disk = disk.restart();
+        run.rounds += 1;
+    }
+    let wal = open(&disk, &opts).await?;
+    let r = checker.lock().unwrap().check(&wal).map_err(|v| format!("final check: {v}"))?;
+    absorb(&mut run, r);
+    // The recovered log takes new appends after its last record.
+    let lsn = wal.append(b"after recovery").await.map_err(|e| format!("append after recovery: {e}"))?;
+    if lsn != wal.durable_lsn() {
+        return Err(format!("append after recovery got {lsn}, durable is {}", wal.durable_lsn()));
+    }
+    wal.close().await.map_err(|e| format!("close: {e}"))?;
+    run.stats = disk.stats();
+    Ok(run)
+}
+
+fn run_seed_blocking(seed: u64) -> Result<SeedRun, String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(run_seed(seed))
+}
+
+fn run_seeds(seeds: std::ops::Range<u64>) {
+    let mut total = SeedRun::default();
+    let mut stats = SimStats::default();
+    let n = seeds.end - seeds.start;
+    for seed in seeds {
+        match run_seed_blocking(seed) {
+            Ok(r) => {
+                total.rounds += r.rounds;
+                total.acked_checked += r.acked_checked;
+                total.recovered += r.recovered;
+                total.lost_unacked += r.lost_unacked;
+                add_stats(&mut stats, &r.stats);
+            }
+            Err(e) => panic!(
+                "seed {seed} failed: {e}\nreplay: AIOWAL_SIM_SEED={seed} cargo test --features sim --test sim_crash replay_one_seed -- --nocapture"
+            ),
+        }
+    }
+    println!(
+        "{n} seeds: {} crashes, {} records recovered ({} acknowledged checked, {} unacknowledged lost), {} faults fired, {} writes lost, {} torn ({} garbage sectors), {} directory changes lost",
+        stats.crashes,
+        total.recovered,
+        total.acked_checked,
+        total.lost_unacked,
+        stats.faults_fired,
+        stats.writes_lost,
+        stats.writes_torn,
+        stats.sectors_garbled,
+        stats.dir_ops_lost
+    );
+    assert!(stats.crashes >= n, "every seed crashes at least once");
+    assert!(total.acked_checked > 0 && stats.writes_torn > 0 && stats.dir_ops_lost > 0);
+}
+
+fn add_stats(a: &mut SimStats, b: &SimStats) {
+    a.crashes += b.crashes;
+    a.faults_fired += b.faults_fired;
+    a.writes_lost += b.writes_lost;
+    a.writes_torn += b.writes_torn;
+    a.sectors_garbled += b.sectors_garbled;
+    a.dir_ops_lost += b.dir_ops_lost;
+}
+
+#[test]
+fn crash_loop_2000_seeds() {
+    run_seeds(0..2000);
+}
+
+#[test]
+#[ignore = "long run: 100,000 seeds (use --release)"]
+fn crash_loop_100k_seeds() {
+    run_seeds(1_000_000..1_100_000);
+}
+
+#[test]
+fn replay_one_seed() {
+    let Ok(seed) = std::env::var("AIOWAL_SIM_SEED") else { return };
+    let seed: u64 = seed.parse().expect("AIOWAL_SIM_SEED is a number");
+    match run_seed_blocking(seed) {
+        Ok(r) => println!("seed {seed} passed: {r:?}"),
+        Err(e) => panic!("seed {seed} failed: {e}"),
+    }
+}
+
+/// The same seed gives the same run, operation for operation.
+#[test]
+fn a_seed_replays_exactly() {
+    for seed in [3, 77, 1234] {
+        let a = run_seed_blocking(seed).unwrap();
+        let b = run_seed_blocking(seed).unwrap();
+        assert_eq!(format!("{a:?}"), format!("{b:?}"), "seed {seed}");
+    }
+}
+
+// ---- Named cases: a fixed workload, power lost at every matching operation ----
+
+fn named_opts() -> Options {
+    Options::default().alignment(512).batch_bytes_max(2048).segment_bytes(8192).max_record_bytes(400)
+}
+
+/// Appends `n` records from 4 tasks, then truncates before the durable LSN
+/// (with `truncating` set meanwhile), then appends `n` more; stops at the
+/// first error.
+async fn workload(wal: &Wal, checker: &Arc<Mutex<Checker>>, n: u64, truncating: &Arc<AtomicBool>) {
+    let phase = |base: u64| {
+        let mut hs = Vec::new();
+        for t in 0..4u64 {
+            let (wal, checker) = (wal.clone(), Arc::clone(checker));
+            hs.push(tokio::spawn(async move {
+                for i in 0..n / 4 {
+                    let rec = format!("rec {base} {t} {i} {}", "x".repeat((i * 37 % 300) as usize));
+                    let Ok(s) = wal.stage(rec.as_bytes()).await else { return };
+                    checker.lock().unwrap().staged(s.lsns(), [rec.as_bytes()], false);
+                    match s.durable().await {
+                        Ok(r) => checker.lock().unwrap().acked(r.last()),
+                        Err(_) => return,
+                    }
+                }
+            }));
+        }
+        hs
+    };
+    for h in phase(0) {
+        h.await.unwrap();
+    }
+    let to = wal.durable_lsn();
+    checker.lock().unwrap().truncated_before(to);
+    truncating.store(true, Ordering::SeqCst);
+    let _ = wal.truncate_before(to).await;
+    truncating.store(false, Ordering::SeqCst);
+    for h in phase(1) {
+        h.await.unwrap();
+    }
+}
+
+/// Runs the workload with power lost at the `k`-th operation matching
+/// `matches`, for every k until the workload completes without reaching
+/// one; after each crash: recover, check, append, reopen, check again.
+/// Returns how many crash points were tried.
+fn crash_at_every(
+    name: &str,
+    matches: impl Fn(&aiowal::sim::OpInfo, bool) -> bool + Send + Sync + 'static,
+) -> u64 {
+    let matches = Arc::new(matches);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut k = 0u64;
+    loop {
+        let done = rt.block_on(async {
+            let disk = SimDisk::new(k);
+            let opts = named_opts();
+            let checker = Arc::new(Mutex::new(Checker::new()));
+            let truncating = Arc::new(AtomicBool::new(false));
+            let seen = Arc::new(AtomicU64::new(0));
+            {
+                let (m, t, seen) = (Arc::clone(&matches), Arc::clone(&truncating), Arc::clone(&seen));
+                disk.crash_when(move |op| {
+                    m(op, t.load(Ordering::SeqCst)) && seen.fetch_add(1, Ordering::SeqCst) == k
+                });
+            }
+            // The power may go out while the first open prepares a segment.
+            if let Ok(wal) = Wal::open(DIR, opts.clone().sim(&disk)).await {
+                workload(&wal, &checker, 48, &truncating).await;
+                let _ = wal.close().await;
+            } else {
+                assert!(disk.crashed(), "{name}: only the crash fails the first open");
+            }
+            let crashed = disk.crashed();
+            let disk = disk.restart();
+            let wal = Wal::open(DIR, opts.clone().sim(&disk))
+                .await
+                .unwrap_or_else(|e| panic!("{name}: crash point {k}: reopen failed: {e}"));
+            let check = checker.lock().unwrap().check(&wal);
+            check.unwrap_or_else(|v| panic!("{name}: crash point {k}: {v}"));
+            // Life goes on: more appends across a rotation, then a clean reopen.
+            for i in 0..40u32 {
+                let rec = format!("after {i}");
+                let s = wal.stage(rec.as_bytes()).await.unwrap();
+                checker.lock().unwrap().staged(s.lsns(), [rec.as_bytes()], false);
+                let r = s.durable().await.unwrap();
+                checker.lock().unwrap().acked(r.last());
+            }
+            wal.close().await.unwrap();
+            let disk = disk.restart();
+            let wal = Wal::open(DIR, opts.sim(&disk)).await.unwrap();
+            let check = checker.lock().unwrap().check(&wal);
+            check.unwrap_or_else(|v| panic!("{name}: crash point {k}, second reopen: {v}"));
+            !crashed
+        });
+        if done {
+            println!("{name}: {k} crash points, each recovered and checked");
+            return k;
+        }
+        k += 1;
+    }
+}
+
+fn is(op: &aiowal::sim::OpInfo, kind: OpKind, suffix: &str) -> bool {
+    op.kind == kind && op.path.to_string_lossy().ends_with(suffix)
+}
+
+fn in_dir(path: &Path) -> bool {
+    path == Path::new(DIR)
+}
+
+#[test]
+fn crash_after_segment_creation_before_dir_sync() {
+    // Every directory sync outside truncate_before: each follows a
+    // segment's creation (rename of a zero-filled temp file or a spare).
+    let points = crash_at_every("segment creation", |op, truncating| {
+        !truncating && op.kind == OpKind::SyncDir && in_dir(&op.path)
+    });
+    assert!(points >= 4, "the workload creates several segments ({points} dir syncs)");
+}
+
+#[test]
+fn crash_during_rotation() {
+    // Every write and sync of a segment file: the seal of the old segment,
+    // the header batch of the new one and the batches around them.
+    let points = crash_at_every("rotation", |op, _| {
+        (op.kind == OpKind::Write || op.kind == OpKind::Sync) && op.path.to_string_lossy().ends_with(".wal")
+    });
+    assert!(points >= 20, "{points}");
+}
+
+#[test]
+fn crash_during_truncate_before() {
+    let points = crash_at_every("truncate_before", |_, truncating| truncating);
+    assert!(points >= 2, "truncate_before removed or retired segments ({points} operations)");
+}
+
+#[test]
+fn crash_while_next_segment_is_preallocated() {
+    // Zero-filling, syncing and renaming a temp file, or zeroing a spare's header.
+    let points = crash_at_every("preallocation", |op, _| {
+        is(op, OpKind::Write, ".wal.tmp")
+            || is(op, OpKind::Sync, ".wal.tmp")
+            || is(op, OpKind::Create, ".wal.tmp")
+            || (op.kind == OpKind::Rename && op.path.to_string_lossy().ends_with(".wal"))
+            || is(op, OpKind::Write, ".wal.spare")
+            || is(op, OpKind::Sync, ".wal.spare")
+    });
+    assert!(points >= 6, "{points}");
+}
+
+// ---- Faults without a crash ----
+
+async fn append_until_error(wal: &Wal, checker: &Arc<Mutex<Checker>>, n: u32) -> Option<Error> {
+    let mut hs = Vec::new();
+    for t in 0..8u32 {
+        let (wal, checker) = (wal.clone(), Arc::clone(checker));
+        hs.push(tokio::spawn(async move {
+            for i in 0..n {
+                let rec = format!("t{t} r{i}");
+                let s = match wal.stage(rec.as_bytes()).await {
+                    Ok(s) => s,
+                    Err(e) => return Some(e),
+                };
+                checker.lock().unwrap().staged(s.lsns(), [rec.as_bytes()], false);
+                match s.durable().await {
+                    Ok(r) => checker.lock().unwrap().acked(r.last()),
+                    Err(e) => return Some(e),
+                }
+            }
+            None
+        }));
+    }
+    let mut first = None;
+    for h in hs {
+        if let Some(e) = h.await.unwrap() {
+            first.get_or_insert(e);
+        }
+    }
+    first
+}
+
+fn fault_case(fault: Fault) -> (Option<Error>, CheckReport) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let disk = SimDisk::new(99);
+        let opts = named_opts();
+        let checker = Arc::new(Mutex::new(Checker::new()));
+        let wal = Wal::open(DIR, opts.clone().sim(&disk)).await.unwrap();
+        disk.inject(fault);
+        let err = append_until_error(&wal, &checker, 30).await;
+        if err.is_some() {
+            // Poisoned for good: later calls fail too.
+            assert!(matches!(wal.append(b"more").await, Err(Error::Poisoned { .. })));
+        }
+        let _ = wal.close().await;
+        drop(wal);
+        let disk = disk.restart();
+        disk.inject(Fault::NoSpace { capacity_bytes: u64::MAX });
+        let wal = Wal::open(DIR, opts.sim(&disk)).await.unwrap();
+        let report = checker.lock().unwrap().check(&wal).unwrap();
+        wal.append(b"after").await.unwrap();
+        (err, report)
+    })
+}
+
+#[test]
+fn failed_sync_poisons_and_nothing_unsynced_is_acknowledged() {
+    for after in [0, 3, 10] {
+        let (err, report) = fault_case(Fault::SyncError { after });
+        let err = err.expect("a failed sync is an error");
+        assert!(matches!(&err, Error::Poisoned { op: aiowal::IoOp::Sync, .. }), "after {after}: {err}");
+        assert!(report.acked <= report.recovered);
+    }
+}
+
+#[test]
+fn failed_write_poisons() {
+    let (err, _) = fault_case(Fault::WriteError { after: 5 });
+    assert!(matches!(err, Some(Error::Poisoned { op: aiowal::IoOp::Write, .. })), "{err:?}");
+}
+
+#[test]
+fn short_writes_are_completed_not_fatal() {
+    for after in [0, 1, 7] {
+        let (err, report) = fault_case(Fault::ShortWrite { after });
+        assert!(err.is_none(), "a short write is retried for the rest: {err:?}");
+        assert_eq!(report.recovered, 240);
+    }
+}
+
+#[test]
+fn full_disk_is_no_space_and_loses_nothing_acknowledged() {
+    let (err, _) = fault_case(Fault::NoSpace { capacity_bytes: 20_000 });
+    let err = err.expect("the disk fills");
+    let text = err.to_string();
+    assert!(
+        matches!(&err, Error::Poisoned { .. } | Error::NoSpace { .. }) && text.contains("space"),
+        "{text}"
+    );
+}
