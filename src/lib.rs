@@ -70,6 +70,8 @@ pub mod format;
 mod io;
 mod lsn;
 mod options;
+#[cfg(feature = "openraft")]
+pub mod raft;
 mod recovery;
 mod segment;
 #[cfg(feature = "sim")]

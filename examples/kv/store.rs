@@ -73,7 +73,7 @@ pub enum Op {
 }
 
 impl Op {
-    fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Vec<u8> {
         let (tag, key, value): (u8, &[u8], &[u8]) = match self {
             Op::Put(k, v) => (OP_PUT, k, v),
             Op::Delete(k) => (OP_DELETE, k, &[]),
@@ -87,7 +87,7 @@ impl Op {
         out
     }
 
-    fn decode(b: &[u8]) -> Result<Op, StoreError> {
+    pub fn decode(b: &[u8]) -> Result<Op, StoreError> {
         let bad = || StoreError::Corrupt("malformed log record".into());
         let (&tag, rest) = b.split_first().ok_or_else(bad)?;
         let (len, rest) = rest.split_first_chunk::<4>().ok_or_else(bad)?;

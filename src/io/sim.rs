@@ -22,7 +22,10 @@ struct Flight {
 
 pub(crate) struct Sim {
     disk: SimDisk,
-    sink: Arc<dyn Completion>,
+    /// Taken at `stop`: the pipeline owns this backend, so holding the
+    /// pipeline here for longer would keep both (and the runtime's driver,
+    /// through `runtime`) alive forever.
+    sink: Mutex<Option<Arc<dyn Completion>>>,
     runtime: Handle,
     flight: Arc<Mutex<Flight>>,
 }
@@ -37,7 +40,7 @@ impl Sim {
             backend: "sim",
             reason: format!("the simulator's backend runs on the tokio runtime that opens the log: {e}"),
         })?;
-        Ok(Sim { disk, sink, runtime, flight: Arc::default() })
+        Ok(Sim { disk, sink: Mutex::new(Some(sink)), runtime, flight: Arc::default() })
     }
 }
 
@@ -93,12 +96,16 @@ impl IoBackend for Sim {
     }
 
     fn submit(&self, batch: IoBatch) {
+        let Some(sink) = self.sink.lock().unwrap_or_else(PoisonError::into_inner).clone() else {
+            return; // stopped: the pipeline submits nothing after `stop`
+        };
         lock(&self.flight).running += 1;
-        let task = run(self.disk.clone(), Arc::clone(&self.sink), Arc::clone(&self.flight), batch);
+        let task = run(self.disk.clone(), sink, Arc::clone(&self.flight), batch);
         drop(self.runtime.spawn(task));
     }
 
     fn stop(&self, done: Box<dyn FnOnce() + Send>) {
+        drop(self.sink.lock().unwrap_or_else(PoisonError::into_inner).take());
         let mut f = lock(&self.flight);
         if f.running > 0 {
             f.stop = Some(done);

@@ -1,0 +1,477 @@
+//! Log storage for [openraft](https://docs.rs/openraft/0.9) on aiowal
+//! (feature `openraft`, openraft 0.9 with its `storage-v2` API).
+//!
+//! [`RaftLog`] implements `RaftLogStorage` and `RaftLogReader`: Raft's
+//! entries, vote and committed log id are records of one aiowal log, so
+//! appends from Raft share group commits with everything else in flight.
+//!
+//! # Records
+//!
+//! Every record is one operation, encoded with postcard after a format
+//! byte: `Entry(entry)`, `Vote(vote)`, `Committed(log id)`,
+//! `Truncate(log id)` (remove entries with index `>=` its index) and
+//! `Purge(log id)` (remove entries with index `<=` its index). `append`
+//! stages its entries as one atomic batch and calls openraft's flush
+//! callback when the batch is durable; `save_vote`, `save_committed`,
+//! `truncate` and `purge` return once their record is durable.
+//!
+//! # The index, and recovery
+//!
+//! In memory the adapter keeps, per live entry, its log id and the LSN of
+//! its record (no entry bytes: reads go to the log through this index), plus
+//! the encoded bytes of records not yet durable (a log reads only durable
+//! records, and openraft may read entries as soon as `append` returns).
+//!
+//! Opening replays the log in LSN order with the same rules as the live
+//! calls, so the state after a crash is the state after some prefix of the
+//! operations. aiowal recovers a prefix of the records and every durable
+//! one, and an `append` is one atomic batch, so:
+//!
+//! * entries whose flush was reported are there, and none after a hole;
+//! * a `Truncate` that returned is there, and so is everything before it;
+//!   entries appended after a truncate are recovered only if the truncate
+//!   is (they follow it in the log), and entries it removed stay removed;
+//!   if the crash took the truncate record, the entries it would have
+//!   removed are back, and so is the state before it, exactly as if the
+//!   truncate had never been called (it had not returned);
+//! * an entry on replay must follow the last live one (index + 1) unless
+//!   no entry is live; anything else is reported as corruption.
+//!
+//! `purge` writes one atomic checkpoint batch (the current vote and
+//! committed log id, then the `Purge`), then calls
+//! [`Wal::truncate_before`] with the LSN of the oldest record still needed
+//! (the first live entry or the checkpoint), so whole segments are
+//! reclaimed and the vote is never lost with them.
+//!
+//! One [`RaftLog`] per aiowal directory: the log holds one Raft group.
+
+// openraft's traits return its `StorageError` (large); helpers return it too.
+#![allow(clippy::result_large_err)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Debug;
+use std::io;
+use std::marker::PhantomData;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{
+    AnyError, LogId, OptionalSend, RaftLogId, RaftTypeConfig, StorageError, StorageIOError, Vote,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CorruptKind, Error};
+use crate::lsn::Lsn;
+use crate::options::Options;
+use crate::wal::Wal;
+
+/// The first byte of every record this adapter writes.
+const FORMAT: u8 = 1;
+
+/// One logged operation. Variant order is the on-disk tag: append only.
+#[derive(Serialize, Deserialize)]
+enum Op<E, V, L> {
+    Entry(E),
+    Vote(V),
+    Committed(Option<L>),
+    Truncate(L),
+    Purge(L),
+}
+
+type OpOf<C, E> = Op<E, Vote<<C as RaftTypeConfig>::NodeId>, LogId<<C as RaftTypeConfig>::NodeId>>;
+
+fn encode<T: Serialize>(op: &T) -> Result<Vec<u8>, postcard::Error> {
+    let mut out = vec![FORMAT];
+    out.extend(postcard::to_stdvec(op)?);
+    Ok(out)
+}
+
+/// What replay and the live calls maintain.
+struct State<C: RaftTypeConfig> {
+    /// Live entries, consecutive, oldest first: log id and record LSN.
+    entries: VecDeque<(LogId<C::NodeId>, Lsn)>,
+    purged: Option<LogId<C::NodeId>>,
+    vote: Option<Vote<C::NodeId>>,
+    committed: Option<LogId<C::NodeId>>,
+    /// Encoded records staged but maybe not durable yet, by LSN.
+    pending: BTreeMap<Lsn, Arc<[u8]>>,
+}
+
+impl<C: RaftTypeConfig> State<C> {
+    fn new() -> State<C> {
+        State {
+            entries: VecDeque::new(),
+            purged: None,
+            vote: None,
+            committed: None,
+            pending: BTreeMap::new(),
+        }
+    }
+
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|(id, _)| id.index)
+    }
+
+    fn last_log_id(&self) -> Option<LogId<C::NodeId>> {
+        self.entries.back().map(|(id, _)| id.clone()).or_else(|| self.purged.clone())
+    }
+
+    /// Adds an entry; false if it does not follow the last live one.
+    fn push(&mut self, id: LogId<C::NodeId>, lsn: Lsn) -> bool {
+        if let Some((last, _)) = self.entries.back() {
+            if id.index != last.index + 1 {
+                return false;
+            }
+        }
+        self.entries.push_back((id, lsn));
+        true
+    }
+
+    fn truncate(&mut self, since: u64) {
+        while self.entries.back().is_some_and(|(id, _)| id.index >= since) {
+            self.entries.pop_back();
+        }
+    }
+
+    fn purge(&mut self, upto: LogId<C::NodeId>) {
+        while self.entries.front().is_some_and(|(id, _)| id.index <= upto.index) {
+            self.entries.pop_front();
+        }
+        if self.purged.as_ref() < Some(&upto) {
+            self.purged = Some(upto);
+        }
+    }
+
+    /// Live entries with index in `range`, with their LSNs.
+    fn select(&self, range: &impl RangeBounds<u64>) -> Vec<(u64, Lsn)> {
+        let Some(first) = self.first_index() else { return Vec::new() };
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s.saturating_add(1),
+            Bound::Unbounded => first,
+        }
+        .max(first);
+        let skip = usize::try_from(start - first).unwrap_or(usize::MAX);
+        self.entries
+            .iter()
+            .skip(skip)
+            .take_while(|(id, _)| range.contains(&id.index))
+            .map(|(id, lsn)| (id.index, *lsn))
+            .collect()
+    }
+}
+
+/// openraft log storage backed by an aiowal log. Cheap to clone; clones
+/// share the log and its index (the clone is openraft's `LogReader`).
+///
+/// # Examples
+///
+/// ```
+/// # use std::io::Cursor;
+/// openraft::declare_raft_types!(pub Config: D = String, R = String);
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), aiowal::Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let log = aiowal::raft::RaftLog::<Config>::open(dir.path(), aiowal::Options::default()).await?;
+/// // Give `log` to `openraft::Raft::new(id, config, network, log, state_machine)`.
+/// log.close().await?;
+/// # Ok(()) }
+/// ```
+pub struct RaftLog<C: RaftTypeConfig> {
+    wal: Wal,
+    state: Arc<Mutex<State<C>>>,
+    _c: PhantomData<C>,
+}
+
+impl<C: RaftTypeConfig> Clone for RaftLog<C> {
+    fn clone(&self) -> Self {
+        RaftLog { wal: self.wal.clone(), state: Arc::clone(&self.state), _c: PhantomData }
+    }
+}
+
+impl<C: RaftTypeConfig> Debug for RaftLog<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.lock();
+        f.debug_struct("RaftLog")
+            .field("wal", &self.wal)
+            .field("entries", &st.entries.len())
+            .field("last_log_id", &st.last_log_id())
+            .field("purged", &st.purged)
+            .field("vote", &st.vote)
+            .finish()
+    }
+}
+
+fn corrupt(lsn: Lsn, why: &'static str) -> Error {
+    Error::Corrupt {
+        segment: std::path::PathBuf::new(),
+        offset: 0,
+        lsn: lsn.get(),
+        kind: CorruptKind::Mismatch(why),
+    }
+}
+
+fn write_err<NID: openraft::NodeId>(e: impl std::error::Error + 'static) -> StorageError<NID> {
+    StorageIOError::write_logs(AnyError::new(&e)).into()
+}
+
+fn read_err<NID: openraft::NodeId>(e: impl std::error::Error + 'static) -> StorageError<NID> {
+    StorageIOError::read_logs(AnyError::new(&e)).into()
+}
+
+impl<C: RaftTypeConfig> RaftLog<C> {
+    /// Opens (or creates) the Raft log in `dir` and rebuilds the index by
+    /// replaying it.
+    ///
+    /// # Errors
+    /// Those of [`Wal::open`], and [`Error::Corrupt`] for a record that does
+    /// not decode or an entry that breaks the log's sequence.
+    pub async fn open(dir: impl AsRef<Path>, opts: Options) -> Result<RaftLog<C>, Error> {
+        let wal = Wal::open(dir, opts).await?;
+        let mut st = State::new();
+        for rec in wal.read_from(Lsn::FIRST)? {
+            let rec = rec?;
+            let op: OpOf<C, C::Entry> =
+                decode(rec.data()).ok_or_else(|| corrupt(rec.lsn(), "not an openraft record"))?;
+            match op {
+                Op::Entry(e) => {
+                    if !st.push(e.get_log_id().clone(), rec.lsn()) {
+                        return Err(corrupt(rec.lsn(), "raft entry does not follow the previous one"));
+                    }
+                }
+                Op::Vote(v) => st.vote = Some(v),
+                Op::Committed(c) => st.committed = c,
+                Op::Truncate(id) => st.truncate(id.index),
+                Op::Purge(id) => st.purge(id),
+            }
+        }
+        Ok(RaftLog { wal, state: Arc::new(Mutex::new(st)), _c: PhantomData })
+    }
+
+    /// The aiowal log underneath (for stats and the recovery report).
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
+    /// Closes the log; see [`Wal::close`].
+    ///
+    /// # Errors
+    /// As for [`Wal::close`].
+    pub async fn close(&self) -> Result<(), Error> {
+        self.wal.close().await
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<C>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends one operation record and waits until it is durable.
+    async fn log_op(&self, op: &OpOf<C, &C::Entry>) -> Result<Lsn, StorageError<C::NodeId>> {
+        let bytes = encode(op).map_err(write_err)?;
+        let staged = self.wal.stage(&bytes).await.map_err(write_err)?;
+        staged.durable().await.map_err(write_err).map(|r| r.last())
+    }
+
+    /// Forgets pending bytes that the log now serves.
+    fn prune(&self) {
+        let durable = self.wal.durable_lsn();
+        let mut st = self.lock();
+        st.pending.retain(|lsn, _| *lsn > durable);
+    }
+
+    /// Reads the entries at `want` (index, LSN), from pending bytes or the log.
+    fn read_entries(&self, want: &[(u64, Lsn)]) -> Result<Vec<C::Entry>, StorageError<C::NodeId>> {
+        let Some(&(_, first_lsn)) = want.first() else { return Ok(Vec::new()) };
+        // Copy pending bytes first: what is not pending any more is durable.
+        let pending: BTreeMap<Lsn, Arc<[u8]>> = {
+            let st = self.lock();
+            want.iter().filter_map(|(_, lsn)| st.pending.get(lsn).map(|b| (*lsn, Arc::clone(b)))).collect()
+        };
+        let mut out = Vec::with_capacity(want.len());
+        let mut iter = None;
+        for &(index, lsn) in want {
+            let entry = if let Some(bytes) = pending.get(&lsn) {
+                decode_entry::<C>(bytes, lsn)?
+            } else {
+                let it = match &mut iter {
+                    Some(it) => it,
+                    None => iter.insert(self.wal.read_from(first_lsn.max(lsn)).map_err(read_err)?),
+                };
+                let rec = loop {
+                    match it.next() {
+                        Some(Ok(r)) if r.lsn() < lsn => continue,
+                        Some(Ok(r)) if r.lsn() == lsn => break r,
+                        Some(Err(e)) => return Err(read_err(e)),
+                        _ => return Err(read_err(corrupt(lsn, "raft entry missing from the log"))),
+                    }
+                };
+                decode_entry::<C>(rec.data(), lsn)?
+            };
+            if entry.get_log_id().index != index {
+                return Err(read_err(corrupt(lsn, "raft entry index differs from the index")));
+            }
+            out.push(entry);
+        }
+        Ok(out)
+    }
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<T> {
+    match bytes.split_first() {
+        Some((&FORMAT, rest)) => postcard::from_bytes(rest).ok(),
+        _ => None,
+    }
+}
+
+fn decode_entry<C: RaftTypeConfig>(bytes: &[u8], lsn: Lsn) -> Result<C::Entry, StorageError<C::NodeId>> {
+    match decode::<OpOf<C, C::Entry>>(bytes) {
+        Some(Op::Entry(e)) => Ok(e),
+        _ => Err(read_err(corrupt(lsn, "record is not a raft entry"))),
+    }
+}
+
+impl<C: RaftTypeConfig> RaftLogReader<C> for RaftLog<C> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<C::Entry>, StorageError<C::NodeId>> {
+        let want = self.lock().select(&range);
+        self.read_entries(&want)
+    }
+}
+
+impl<C: RaftTypeConfig> RaftLogStorage<C> for RaftLog<C> {
+    type LogReader = RaftLog<C>;
+
+    async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<C::NodeId>> {
+        let st = self.lock();
+        Ok(LogState { last_purged_log_id: st.purged.clone(), last_log_id: st.last_log_id() })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+        self.log_op(&Op::Vote(vote.clone())).await?;
+        self.lock().vote = Some(vote.clone());
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<C::NodeId>>, StorageError<C::NodeId>> {
+        Ok(self.lock().vote.clone())
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<C::NodeId>>,
+    ) -> Result<(), StorageError<C::NodeId>> {
+        self.log_op(&Op::Committed(committed.clone())).await?;
+        self.lock().committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<C::NodeId>>, StorageError<C::NodeId>> {
+        Ok(self.lock().committed.clone())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> Result<(), StorageError<C::NodeId>>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut ids = Vec::new();
+        let mut records = Vec::new();
+        for e in entries {
+            ids.push(e.get_log_id().clone());
+            records.push(encode(&OpOf::<C, &C::Entry>::Entry(&e)).map_err(write_err)?);
+        }
+        if records.is_empty() {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        }
+        {
+            // Refuse a hole before anything reaches the log.
+            let st = self.lock();
+            let mut last = st.entries.back().map(|(id, _)| id.index);
+            for id in &ids {
+                if last.is_some_and(|l| id.index != l + 1) {
+                    let e = io::Error::other(format!(
+                        "raft entry {id} does not follow entry {}",
+                        last.unwrap_or(0)
+                    ));
+                    return Err(StorageIOError::write_log_entry(id.clone(), AnyError::new(&e)).into());
+                }
+                last = Some(id.index);
+            }
+        }
+        let staged = match self.wal.stage_batch(&records).await {
+            Ok(s) => vec![s],
+            // More than one batch holds: stage them one by one (still in order).
+            Err(Error::BatchTooLarge { .. }) => {
+                let mut v = Vec::with_capacity(records.len());
+                for r in &records {
+                    v.push(self.wal.stage(r).await.map_err(write_err)?);
+                }
+                v
+            }
+            Err(e) => return Err(write_err(e)),
+        };
+        let lsns: Vec<Lsn> = staged.iter().flat_map(|s| s.lsns().iter()).collect();
+        {
+            let mut st = self.lock();
+            for ((id, bytes), lsn) in ids.iter().zip(records).zip(lsns) {
+                st.pending.insert(lsn, bytes.into());
+                st.push(id.clone(), lsn);
+            }
+        }
+        let this = self.clone();
+        let last = staged.into_iter().last();
+        tokio::spawn(async move {
+            let result = match last {
+                Some(s) => s.durable().await.map(|_| ()).map_err(|e| io::Error::other(e.to_string())),
+                None => Ok(()),
+            };
+            this.prune();
+            callback.log_io_completed(result);
+        });
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+        self.log_op(&Op::Truncate(log_id.clone())).await?;
+        self.lock().truncate(log_id.index);
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+        // The checkpoint may be all that is left of older purges once
+        // segments are retired: it records the furthest purge, not this call's.
+        let (vote, committed, log_id) = {
+            let st = self.lock();
+            let furthest = match &st.purged {
+                Some(p) if *p > log_id => p.clone(),
+                _ => log_id,
+            };
+            (st.vote.clone(), st.committed.clone(), furthest)
+        };
+        let mut batch = Vec::new();
+        if let Some(v) = vote {
+            batch.push(encode(&OpOf::<C, &C::Entry>::Vote(v)).map_err(write_err)?);
+        }
+        batch.push(encode(&OpOf::<C, &C::Entry>::Committed(committed)).map_err(write_err)?);
+        batch.push(encode(&OpOf::<C, &C::Entry>::Purge(log_id.clone())).map_err(write_err)?);
+        let staged = self.wal.stage_batch(&batch).await.map_err(write_err)?;
+        let checkpoint = staged.durable().await.map_err(write_err)?.first();
+        let keep = {
+            let mut st = self.lock();
+            st.purge(log_id);
+            st.entries.front().map_or(checkpoint, |(_, lsn)| (*lsn).min(checkpoint))
+        };
+        self.wal.truncate_before(keep).await.map_err(write_err)?;
+        Ok(())
+    }
+}

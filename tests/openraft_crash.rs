@@ -1,0 +1,252 @@
+//! `aiowal::raft::RaftLog` through crashes: appends, truncates, purges, votes
+//! and committed ids interleaved with simulated power losses; after every
+//! recovery the adapter's state must be the state after some prefix of the
+//! operations that includes every operation openraft was told was durable.
+//! Plus a reopen on the real file system after purges reclaimed segments.
+
+#[path = "../examples/raft_kv/sm.rs"]
+mod sm;
+
+use std::collections::BTreeMap;
+
+use aiowal::raft::RaftLog;
+use aiowal::sim::{Rng, SimDisk};
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, Vote};
+use sm::{Config, NodeId, Op, Request};
+
+const DIR: &str = "/sim/raft";
+
+fn opts() -> aiowal::Options {
+    aiowal::Options::default().alignment(512).segment_bytes(8192).batch_bytes_max(2048).max_record_bytes(1024)
+}
+
+fn log_id(term: u64, index: u64) -> LogId<NodeId> {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+fn entry(term: u64, index: u64, rng: &mut Rng) -> Entry<Config> {
+    let key = format!("k{}", rng.below(20)).into_bytes();
+    let value = vec![b'v'; rng.below(300) as usize];
+    Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(Request::new(&Op::Put(key, value))) }
+}
+
+/// An entry's log id and exact bytes (its Debug output omits the payload).
+fn text(e: &Entry<Config>) -> String {
+    let bytes = postcard::to_stdvec(e).unwrap();
+    format!("{} {}", e.log_id, bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+impl View {
+    fn summary(&self) -> String {
+        let r = |k: Option<&u64>| k.copied();
+        format!(
+            "entries {:?}..={:?} ({}), purged {:?}, vote {:?}, committed {:?}",
+            r(self.entries.keys().next()),
+            r(self.entries.keys().next_back()),
+            self.entries.len(),
+            self.purged,
+            self.vote,
+            self.committed
+        )
+    }
+}
+
+/// One storage call, as the model replays it.
+#[derive(Debug, Clone)]
+enum Call {
+    Append(Vec<Entry<Config>>),
+    Truncate(LogId<NodeId>),
+    Purge(LogId<NodeId>),
+    Vote(Vote<NodeId>),
+    Committed(Option<LogId<NodeId>>),
+}
+
+/// What the adapter must show: entries (as text), purged id, vote, committed.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct View {
+    entries: BTreeMap<u64, String>,
+    purged: Option<LogId<NodeId>>,
+    vote: Option<Vote<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+}
+
+impl View {
+    fn apply(&mut self, call: &Call) {
+        match call {
+            Call::Append(es) => {
+                for e in es {
+                    self.entries.insert(e.log_id.index, text(e));
+                }
+            }
+            Call::Truncate(id) => self.entries.retain(|&i, _| i < id.index),
+            Call::Purge(id) => {
+                self.entries.retain(|&i, _| i > id.index);
+                self.purged = self.purged.max(Some(*id));
+            }
+            Call::Vote(v) => self.vote = Some(*v),
+            Call::Committed(c) => self.committed = *c,
+        }
+    }
+
+    fn next_index(&self) -> u64 {
+        self.entries.keys().next_back().map(|i| i + 1).or(self.purged.map(|p| p.index + 1)).unwrap_or(0)
+    }
+
+    async fn of(log: &mut RaftLog<Config>) -> View {
+        let state = log.get_log_state().await.unwrap();
+        let entries = log.try_get_log_entries(..).await.unwrap();
+        let view = View {
+            entries: entries.iter().map(|e| (e.log_id.index, text(e))).collect(),
+            purged: state.last_purged_log_id,
+            vote: log.read_vote().await.unwrap(),
+            committed: log.read_committed().await.unwrap(),
+        };
+        let last = entries.last().map(|e| e.log_id);
+        assert_eq!(state.last_log_id, last.or(view.purged), "log state's last log id");
+        view
+    }
+}
+
+/// A random call that openraft could make in the current state.
+fn next_call(view: &View, term: &mut u64, rng: &mut Rng) -> Call {
+    let next = view.next_index();
+    let first = view.entries.keys().next().copied();
+    match rng.below(12) {
+        0 => {
+            *term += 1;
+            Call::Vote(Vote::new(*term, 1))
+        }
+        1 if next > 0 => Call::Committed(Some(log_id(*term, rng.below(next)))),
+        2 if first.is_some() => {
+            Call::Truncate(log_id(*term, first.unwrap_or(0) + rng.below(next - first.unwrap_or(0))))
+        }
+        3 if next > 0 => Call::Purge(log_id(*term, next.saturating_sub(1 + rng.below(4)))),
+        _ => Call::Append((0..1 + rng.below(4)).map(|i| entry(*term, next + i, rng)).collect()),
+    }
+}
+
+async fn call(log: &mut RaftLog<Config>, c: &Call) -> bool {
+    let r = match c {
+        Call::Append(es) => log.blocking_append(es.clone()).await,
+        Call::Truncate(id) => log.truncate(*id).await,
+        Call::Purge(id) => log.purge(*id).await,
+        Call::Vote(v) => log.save_vote(v).await,
+        Call::Committed(c) => log.save_committed(*c).await,
+    };
+    r.is_ok()
+}
+
+/// The recovered view must be the view after `calls[..k]` for some k from
+/// `acked` (everything acknowledged) to all calls issued; returns that k.
+fn matching_prefix(calls: &[Call], acked: usize, got: &View) -> Result<usize, String> {
+    let mut view = View::default();
+    for c in &calls[..acked] {
+        view.apply(c);
+    }
+    let mut tried = Vec::new();
+    for k in acked..=calls.len() {
+        if k > acked {
+            view.apply(&calls[k - 1]);
+        }
+        if view == *got {
+            return Ok(k);
+        }
+        tried.push(format!("  after {k} calls: {}", view.summary()));
+    }
+    let last: Vec<String> =
+        calls.iter().rev().take(4).map(|c| format!("{c:?}").chars().take(120).collect()).collect();
+    Err(format!(
+        "recovered state matches no prefix of {} calls ({acked} acknowledged)\n  got: {}\n{}\n  last calls (newest first): {last:#?}",
+        calls.len(),
+        got.summary(),
+        tried.join("\n")
+    ))
+}
+
+async fn run_seed(seed: u64) -> Result<(usize, usize), String> {
+    let mut rng = Rng::new(seed);
+    let mut disk = SimDisk::new(seed);
+    let mut calls: Vec<Call> = Vec::new();
+    let mut acked = 0usize;
+    let mut term = 1u64;
+    let mut crashes = 0;
+    for round in 0..4 {
+        let mut log =
+            RaftLog::<Config>::open(DIR, opts().sim(&disk)).await.map_err(|e| format!("open: {e}"))?;
+        if round > 0 {
+            let got = View::of(&mut log).await;
+            let k = matching_prefix(&calls, acked, &got).map_err(|e| format!("round {round}: {e}"))?;
+            calls.truncate(k); // the rest never happened
+            acked = k;
+        }
+        if round == 3 {
+            break;
+        }
+        disk.crash_after(1 + rng.below(120));
+        let mut view = View::default();
+        for c in &calls {
+            view.apply(c);
+        }
+        for _ in 0..40 {
+            let c = next_call(&view, &mut term, &mut rng);
+            calls.push(c.clone());
+            if !call(&mut log, &c).await {
+                break;
+            }
+            view.apply(&c);
+            acked = calls.len();
+        }
+        drop(log);
+        crashes += usize::from(disk.crashed());
+        disk = disk.restart();
+    }
+    Ok((calls.len(), crashes))
+}
+
+#[test]
+fn raft_log_survives_crashes() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (mut calls, mut crashes) = (0, 0);
+    for seed in 0..300 {
+        match rt.block_on(run_seed(seed)) {
+            Ok((c, k)) => {
+                calls += c;
+                crashes += k;
+            }
+            Err(e) => panic!("seed {seed}: {e}"),
+        }
+    }
+    println!(
+        "300 seeds: {calls} storage calls kept, {crashes} power losses mid-run, every recovery a prefix holding every ack"
+    );
+    assert!(crashes > 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopen_after_purge_keeps_vote_and_reclaims_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(5);
+    let mut log = RaftLog::<Config>::open(dir.path(), opts()).await.unwrap();
+    log.save_vote(&Vote::new(3, 1)).await.unwrap();
+    for i in 0..200 {
+        log.blocking_append([entry(3, i, &mut rng)]).await.unwrap();
+    }
+    log.save_committed(Some(log_id(3, 150))).await.unwrap();
+    log.truncate(log_id(3, 180)).await.unwrap();
+    log.purge(log_id(3, 120)).await.unwrap();
+    assert!(log.wal().first_lsn().get() > 100, "purge retired whole segments: {:?}", log.wal().first_lsn());
+    let before = View::of(&mut log).await;
+    assert_eq!(before.entries.len(), 59);
+    log.close().await.unwrap();
+    drop(log);
+
+    let mut log = RaftLog::<Config>::open(dir.path(), opts()).await.unwrap();
+    let after = View::of(&mut log).await;
+    assert_eq!(after, before);
+    assert_eq!(after.vote, Some(Vote::new(3, 1)), "the vote outlives the segments it was written in");
+    // Appending continues after the last entry.
+    log.blocking_append([entry(3, 180, &mut rng)]).await.unwrap();
+    assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(log_id(3, 180)));
+    log.close().await.unwrap();
+}
