@@ -500,3 +500,17 @@ fn full_disk_is_no_space_and_loses_nothing_acknowledged() {
         "{text}"
     );
 }
+
+/// Added latency is tokio time: with the clock paused the test takes no
+/// real time, and the virtual clock shows the write and the sync each waited.
+#[tokio::test(start_paused = true)]
+async fn latency_fault_delays_write_and_sync() {
+    let disk = SimDisk::new(1);
+    let wal = Wal::open(DIR, named_opts().sim(&disk)).await.unwrap();
+    disk.inject(Fault::Latency(std::time::Duration::from_millis(50)));
+    let t0 = tokio::time::Instant::now();
+    wal.append(b"slow").await.unwrap();
+    let waited = t0.elapsed();
+    assert!(waited >= std::time::Duration::from_millis(100), "write and sync each wait 50 ms: {waited:?}");
+    wal.close().await.unwrap();
+}

@@ -19,6 +19,7 @@ mod stats;
 use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Instant;
 
@@ -35,6 +36,9 @@ use crate::recovery::SegmentMeta;
 use crate::segment::{self, DirLock, Preparing};
 use crate::vfs::SegFile;
 
+/// Lists the durable waiters are spread over.
+const WAIT_LISTS: usize = 8;
+
 /// Sealed batches that may wait behind the one in flight.
 pub(crate) const SEALED_MAX: usize = 2;
 
@@ -43,13 +47,6 @@ pub(crate) const SEALED_MAX: usize = 2;
 pub(crate) struct Poison {
     pub op: IoOp,
     pub cause: Arc<io::Error>,
-}
-
-/// What waiters watch: how far the log is durable, and whether it died.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Durable {
-    pub lsn: u64,
-    pub poison: Option<Poison>,
 }
 
 /// Where the next new batch will be written.
@@ -136,12 +133,15 @@ pub(crate) struct Core {
     /// Written into every segment header; recovery refuses segments of other logs.
     log_id: u32,
     state: Mutex<State>,
-    /// The durable watermark and poison, and the waiters for them. (A
-    /// `Notify` rather than a `watch`: `watch` spreads its waiters over
-    /// randomly chosen lists, which would make the simulator's replays
-    /// depend on more than the seed.)
-    durable: Mutex<Durable>,
-    durable_changed: Notify,
+    /// The durable watermark: every LSN up to it is durable.
+    durable_lsn: AtomicU64,
+    /// Set once, when the log is poisoned.
+    poisoned: OnceLock<Poison>,
+    /// Waiters for the two above, spread over lists by LSN so that hundreds
+    /// of appenders do not queue on one lock. (Not a `watch`: it spreads its
+    /// waiters at random, and the simulator's replays must depend on the
+    /// seed alone.)
+    durable_changed: [Notify; WAIT_LISTS],
     /// Set once `close` has stopped the backend and released the lock.
     closed: watch::Sender<bool>,
     space: Notify,
@@ -190,7 +190,6 @@ enum StageOutcome {
 
 impl Core {
     pub(crate) fn new(dir: PathBuf, opts: Options, start: Start) -> Arc<Core> {
-        let durable = Durable { lsn: start.next_lsn - 1, poison: None };
         Arc::new(Core {
             dir,
             opts,
@@ -212,8 +211,9 @@ impl Core {
                 lock: Some(start.lock),
                 stats: stats::Counters::default(),
             }),
-            durable: Mutex::new(durable),
-            durable_changed: Notify::new(),
+            durable_lsn: AtomicU64::new(start.next_lsn - 1),
+            poisoned: OnceLock::new(),
+            durable_changed: std::array::from_fn(|_| Notify::new()),
             closed: watch::Sender::new(false),
             space: Notify::new(),
             backend: OnceLock::new(),
@@ -505,30 +505,39 @@ impl Core {
         }
         st.open = None;
         st.sealed.clear();
-        self.publish(|d| d.poison = Some(p));
+        let _ = self.poisoned.set(p);
+        self.wake_waiters();
         self.space.notify_waiters();
     }
 
-    /// Updates the durable state and wakes every waiter.
-    fn publish(&self, f: impl FnOnce(&mut Durable)) {
-        f(&mut lock(&self.durable));
-        self.durable_changed.notify_waiters();
+    fn wake_waiters(&self) {
+        for list in &self.durable_changed {
+            list.notify_waiters();
+        }
+    }
+
+    /// Whether waiting for `lsn` is over: durable, or the log died first.
+    fn durable_outcome(&self, lsn: u64) -> Option<Result<Lsn>> {
+        let durable = self.durable_lsn.load(Ordering::Acquire);
+        if durable >= lsn {
+            return Some(Ok(Lsn(durable)));
+        }
+        let p = self.poisoned.get()?;
+        Some(Err(Error::Poisoned { op: p.op, cause: Arc::clone(&p.cause) }))
     }
 
     /// Waits until `lsn` is durable (or the log is poisoned).
     pub(crate) async fn wait_durable(&self, lsn: u64) -> Result<Lsn> {
+        let list = &self.durable_changed[(lsn % WAIT_LISTS as u64) as usize];
         loop {
-            let changed = self.durable_changed.notified();
+            if let Some(r) = self.durable_outcome(lsn) {
+                return r;
+            }
+            let changed = list.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            {
-                let d = lock(&self.durable);
-                if d.lsn >= lsn {
-                    return Ok(Lsn(d.lsn));
-                }
-                if let Some(p) = &d.poison {
-                    return Err(Error::Poisoned { op: p.op, cause: Arc::clone(&p.cause) });
-                }
+            if let Some(r) = self.durable_outcome(lsn) {
+                return r;
             }
             changed.await;
         }
@@ -549,7 +558,7 @@ impl Core {
 
     /// The durable watermark.
     pub(crate) fn durable_lsn(&self) -> u64 {
-        lock(&self.durable).lsn
+        self.durable_lsn.load(Ordering::Acquire)
     }
 
     /// The LSN the next append will get.
@@ -753,7 +762,8 @@ impl Completion for Core {
         };
         self.submit(next);
         if let Some(lsn) = durable {
-            self.publish(|d| d.lsn = d.lsn.max(lsn));
+            self.durable_lsn.fetch_max(lsn, Ordering::Release);
+            self.wake_waiters();
             self.space.notify_waiters();
         }
     }
