@@ -258,3 +258,40 @@ async fn read_only_directory_fails_clearly() {
     }
     assert_eq!(report.unwrap().records, want.len() as u64);
 }
+
+/// A torn tail 16 bytes before a block boundary: the padding frame that
+/// seals it spans two blocks. (Found by the crash simulator: open panicked
+/// on a slice out of range; also a seed of the `open_sim` fuzz target.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torn_tail_just_before_a_block_boundary_is_sealed() {
+    use aiowal::format::{FrameKind, SegmentHeader, encode_frame};
+    let dir = tempfile::tempdir().unwrap();
+    let (align, salt) = (512usize, 0x3333);
+    let header = SegmentHeader {
+        alignment: align as u32,
+        sequence: 1,
+        first_lsn: 1,
+        salt,
+        segment_bytes: 8192,
+        window_bytes: 4096,
+        log_id: 0x5EED,
+    };
+    let mut seg = header.encode().to_vec();
+    seg.resize(align, 0);
+    encode_frame(&mut seg, salt, 1, FrameKind::Record, &[b'r'; 472]).unwrap();
+    assert_eq!(seg.len() % align, align - 16, "the next frame would start 16 bytes before the block ends");
+    seg.extend_from_slice(&[0xA5; 40]); // the torn rest of the batch
+    seg.resize(8192, 0);
+    std::fs::write(dir.path().join(format!("{:020}.wal", 1)), seg).unwrap();
+
+    let o =
+        || opts().alignment(align as u32).segment_bytes(8192).batch_bytes_max(2048).max_record_bytes(1024);
+    let wal = Wal::open(dir.path(), o()).await.unwrap();
+    assert!(matches!(wal.recovery_report().stop, StopReason::TornTail { offset: 1008, .. }));
+    assert_eq!(read_all(&wal, Lsn::FIRST), vec![(1, vec![b'r'; 472])]);
+    wal.append(b"after").await.unwrap();
+    wal.close().await.unwrap();
+    let wal = Wal::open(dir.path(), o()).await.unwrap();
+    assert_eq!(read_all(&wal, Lsn::FIRST), vec![(1, vec![b'r'; 472]), (2, b"after".to_vec())]);
+    wal.close().await.unwrap();
+}

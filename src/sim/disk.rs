@@ -314,6 +314,16 @@ impl Disk {
         Ok(())
     }
 
+    pub(crate) fn put_file(&mut self, path: &Path, bytes: &[u8]) {
+        if let Some(dir) = path.parent() {
+            self.dirs.extend(dir.ancestors().map(Path::to_path_buf));
+        }
+        let ino = self.inodes.len();
+        self.inodes.push(Inode { data: bytes.to_vec(), durable: bytes.to_vec(), pending: Vec::new() });
+        self.names.insert(path.to_path_buf(), ino);
+        self.durable_names.insert(path.to_path_buf(), ino);
+    }
+
     pub(crate) fn files(&self) -> Vec<(PathBuf, u64)> {
         self.names.iter().map(|(p, &i)| (p.clone(), self.inode(i).data.len() as u64)).collect()
     }

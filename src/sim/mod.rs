@@ -294,6 +294,14 @@ impl SimDisk {
         SimDisk { inner: Arc::new(Mutex::new(d.crash_image())) }
     }
 
+    /// Puts a file on the disk as if it had been written and synced long
+    /// ago, creating its directory (not an operation: no fault or crash
+    /// applies). For starting a simulation from given bytes, e.g. a copy
+    /// of a real log directory or a fuzzer's input.
+    pub fn put_file(&self, path: impl AsRef<Path>, bytes: &[u8]) {
+        self.lock().put_file(path.as_ref(), bytes);
+    }
+
     /// The files the disk holds now (page cache view), with their lengths.
     /// Not an operation: it neither counts nor fails after a crash.
     pub fn files(&self) -> Vec<(PathBuf, u64)> {
