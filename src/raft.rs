@@ -18,7 +18,9 @@
 //! # The index, and recovery
 //!
 //! In memory the adapter keeps, per live entry, its log id and the LSN of
-//! its record (no entry bytes: reads go to the log through this index), plus
+//! its record (no entry bytes: reads go to the log through this index, and
+//! `read_from` seeks within a segment, so reading the newest entries does
+//! not scan the segment from its start), plus
 //! the encoded bytes of records not yet durable (a log reads only durable
 //! records, and openraft may read entries as soon as `append` returns).
 //!

@@ -480,7 +480,8 @@ impl Core {
         let seq = meta.seq;
         let path = segment::segment_path(&self.dir, seq);
         if let Some(h) = meta.header {
-            lock(&self.segments).push(SegmentMeta { seq, path: path.clone(), header: h });
+            let marks = Arc::default();
+            lock(&self.segments).push(SegmentMeta { seq, path: path.clone(), header: h, marks });
         }
         st.active = Some(Active { seq, file });
         let spare = st.spares.pop();
@@ -496,6 +497,19 @@ impl Core {
             // Retried synchronously (on the I/O path) when the segment is needed.
             Err(_) => Next::None,
         };
+    }
+
+    /// Notes where a durable batch of records starts, for readers to seek to.
+    fn mark(&self, batch: &IoBatch) {
+        let m = &batch.meta;
+        let Some(w) = batch.writes.first() else { return };
+        if m.last_lsn < m.first_lsn {
+            return; // a seal: no records
+        }
+        let offset = w.offset + if m.header.is_some() { u64::from(self.opts.alignment) } else { 0 };
+        if let Some(s) = lock(&self.segments).iter().rev().find(|s| s.seq == m.seq) {
+            s.marks.add(m.first_lsn, offset);
+        }
     }
 
     fn poison(&self, st: &mut State, p: Poison) {
@@ -749,6 +763,7 @@ impl Completion for Core {
                 }
             }
             st.stats.record_sync(&batch.meta);
+            self.mark(&batch);
             if let Some(w) = batch.writes.pop() {
                 if st.free_bufs.len() < SEALED_MAX + 2 {
                     st.free_bufs.push(w.buf);

@@ -49,6 +49,41 @@ pub(crate) struct SegmentMeta {
     pub seq: u64,
     pub path: PathBuf,
     pub header: SegmentHeader,
+    /// Where readers may start instead of the first frame.
+    pub marks: Arc<SeekMarks>,
+}
+
+/// Bytes between two seek marks of a segment: a reader scans at most this
+/// much (checking every frame) before the record it asked for.
+const MARK_BYTES: u64 = 64 << 10;
+
+/// A sparse index of a segment: `(lsn, offset)` pairs, each the offset of a
+/// frame boundary outside any atomic batch where the next frame carries
+/// `lsn`. Only durable positions are marked. At most `segment_bytes /
+/// MARK_BYTES` entries.
+#[derive(Debug, Default)]
+pub(crate) struct SeekMarks(std::sync::Mutex<Vec<(u64, u64)>>);
+
+impl SeekMarks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u64, u64)>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Notes that the frame at `offset` carries `lsn`, if it is far enough
+    /// past the last mark.
+    pub(crate) fn add(&self, lsn: u64, offset: u64) {
+        let mut v = self.lock();
+        if v.last().is_none_or(|&(l, o)| lsn > l && offset >= o + MARK_BYTES) {
+            v.push((lsn, offset));
+        }
+    }
+
+    /// The last mark at or before `lsn`.
+    pub(crate) fn seek(&self, lsn: u64) -> Option<(u64, u64)> {
+        let v = self.lock();
+        let i = v.partition_point(|&(l, _)| l <= lsn);
+        i.checked_sub(1).and_then(|i| v.get(i).copied())
+    }
 }
 
 /// Why the recovery scan stopped where it did.
@@ -112,7 +147,7 @@ enum End {
     Bad(FormatError),
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct SegScan {
     /// End of the last complete record or batch: where a cut would go.
     end_pos: u64,
@@ -125,6 +160,7 @@ struct SegScan {
     end: End,
     /// The scan stopped inside an atomic batch.
     in_batch: bool,
+    marks: SeekMarks,
 }
 
 fn order_ok(kind: FrameKind, in_batch: bool) -> bool {
@@ -150,6 +186,7 @@ fn scan_frames(data: &[u8], h: &SegmentHeader, start: u64, max_payload: u64) -> 
         bytes: 0,
         end: End::Full,
         in_batch: false,
+        marks: SeekMarks::default(),
     };
     let (mut pos, mut lsn, mut pending_records, mut pending_bytes) = (start, h.first_lsn, 0u64, 0u64);
     loop {
@@ -202,6 +239,7 @@ fn scan_frames(data: &[u8], h: &SegmentHeader, start: u64, max_payload: u64) -> 
             pending_bytes = 0;
             s.end_pos = pos;
             s.next_lsn = lsn;
+            s.marks.add(lsn, pos);
         }
     }
 }
@@ -470,13 +508,14 @@ fn walk(mapped: Vec<Mapped>, unused: Vec<(u64, PathBuf)>, mode: RecoveryMode, ma
         if segments.is_empty() {
             report.first_lsn = Lsn(h.first_lsn);
         }
-        let s = scan_frames(&m.map, &h, u64::from(h.alignment), max);
+        let mut s = scan_frames(&m.map, &h, u64::from(h.alignment), max);
         report.records += s.records;
         report.bytes += s.bytes;
         report.segments += 1;
         next_lsn = s.next_lsn;
         let class = classify(&m.map, &h, &s, last, max);
-        segments.push(SegmentMeta { seq: m.seq, path: m.path.clone(), header: h });
+        let marks = Arc::new(std::mem::take(&mut s.marks));
+        segments.push(SegmentMeta { seq: m.seq, path: m.path.clone(), header: h, marks });
         match (class, last) {
             (Class::Full, true) => {
                 tail = Tail::Full;

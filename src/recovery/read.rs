@@ -128,6 +128,12 @@ impl Iterator for ReadIter {
                             return self.fail(0, CorruptKind::LsnGap { found: seg.header.first_lsn });
                         }
                         self.pos = u64::from(seg.header.alignment);
+                        // Skip ahead in the segment holding `from`.
+                        if let Some((lsn, offset)) = seg.marks.seek(self.from) {
+                            if lsn > self.next_lsn {
+                                (self.next_lsn, self.pos) = (lsn, offset);
+                            }
+                        }
                         self.map = Some(Arc::clone(&m));
                         m
                     }
