@@ -58,6 +58,11 @@
 //! With the `sim` feature, `aiowal::sim` provides an in-memory disk that loses
 //! power and fails on demand, and a checker of the durability invariant, so
 //! that a store built on aiowal can be run through crashes deterministically.
+//!
+//! # Raft
+//!
+//! With the `openraft` feature, `aiowal::raft::RaftLog` is log storage for
+//! openraft 0.9: entries, votes and the committed id are records of one log.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
