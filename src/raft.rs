@@ -207,9 +207,10 @@ impl<C: RaftTypeConfig> Debug for RaftLog<C> {
     }
 }
 
-fn corrupt(lsn: Lsn, why: &'static str) -> Error {
+/// A record that breaks the adapter's rules, named by segment and LSN.
+fn corrupt(wal: &Wal, lsn: Lsn, why: &'static str) -> Error {
     Error::Corrupt {
-        segment: std::path::PathBuf::new(),
+        segment: wal.segment_of(lsn),
         offset: 0,
         lsn: lsn.get(),
         kind: CorruptKind::Mismatch(why),
@@ -237,11 +238,11 @@ impl<C: RaftTypeConfig> RaftLog<C> {
         for rec in wal.read_from(Lsn::FIRST)? {
             let rec = rec?;
             let op: OpOf<C, C::Entry> =
-                decode(rec.data()).ok_or_else(|| corrupt(rec.lsn(), "not an openraft record"))?;
+                decode(rec.data()).ok_or_else(|| corrupt(&wal, rec.lsn(), "not an openraft record"))?;
             match op {
                 Op::Entry(e) => {
                     if !st.push(e.get_log_id().clone(), rec.lsn()) {
-                        return Err(corrupt(rec.lsn(), "raft entry does not follow the previous one"));
+                        return Err(corrupt(&wal, rec.lsn(), "raft entry does not follow the previous one"));
                     }
                 }
                 Op::Vote(v) => st.vote = Some(v),
@@ -296,7 +297,7 @@ impl<C: RaftTypeConfig> RaftLog<C> {
         let mut iter = None;
         for &(index, lsn) in want {
             let entry = if let Some(bytes) = pending.get(&lsn) {
-                decode_entry::<C>(bytes, lsn)?
+                decode_entry::<C>(&self.wal, bytes, lsn)?
             } else {
                 let it = match &mut iter {
                     Some(it) => it,
@@ -307,13 +308,15 @@ impl<C: RaftTypeConfig> RaftLog<C> {
                         Some(Ok(r)) if r.lsn() < lsn => continue,
                         Some(Ok(r)) if r.lsn() == lsn => break r,
                         Some(Err(e)) => return Err(read_err(e)),
-                        _ => return Err(read_err(corrupt(lsn, "raft entry missing from the log"))),
+                        _ => {
+                            return Err(read_err(corrupt(&self.wal, lsn, "raft entry missing from the log")));
+                        }
                     }
                 };
-                decode_entry::<C>(rec.data(), lsn)?
+                decode_entry::<C>(&self.wal, rec.data(), lsn)?
             };
             if entry.get_log_id().index != index {
-                return Err(read_err(corrupt(lsn, "raft entry index differs from the index")));
+                return Err(read_err(corrupt(&self.wal, lsn, "raft entry index differs from the index")));
             }
             out.push(entry);
         }
@@ -328,10 +331,14 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<T> {
     }
 }
 
-fn decode_entry<C: RaftTypeConfig>(bytes: &[u8], lsn: Lsn) -> Result<C::Entry, StorageError<C::NodeId>> {
+fn decode_entry<C: RaftTypeConfig>(
+    wal: &Wal,
+    bytes: &[u8],
+    lsn: Lsn,
+) -> Result<C::Entry, StorageError<C::NodeId>> {
     match decode::<OpOf<C, C::Entry>>(bytes) {
         Some(Op::Entry(e)) => Ok(e),
-        _ => Err(read_err(corrupt(lsn, "record is not a raft entry"))),
+        _ => Err(read_err(corrupt(wal, lsn, "record is not a raft entry"))),
     }
 }
 

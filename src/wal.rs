@@ -208,6 +208,17 @@ impl Wal {
         Ok(ReadIter::new(core.opts.vfs.clone(), segs, from.0, until, u64::from(core.opts.max_record_bytes)))
     }
 
+    /// The segment file holding `lsn` (the log directory if no segment does),
+    /// for errors about a record.
+    #[cfg_attr(not(feature = "openraft"), allow(dead_code))]
+    pub(crate) fn segment_of(&self, lsn: Lsn) -> PathBuf {
+        let segs = self.handle.core.segments();
+        match segs.iter().rposition(|s| s.header.first_lsn <= lsn.0).and_then(|i| segs.get(i)) {
+            Some(s) => s.path.clone(),
+            None => self.dir().to_path_buf(),
+        }
+    }
+
     /// The oldest LSN still in the log, or the next LSN if it holds none.
     pub fn first_lsn(&self) -> Lsn {
         let core = &self.handle.core;

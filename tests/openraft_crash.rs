@@ -250,3 +250,45 @@ async fn reopen_after_purge_keeps_vote_and_reclaims_segments() {
     assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(log_id(3, 180)));
     log.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_refuses_a_hole_and_splits_a_batch_too_large_for_one_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(9);
+    let mut log = RaftLog::<Config>::open(dir.path(), opts()).await.unwrap();
+    log.blocking_append([entry(1, 0, &mut rng), entry(1, 1, &mut rng)]).await.unwrap();
+    // Index 3 after 1: a hole. Refused, and nothing reaches the log.
+    let records = log.wal().stats().appends;
+    assert!(log.blocking_append([entry(1, 3, &mut rng)]).await.is_err());
+    assert_eq!(log.wal().stats().appends, records);
+    // Eight ~900-byte entries exceed batch_bytes_max (2 KiB): they go in one
+    // record each, in order.
+    let big: Vec<Entry<Config>> = (2..10)
+        .map(|i| Entry {
+            log_id: log_id(1, i),
+            payload: EntryPayload::Normal(Request::new(&Op::Put(b"k".to_vec(), vec![b'v'; 900]))),
+        })
+        .collect();
+    log.blocking_append(big.clone()).await.unwrap();
+    let got = log.try_get_log_entries(2..10).await.unwrap();
+    assert_eq!(got.iter().map(text).collect::<Vec<_>>(), big.iter().map(text).collect::<Vec<_>>());
+    log.close().await.unwrap();
+    drop(log);
+    let mut log = RaftLog::<Config>::open(dir.path(), opts()).await.unwrap();
+    assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(log_id(1, 9)));
+    assert_eq!(log.try_get_log_entries(..).await.unwrap().len(), 10);
+    log.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_of_other_records_is_refused_naming_segment_and_lsn() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = aiowal::Wal::open(dir.path(), opts()).await.unwrap();
+    wal.append(b"not an openraft record").await.unwrap();
+    wal.close().await.unwrap();
+    drop(wal);
+    let err = RaftLog::<Config>::open(dir.path(), opts()).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, aiowal::Error::Corrupt { lsn: 1, .. }), "{text}");
+    assert!(text.contains("00000000000000000001.wal") && text.contains("not an openraft record"), "{text}");
+}
