@@ -396,12 +396,17 @@ fn apply(dir: &Path, opts: &Options, plan: Plan, lock: segment::DirLock) -> Resu
         Tail::Continue { offset } if !same_settings => Tail::Seal { offset },
         t => t,
     };
+    if let Some(last) = &last {
+        let end = match tail {
+            Tail::Continue { offset } | Tail::Seal { offset } => offset,
+            Tail::Full | Tail::Fresh => last.header.segment_bytes,
+        };
+        rewrite_tail(vfs, last, end)?;
+    }
+    // Directory entries recovery saw may be cached only, too.
+    segment::sync_dir(vfs, dir)?;
     if let (Tail::Continue { offset }, Some(last)) = (tail, &last) {
         let file = segment::open_for_write(vfs, &last.path, opts.direct)?;
-        // What recovery read may still sit only in the page cache (the
-        // process died, the machine did not): make it durable before new
-        // records are acknowledged after it.
-        file.sync_data().map_err(|e| Error::io(IoOp::Sync, &last.path, e))?;
         let place =
             Place { seq: last.seq, salt: last.header.salt, offset, seg_end: last.header.segment_bytes };
         let active = Active { seq: last.seq, file: Arc::new(file) };
@@ -448,6 +453,32 @@ fn reuse_or_prepare(
         return Ok(Next::Ready(seq, segment::prepare(vfs, dir, seq, bytes, opts.direct, spare)?));
     }
     Ok(Next::Preparing(segment::Preparing::start(vfs, dir.to_path_buf(), seq, bytes, opts.direct, spare)?))
+}
+
+/// Writes the last in-flight window before `end` again, with the bytes
+/// recovery read, and syncs it: what recovery reads after the process (not
+/// the machine) died may exist only in the page cache, and after a failed
+/// sync Linux keeps such pages readable but clean, so no later sync would
+/// write them. Records acknowledged after them must not rest on them. Only
+/// the last segment can hold such bytes (a new segment's first batch waits
+/// for every earlier write and sync), and only its last window.
+fn rewrite_tail(vfs: &Vfs, seg: &SegmentMeta, end: u64) -> Result<()> {
+    let h = &seg.header;
+    let align = u64::from(h.alignment);
+    // From block 0 when the window reaches it: the header went out with the
+    // segment's first batch and may be as little durable as the batch.
+    let start = end.saturating_sub(h.window_bytes) / align * align;
+    let file = segment::open_for_write(vfs, &seg.path, false)?;
+    // A file shorter than its segment (cut by hand, or by a copy) ends early.
+    let len = file.len().map_err(|e| Error::io(IoOp::Read, &seg.path, e))?;
+    let stop = end.div_ceil(align).saturating_mul(align).min(h.segment_bytes).min(len);
+    if stop <= start {
+        return Ok(());
+    }
+    let mut buf = vec![0u8; usize::try_from(stop - start).unwrap_or(0)];
+    file.read_exact_at(&mut buf, start).map_err(|e| Error::io(IoOp::Read, &seg.path, e))?;
+    file.write_all_at(&buf, start).map_err(|e| Error::io(IoOp::Write, &seg.path, e))?;
+    file.sync_data().map_err(|e| Error::io(IoOp::Sync, &seg.path, e))
 }
 
 /// Cuts a segment at `offset`: a padding frame from there to the segment's

@@ -17,10 +17,6 @@ pub(crate) const SECTOR: usize = 512;
 struct Pending {
     offset: u64,
     bytes: Vec<u8>,
-    /// A sync failed while this write was pending: like Linux after a failed
-    /// fsync, later syncs do not make it durable (its page was marked clean),
-    /// though it may still have reached the platter.
-    doomed: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -100,6 +96,8 @@ pub(crate) struct Disk {
     locks: BTreeSet<PathBuf>,
     ops: u64,
     crash_at: Option<u64>,
+    /// The write the crash cut off, if it cut one off.
+    interrupted: Option<(usize, Pending)>,
     pub trigger: Option<Trigger>,
     crashed: bool,
     faults: Vec<Armed>,
@@ -129,6 +127,7 @@ impl Disk {
             locks: BTreeSet::new(),
             ops: 0,
             crash_at: None,
+            interrupted: None,
             trigger: None,
             crashed: false,
             faults: Vec::new(),
@@ -384,10 +383,9 @@ impl Disk {
         }
         let start = usize::try_from(offset).map_err(io::Error::other)?;
         if interrupted {
-            // The power went out during this write: any part of it may persist.
-            if let Some(inode) = self.inodes.get_mut(ino) {
-                inode.pending.push(Pending { offset, bytes: buf.to_vec(), doomed: false });
-            }
+            // Cut off during this write: settled by the restart (a power loss
+            // may keep any part of it; a dead process wrote all of it or none).
+            self.interrupted = Some((ino, Pending { offset, bytes: buf.to_vec() }));
             return Err(power_loss());
         }
         let mut n = buf.len();
@@ -413,7 +411,7 @@ impl Disk {
         if let Some(dst) = inode.data.get_mut(start..end) {
             dst.copy_from_slice(bytes);
         }
-        inode.pending.push(Pending { offset, bytes: bytes.to_vec(), doomed: false });
+        inode.pending.push(Pending { offset, bytes: bytes.to_vec() });
         self.stats.writes += 1;
         self.stats.bytes_written += n as u64;
         Ok(n)
@@ -424,27 +422,67 @@ impl Disk {
         let path = self.name_of(ino);
         self.meta_op(OpKind::Sync, &path)?;
         let fault = self.fire(Op::Sync);
-        let inode = self.inodes.get_mut(ino).ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
         if matches!(fault, Some(Fault::SyncError { .. })) {
-            for p in &mut inode.pending {
-                p.doomed = true;
-            }
+            // Like Linux after a failed fsync: whatever part of the pending
+            // writes reached the disk stays there, the rest never will (the
+            // pages are marked clean), yet reads keep returning the new bytes.
+            let settled = self.file_image(ino);
+            let inode = self.inodes.get_mut(ino).ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
+            inode.durable = settled;
+            inode.pending.clear();
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
-        let pending = std::mem::take(&mut inode.pending);
-        for p in pending {
-            if p.doomed {
-                inode.pending.push(p);
-            } else {
-                apply(&mut inode.durable, p.offset, &p.bytes);
-            }
+        let inode = self.inodes.get_mut(ino).ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
+        for p in std::mem::take(&mut inode.pending) {
+            apply(&mut inode.durable, p.offset, &p.bytes);
         }
         self.stats.syncs += 1;
         Ok(())
     }
 
+    /// The disk after the process died but the machine did not: every
+    /// write is still readable (the page cache survives), and durable is
+    /// exactly what was durable; a later power loss can still lose the rest.
+    pub(crate) fn process_image(&mut self) -> Disk {
+        if let Some((ino, p)) = self.interrupted.take() {
+            if self.rng.below(2) == 0 {
+                if let Some(inode) = self.inodes.get_mut(ino) {
+                    apply(&mut inode.data, p.offset, &p.bytes);
+                    inode.pending.push(p);
+                }
+            }
+        }
+        let mut stats = self.stats;
+        stats.restarts += 1;
+        stats.process_restarts += 1;
+        Disk {
+            seed: self.seed,
+            rng: Rng::new(self.rng.next_u64()),
+            inodes: self.inodes.clone(),
+            names: self.names.clone(),
+            durable_names: self.durable_names.clone(),
+            dir_log: self.dir_log.clone(),
+            dirs: self.dirs.clone(),
+            locks: BTreeSet::new(),
+            ops: 0,
+            crash_at: None,
+            interrupted: None,
+            trigger: None,
+            crashed: false,
+            faults: Vec::new(),
+            capacity_bytes: self.capacity_bytes,
+            latency: self.latency,
+            stats,
+        }
+    }
+
     /// What the disk holds after the power comes back (see DESIGN.md §5).
     pub(crate) fn crash_image(&mut self) -> Disk {
+        if let Some((ino, p)) = self.interrupted.take() {
+            if let Some(inode) = self.inodes.get_mut(ino) {
+                inode.pending.push(p);
+            }
+        }
         let mut names = self.durable_names.clone();
         for op in &self.dir_log {
             if self.rng.below(2) == 0 {
@@ -477,6 +515,7 @@ impl Disk {
             locks: BTreeSet::new(),
             ops: 0,
             crash_at: None,
+            interrupted: None,
             trigger: None,
             crashed: false,
             faults: Vec::new(),

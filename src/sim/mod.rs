@@ -19,8 +19,10 @@
 //!   garbage; a write the crash interrupted counts as one of them;
 //! * each directory change (create, rename, remove) since the directory's
 //!   last sync survives or vanishes independently of the others;
-//! * a write that was pending when a sync failed is never made durable by a
-//!   later sync (Linux marks its page clean), though it may survive a crash.
+//! * when a sync fails, each write it should have covered is settled at
+//!   once as a crash would settle it (whole, lost or torn) and is never
+//!   written again, while reads keep returning its new bytes: Linux marks
+//!   such pages clean after a writeback error.
 //!
 //! Directories themselves are created durably, and a file created over an
 //! existing name gets a new inode. Faults on demand ([`Fault`]): EIO on the
@@ -92,7 +94,8 @@ pub enum Fault {
         after: u64,
     },
     /// The sync after the next `after` syncs fails with EIO; the writes it
-    /// should have covered are never made durable by a later sync.
+    /// should have covered are settled as a crash would settle them and are
+    /// never written again (reads still see them).
     SyncError {
         /// Syncs that succeed first.
         after: u64,
@@ -169,8 +172,10 @@ pub struct SimStats {
     pub faults_fired: u64,
     /// Power losses.
     pub crashes: u64,
-    /// Crash images built ([`SimDisk::restart`]).
+    /// Restarts ([`SimDisk::restart`] and [`SimDisk::restart_process`]).
     pub restarts: u64,
+    /// Of those, process restarts (the page cache kept).
+    pub process_restarts: u64,
     /// Unsynced writes a crash image dropped entirely.
     pub writes_lost: u64,
     /// Unsynced writes a crash image tore at sectors.
@@ -292,6 +297,18 @@ impl SimDisk {
         let mut d = self.lock();
         d.crash_now();
         SimDisk { inner: Arc::new(Mutex::new(d.crash_image())) }
+    }
+
+    /// The disk after the process using it died while the machine kept
+    /// running (a `kill -9`, a panic): a new disk on which everything written
+    /// is readable, since the page cache survives, but only what a sync
+    /// covered is durable; a later [`SimDisk::restart`] of it can still
+    /// lose the rest. This disk stays down, so the dead process's tasks
+    /// cannot touch the new one. Faults armed here are not carried over.
+    pub fn restart_process(&self) -> SimDisk {
+        let mut d = self.lock();
+        d.crash_now();
+        SimDisk { inner: Arc::new(Mutex::new(d.process_image())) }
     }
 
     /// Puts a file on the disk as if it had been written and synced long
