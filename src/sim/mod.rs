@@ -11,7 +11,8 @@
 //!
 //! After a crash ([`SimDisk::crash_after`], [`SimDisk::crash_now`]) every
 //! call fails until [`SimDisk::restart`] returns the disk as the power left
-//! it:
+//! it (or [`SimDisk::restart_process`], as a dead process left it: every
+//! write still readable, nothing more durable):
 //!
 //! * each file keeps what its last completed sync covered, plus any subset of
 //!   the writes after it; each of those is kept whole, lost, or torn at
