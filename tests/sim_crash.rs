@@ -11,8 +11,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use aiowal::sim::{CheckReport, Checker, Fault, OpKind, Rng, SimDisk, SimStats};
-use aiowal::{Error, Lsn, Options, Wal};
+use aiowal::sim::{CheckReport, Checker, Fault, Rng, SimDisk, SimStats};
+use aiowal::{Error, IoOp, Lsn, Options, Wal};
 
 const DIR: &str = "/sim/wal";
 
@@ -45,26 +45,13 @@ fn record(rng: &mut Rng, max: u64) -> Vec<u8> {
 async fn appender(wal: Wal, checker: Arc<Mutex<Checker>>, mut rng: Rng, ops: u64, max: u64) {
     for _ in 0..ops {
         let step = match rng.below(20) {
-            0..=12 => {
-                let rec = record(&mut rng, max);
-                match wal.stage(&rec).await {
-                    Ok(s) => {
-                        checker.lock().unwrap().staged(s.lsns(), [&rec], false);
-                        s.durable().await.map(|r| r.last())
-                    }
-                    Err(e) => Err(e),
-                }
-            }
+            0..=12 => append_checked(&wal, &checker, &[record(&mut rng, max)], false).await,
             13..=16 => {
                 let n = 2 + rng.below(4);
                 let recs: Vec<Vec<u8>> = (0..n).map(|_| record(&mut rng, max / n)).collect();
-                match wal.stage_batch(&recs).await {
-                    Ok(s) => {
-                        checker.lock().unwrap().staged(s.lsns(), &recs, true);
-                        s.durable().await.map(|r| r.last())
-                    }
+                match append_checked(&wal, &checker, &recs, true).await {
                     Err(Error::BatchTooLarge { .. }) => continue,
-                    Err(e) => Err(e),
+                    r => r,
                 }
             }
             17 => wal.sync().await,
@@ -83,6 +70,24 @@ async fn appender(wal: Wal, checker: Arc<Mutex<Checker>>, mut rng: Rng, ops: u64
             Err(_) => return,
         }
     }
+}
+
+/// Stages records (one, or an atomic batch), tells the checker, waits until
+/// they are durable and tells it that too. Returns the last LSN.
+async fn append_checked<R: AsRef<[u8]>>(
+    wal: &Wal,
+    checker: &Mutex<Checker>,
+    records: &[R],
+    atomic: bool,
+) -> Result<Lsn, Error> {
+    let staged = match records {
+        [one] if !atomic => wal.stage(one.as_ref()).await?,
+        _ => wal.stage_batch(records).await?,
+    };
+    checker.lock().unwrap().staged(staged.lsns(), records, atomic);
+    let last = staged.durable().await?.last();
+    checker.lock().unwrap().acked(last);
+    Ok(last)
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -283,11 +288,8 @@ async fn workload(wal: &Wal, checker: &Arc<Mutex<Checker>>, n: u64, truncating: 
             hs.push(tokio::spawn(async move {
                 for i in 0..n / 4 {
                     let rec = format!("rec {base} {t} {i} {}", "x".repeat((i * 37 % 300) as usize));
-                    let Ok(s) = wal.stage(rec.as_bytes()).await else { return };
-                    checker.lock().unwrap().staged(s.lsns(), [rec.as_bytes()], false);
-                    match s.durable().await {
-                        Ok(r) => checker.lock().unwrap().acked(r.last()),
-                        Err(_) => return,
+                    if append_checked(&wal, &checker, &[rec], false).await.is_err() {
+                        return;
                     }
                 }
             }));
@@ -347,11 +349,7 @@ fn crash_at_every(
             check.unwrap_or_else(|v| panic!("{name}: crash point {k}: {v}"));
             // Life goes on: more appends across a rotation, then a clean reopen.
             for i in 0..40u32 {
-                let rec = format!("after {i}");
-                let s = wal.stage(rec.as_bytes()).await.unwrap();
-                checker.lock().unwrap().staged(s.lsns(), [rec.as_bytes()], false);
-                let r = s.durable().await.unwrap();
-                checker.lock().unwrap().acked(r.last());
+                append_checked(&wal, &checker, &[format!("after {i}")], false).await.unwrap();
             }
             wal.close().await.unwrap();
             let disk = disk.restart();
@@ -368,7 +366,7 @@ fn crash_at_every(
     }
 }
 
-fn is(op: &aiowal::sim::OpInfo, kind: OpKind, suffix: &str) -> bool {
+fn is(op: &aiowal::sim::OpInfo, kind: IoOp, suffix: &str) -> bool {
     op.kind == kind && op.path.to_string_lossy().ends_with(suffix)
 }
 
@@ -381,7 +379,7 @@ fn crash_after_segment_creation_before_dir_sync() {
     // Every directory sync outside truncate_before: each follows a
     // segment's creation (rename of a zero-filled temp file or a spare).
     let points = crash_at_every("segment creation", |op, truncating| {
-        !truncating && op.kind == OpKind::SyncDir && in_dir(&op.path)
+        !truncating && op.kind == IoOp::SyncDir && in_dir(&op.path)
     });
     assert!(points >= 4, "the workload creates several segments ({points} dir syncs)");
 }
@@ -391,7 +389,7 @@ fn crash_during_rotation() {
     // Every write and sync of a segment file: the seal of the old segment,
     // the header batch of the new one and the batches around them.
     let points = crash_at_every("rotation", |op, _| {
-        (op.kind == OpKind::Write || op.kind == OpKind::Sync) && op.path.to_string_lossy().ends_with(".wal")
+        (op.kind == IoOp::Write || op.kind == IoOp::Sync) && op.path.to_string_lossy().ends_with(".wal")
     });
     assert!(points >= 20, "{points}");
 }
@@ -406,12 +404,12 @@ fn crash_during_truncate_before() {
 fn crash_while_next_segment_is_preallocated() {
     // Zero-filling, syncing and renaming a temp file, or zeroing a spare's header.
     let points = crash_at_every("preallocation", |op, _| {
-        is(op, OpKind::Write, ".wal.tmp")
-            || is(op, OpKind::Sync, ".wal.tmp")
-            || is(op, OpKind::Create, ".wal.tmp")
-            || (op.kind == OpKind::Rename && op.path.to_string_lossy().ends_with(".wal"))
-            || is(op, OpKind::Write, ".wal.spare")
-            || is(op, OpKind::Sync, ".wal.spare")
+        is(op, IoOp::Write, ".wal.tmp")
+            || is(op, IoOp::Sync, ".wal.tmp")
+            || is(op, IoOp::Open, ".wal.tmp")
+            || (op.kind == IoOp::Rename && op.path.to_string_lossy().ends_with(".wal"))
+            || is(op, IoOp::Write, ".wal.spare")
+            || is(op, IoOp::Sync, ".wal.spare")
     });
     assert!(points >= 6, "{points}");
 }
@@ -424,15 +422,8 @@ async fn append_until_error(wal: &Wal, checker: &Arc<Mutex<Checker>>, n: u32) ->
         let (wal, checker) = (wal.clone(), Arc::clone(checker));
         hs.push(tokio::spawn(async move {
             for i in 0..n {
-                let rec = format!("t{t} r{i}");
-                let s = match wal.stage(rec.as_bytes()).await {
-                    Ok(s) => s,
-                    Err(e) => return Some(e),
-                };
-                checker.lock().unwrap().staged(s.lsns(), [rec.as_bytes()], false);
-                match s.durable().await {
-                    Ok(r) => checker.lock().unwrap().acked(r.last()),
-                    Err(e) => return Some(e),
+                if let Err(e) = append_checked(&wal, &checker, &[format!("t{t} r{i}")], false).await {
+                    return Some(e);
                 }
             }
             None
@@ -476,7 +467,7 @@ fn failed_sync_poisons_and_nothing_unsynced_is_acknowledged() {
     for after in [0, 3, 10] {
         let (err, report) = fault_case(Fault::SyncError { after });
         let err = err.expect("a failed sync is an error");
-        assert!(matches!(&err, Error::Poisoned { op: aiowal::IoOp::Sync, .. }), "after {after}: {err}");
+        assert!(matches!(&err, Error::Poisoned { op: IoOp::Sync, .. }), "after {after}: {err}");
         assert!(report.acked <= report.recovered);
     }
 }
@@ -484,7 +475,7 @@ fn failed_sync_poisons_and_nothing_unsynced_is_acknowledged() {
 #[test]
 fn failed_write_poisons() {
     let (err, _) = fault_case(Fault::WriteError { after: 5 });
-    assert!(matches!(err, Some(Error::Poisoned { op: aiowal::IoOp::Write, .. })), "{err:?}");
+    assert!(matches!(err, Some(Error::Poisoned { op: IoOp::Write, .. })), "{err:?}");
 }
 
 #[test]
@@ -541,9 +532,9 @@ fn process_crash_before_dir_sync_then_power_loss() {
                 let s = Arc::clone(&seen);
                 let mut renamed = false;
                 disk.crash_when(move |op| {
-                    renamed |= op.kind == OpKind::Rename && op.path.to_string_lossy().ends_with(".wal");
-                    let hit = renamed && op.kind == OpKind::SyncDir && s.fetch_add(1, Ordering::SeqCst) == k;
-                    if op.kind == OpKind::SyncDir {
+                    renamed |= op.kind == IoOp::Rename && op.path.to_string_lossy().ends_with(".wal");
+                    let hit = renamed && op.kind == IoOp::SyncDir && s.fetch_add(1, Ordering::SeqCst) == k;
+                    if op.kind == IoOp::SyncDir {
                         renamed = false;
                     }
                     hit
@@ -562,11 +553,7 @@ fn process_crash_before_dir_sync_then_power_loss() {
                 let wal = Wal::open(DIR, named_opts().sim(&disk)).await.unwrap();
                 checker.lock().unwrap().check(&wal).unwrap();
                 for i in 0..30u32 {
-                    let rec = format!("after {i}");
-                    let s = wal.stage(rec.as_bytes()).await.unwrap();
-                    checker.lock().unwrap().staged(s.lsns(), [rec.as_bytes()], false);
-                    let r = s.durable().await.unwrap();
-                    checker.lock().unwrap().acked(r.last());
+                    append_checked(&wal, &checker, &[format!("after {i}")], false).await.unwrap();
                 }
                 drop(wal);
                 let disk = disk.restart();

@@ -7,7 +7,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Fault, OpInfo, OpKind, Rng, SimStats};
+use super::{Fault, OpInfo, Rng, SimStats};
+use crate::error::IoOp;
 
 /// Sector size of the failure model: a torn write is torn at these boundaries.
 pub(crate) const SECTOR: usize = 512;
@@ -66,13 +67,6 @@ impl DirOp {
 struct Armed {
     fault: Fault,
     left: u64,
-}
-
-/// What an operation is, for crash points and faults.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Op {
-    Write,
-    Sync,
 }
 
 /// A crash trigger set with `SimDisk::crash_when`.
@@ -168,7 +162,7 @@ impl Disk {
 
     /// Counts one operation; fails if the power is (or just went) out.
     /// Returns whether this very operation is the one the crash interrupts.
-    fn step(&mut self, kind: OpKind, path: &Path) -> io::Result<bool> {
+    fn step(&mut self, kind: IoOp, path: &Path) -> io::Result<bool> {
         if self.crashed {
             return Err(power_loss());
         }
@@ -185,7 +179,7 @@ impl Disk {
     }
 
     /// An operation that fails when the power is out.
-    fn meta_op(&mut self, kind: OpKind, path: &Path) -> io::Result<()> {
+    fn meta_op(&mut self, kind: IoOp, path: &Path) -> io::Result<()> {
         if self.step(kind, path)? {
             return Err(power_loss());
         }
@@ -201,12 +195,12 @@ impl Disk {
     }
 
     /// The armed fault of `kind`'s operation that fires now, if any.
-    fn fire(&mut self, op: Op) -> Option<Fault> {
+    fn fire(&mut self, op: IoOp) -> Option<Fault> {
         let mut fired = None;
         for a in &mut self.faults {
             let kind = match a.fault {
-                Fault::WriteError { .. } | Fault::ShortWrite { .. } => Op::Write,
-                Fault::SyncError { .. } => Op::Sync,
+                Fault::WriteError { .. } | Fault::ShortWrite { .. } => IoOp::Write,
+                Fault::SyncError { .. } => IoOp::Sync,
                 _ => continue,
             };
             if kind != op {
@@ -227,7 +221,7 @@ impl Disk {
     }
 
     pub(crate) fn create_dir_all(&mut self, dir: &Path) -> io::Result<()> {
-        self.meta_op(OpKind::CreateDir, dir)?;
+        self.meta_op(IoOp::CreateDir, dir)?;
         for d in dir.ancestors() {
             self.dirs.insert(d.to_path_buf());
         }
@@ -242,7 +236,7 @@ impl Disk {
     }
 
     pub(crate) fn try_lock(&mut self, path: &Path) -> io::Result<bool> {
-        self.meta_op(OpKind::Lock, path)?;
+        self.meta_op(IoOp::Lock, path)?;
         self.check_dir(path)?;
         Ok(self.locks.insert(path.to_path_buf()))
     }
@@ -252,7 +246,7 @@ impl Disk {
     }
 
     pub(crate) fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
-        self.meta_op(OpKind::SyncDir, dir)?;
+        self.meta_op(IoOp::SyncDir, dir)?;
         if !self.dirs.contains(dir) {
             return Err(not_found(dir));
         }
@@ -269,7 +263,7 @@ impl Disk {
     }
 
     pub(crate) fn read_dir(&mut self, dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
-        self.meta_op(OpKind::Read, dir)?;
+        self.meta_op(IoOp::Read, dir)?;
         if !self.dirs.contains(dir) {
             return Err(not_found(dir));
         }
@@ -283,7 +277,7 @@ impl Disk {
 
     /// Creates an empty file at `path` (replacing any), returning its inode.
     pub(crate) fn create(&mut self, path: &Path) -> io::Result<usize> {
-        self.meta_op(OpKind::Create, path)?;
+        self.meta_op(IoOp::Open, path)?;
         self.check_dir(path)?;
         let ino = self.inodes.len();
         self.inodes.push(Inode::default());
@@ -293,12 +287,12 @@ impl Disk {
     }
 
     pub(crate) fn lookup(&mut self, path: &Path) -> io::Result<usize> {
-        self.meta_op(OpKind::Open, path)?;
+        self.meta_op(IoOp::Open, path)?;
         self.names.get(path).copied().ok_or_else(|| not_found(path))
     }
 
     pub(crate) fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
-        self.meta_op(OpKind::Rename, to)?;
+        self.meta_op(IoOp::Rename, to)?;
         self.check_dir(to)?;
         let ino = self.names.remove(from).ok_or_else(|| not_found(from))?;
         self.names.insert(to.to_path_buf(), ino);
@@ -307,7 +301,7 @@ impl Disk {
     }
 
     pub(crate) fn remove(&mut self, path: &Path) -> io::Result<()> {
-        self.meta_op(OpKind::Remove, path)?;
+        self.meta_op(IoOp::Remove, path)?;
         self.names.remove(path).ok_or_else(|| not_found(path))?;
         self.dir_log.push(DirOp::Unlink { path: path.to_path_buf() });
         Ok(())
@@ -344,13 +338,13 @@ impl Disk {
 
     pub(crate) fn len(&mut self, ino: usize) -> io::Result<u64> {
         let path = self.name_of(ino);
-        self.meta_op(OpKind::Read, &path)?;
+        self.meta_op(IoOp::Read, &path)?;
         Ok(self.inode(ino).data.len() as u64)
     }
 
     pub(crate) fn read_at(&mut self, ino: usize, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let path = self.name_of(ino);
-        self.meta_op(OpKind::Read, &path)?;
+        self.meta_op(IoOp::Read, &path)?;
         let data = &self.inode(ino).data;
         let start = usize::try_from(offset).map_err(io::Error::other)?;
         let src = data.get(start..start + buf.len()).ok_or_else(|| {
@@ -375,7 +369,7 @@ impl Disk {
         direct: bool,
     ) -> io::Result<usize> {
         let path = self.name_of(ino);
-        let interrupted = self.step(OpKind::Write, &path)?;
+        let interrupted = self.step(IoOp::Write, &path)?;
         let aligned = |n: u64| n % SECTOR as u64 == 0;
         if direct && !(aligned(offset) && aligned(buf.len() as u64) && aligned(buf.as_ptr() as usize as u64))
         {
@@ -389,7 +383,7 @@ impl Disk {
             return Err(power_loss());
         }
         let mut n = buf.len();
-        match self.fire(Op::Write) {
+        match self.fire(IoOp::Write) {
             Some(Fault::WriteError { .. }) => return Err(io::Error::from_raw_os_error(libc::EIO)),
             Some(Fault::ShortWrite { .. }) if n > 1 => {
                 n = if direct { (n / 2).max(SECTOR) / SECTOR * SECTOR } else { n / 2 };
@@ -420,8 +414,8 @@ impl Disk {
     /// `fsync`/`fdatasync` of one file.
     pub(crate) fn sync(&mut self, ino: usize) -> io::Result<()> {
         let path = self.name_of(ino);
-        self.meta_op(OpKind::Sync, &path)?;
-        let fault = self.fire(Op::Sync);
+        self.meta_op(IoOp::Sync, &path)?;
+        let fault = self.fire(IoOp::Sync);
         if matches!(fault, Some(Fault::SyncError { .. })) {
             // Like Linux after a failed fsync: whatever part of the pending
             // writes reached the disk stays there, the rest never will (the
@@ -452,28 +446,11 @@ impl Disk {
                 }
             }
         }
-        let mut stats = self.stats;
-        stats.restarts += 1;
-        stats.process_restarts += 1;
-        Disk {
-            seed: self.seed,
-            rng: Rng::new(self.rng.next_u64()),
-            inodes: self.inodes.clone(),
-            names: self.names.clone(),
-            durable_names: self.durable_names.clone(),
-            dir_log: self.dir_log.clone(),
-            dirs: self.dirs.clone(),
-            locks: BTreeSet::new(),
-            ops: 0,
-            crash_at: None,
-            interrupted: None,
-            trigger: None,
-            crashed: false,
-            faults: Vec::new(),
-            capacity_bytes: self.capacity_bytes,
-            latency: self.latency,
-            stats,
-        }
+        self.stats.process_restarts += 1;
+        let (inodes, names, durable_names) =
+            (self.inodes.clone(), self.names.clone(), self.durable_names.clone());
+        let dir_log = self.dir_log.clone();
+        self.successor(inodes, names, durable_names, dir_log)
     }
 
     /// What the disk holds after the power comes back (see DESIGN.md §5).
@@ -502,27 +479,26 @@ impl Disk {
             });
             out_names.insert(path, new);
         }
-        let mut stats = self.stats;
-        stats.restarts += 1;
-        Disk {
-            seed: self.seed,
-            rng: Rng::new(self.rng.next_u64()),
-            inodes,
-            names: out_names.clone(),
-            durable_names: out_names,
-            dir_log: Vec::new(),
-            dirs: self.dirs.clone(),
-            locks: BTreeSet::new(),
-            ops: 0,
-            crash_at: None,
-            interrupted: None,
-            trigger: None,
-            crashed: false,
-            faults: Vec::new(),
-            capacity_bytes: self.capacity_bytes,
-            latency: self.latency,
-            stats,
-        }
+        self.successor(inodes, out_names.clone(), out_names, Vec::new())
+    }
+
+    /// The disk after a restart, holding these files: same seed, directories,
+    /// capacity and latency; a fresh op count, no locks, faults or crash.
+    fn successor(
+        &mut self,
+        inodes: Vec<Inode>,
+        names: BTreeMap<PathBuf, usize>,
+        durable_names: BTreeMap<PathBuf, usize>,
+        dir_log: Vec<DirOp>,
+    ) -> Disk {
+        let mut next = Disk::new(self.seed);
+        next.rng = Rng::new(self.rng.next_u64());
+        (next.inodes, next.names, next.durable_names, next.dir_log) = (inodes, names, durable_names, dir_log);
+        next.dirs = self.dirs.clone();
+        (next.capacity_bytes, next.latency) = (self.capacity_bytes, self.latency);
+        next.stats = self.stats;
+        next.stats.restarts += 1;
+        next
     }
 
     /// One file after a crash: its durable bytes plus any subset of its

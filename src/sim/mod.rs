@@ -82,6 +82,7 @@ use std::time::Duration;
 
 pub use check::{CheckReport, Checker, Violation};
 
+use crate::error::IoOp;
 use crate::vfs::EntryKind;
 use disk::Disk;
 
@@ -118,38 +119,14 @@ pub enum Fault {
     Latency(Duration),
 }
 
-/// The kind of a disk operation, as a crash trigger sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum OpKind {
-    /// Creating a directory.
-    CreateDir,
-    /// Taking a lock.
-    Lock,
-    /// Creating a file.
-    Create,
-    /// Opening a file.
-    Open,
-    /// Reading a file, its length or a directory.
-    Read,
-    /// Writing a file.
-    Write,
-    /// Syncing a file.
-    Sync,
-    /// Syncing a directory.
-    SyncDir,
-    /// Renaming a file (the path is the new name).
-    Rename,
-    /// Removing a file.
-    Remove,
-}
-
 /// A disk operation about to run, shown to [`SimDisk::crash_when`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct OpInfo {
-    /// What it is.
-    pub kind: OpKind,
+    /// What it is, as an [`IoOp`] names it: creating a file is an `Open`,
+    /// reading a file, its length or a directory a `Read`, taking the
+    /// directory lock a `Lock`.
+    pub kind: IoOp,
     /// The file or directory it acts on (a file's current name; the new
     /// name for a rename; empty for a file that has no name any more).
     pub path: PathBuf,
@@ -262,13 +239,13 @@ impl SimDisk {
     /// returns true (it sees every operation until then, in order).
     ///
     /// ```
-    /// # use aiowal::sim::{OpKind, SimDisk};
+    /// # use aiowal::{IoOp, sim::SimDisk};
     /// let disk = SimDisk::new(7);
     /// // Power loss at the directory sync that follows the first rename.
     /// let mut renamed = false;
     /// disk.crash_when(move |op| {
-    ///     renamed |= op.kind == OpKind::Rename;
-    ///     renamed && op.kind == OpKind::SyncDir
+    ///     renamed |= op.kind == IoOp::Rename;
+    ///     renamed && op.kind == IoOp::SyncDir
     /// });
     /// ```
     pub fn crash_when(&self, trigger: impl FnMut(&OpInfo) -> bool + Send + 'static) {
