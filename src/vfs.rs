@@ -176,6 +176,20 @@ impl Vfs {
         }
     }
 
+    /// Runs blocking file work on tokio's blocking pool, or right here
+    /// where the file system allows no threads (the simulator).
+    pub(crate) async fn run_blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> crate::Result<T> + Send + 'static,
+    ) -> crate::Result<T> {
+        if !self.threads() {
+            return f();
+        }
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| crate::Error::io(crate::IoOp::Spawn, "spawn_blocking", io::Error::other(e)))?
+    }
+
     pub(crate) fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         match self {
             Vfs::Os => fs::create_dir_all(dir),

@@ -78,13 +78,7 @@ impl Wal {
     pub async fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Wal> {
         let dir = dir.as_ref().to_path_buf();
         let (o, d) = (opts.clone(), dir.clone());
-        let (start, report, opts) = if opts.vfs.threads() {
-            tokio::task::spawn_blocking(move || recover(&d, o))
-                .await
-                .map_err(|e| Error::io(IoOp::Spawn, "spawn_blocking", std::io::Error::other(e)))??
-        } else {
-            recover(&d, o)?
-        };
+        let (start, report, opts) = opts.vfs.run_blocking(move || recover(&d, o)).await?;
         let core = Core::new(dir, opts.clone(), start);
         let sink: Arc<dyn io::Completion> = core.clone();
         core.set_backend(io::start(opts.backend, sink, &opts)?);
@@ -247,12 +241,8 @@ impl Wal {
     /// The removal runs on a blocking thread and completes even if the future is dropped.
     pub async fn truncate_before(&self, lsn: Lsn) -> Result<u64> {
         let core = Arc::clone(&self.handle.core);
-        if !core.opts.vfs.threads() {
-            return core.truncate_before(lsn.0);
-        }
-        tokio::task::spawn_blocking(move || core.truncate_before(lsn.0))
-            .await
-            .map_err(|e| Error::io(IoOp::Spawn, "spawn_blocking", std::io::Error::other(e)))?
+        let vfs = core.opts.vfs.clone();
+        vfs.run_blocking(move || core.truncate_before(lsn.0)).await
     }
 
     /// What recovery found when this log was opened.
@@ -397,11 +387,12 @@ fn apply(dir: &Path, opts: &Options, plan: Plan, lock: segment::DirLock) -> Resu
         t => t,
     };
     if let Some(last) = &last {
-        let end = match tail {
-            Tail::Continue { offset } | Tail::Seal { offset } => offset,
-            Tail::Full | Tail::Fresh => last.header.segment_bytes,
+        let (end, seal) = match tail {
+            Tail::Continue { offset } => (offset, None),
+            Tail::Seal { offset } => (offset, Some(next_lsn)),
+            Tail::Full | Tail::Fresh => (last.header.segment_bytes, None),
         };
-        rewrite_tail(vfs, last, end)?;
+        finish_tail(vfs, last, end, seal)?;
     }
     // Directory entries recovery saw may be cached only, too.
     segment::sync_dir(vfs, dir)?;
@@ -412,9 +403,6 @@ fn apply(dir: &Path, opts: &Options, plan: Plan, lock: segment::DirLock) -> Resu
         let active = Active { seq: last.seq, file: Arc::new(file) };
         let next = reuse_or_prepare(dir, opts, unused, last.seq + 1, false, &mut spares)?;
         return Ok(Start { next_lsn, log_id, spares, place, active: Some(active), next, segments, lock });
-    }
-    if let (Tail::Seal { offset }, Some(last)) = (tail, &last) {
-        seal(vfs, last, offset, next_lsn)?;
     }
     let seq = last.map_or_else(|| unused.first().map_or(1, |u| u.0), |l| l.seq + 1);
     let next = reuse_or_prepare(dir, opts, unused, seq, true, &mut spares)?;
@@ -456,55 +444,55 @@ fn reuse_or_prepare(
 }
 
 /// Writes the last in-flight window before `end` again, with the bytes
-/// recovery read, and syncs it: what recovery reads after the process (not
-/// the machine) died may exist only in the page cache, and after a failed
-/// sync Linux keeps such pages readable but clean, so no later sync would
-/// write them. Records acknowledged after them must not rest on them. Only
-/// the last segment can hold such bytes (a new segment's first batch waits
-/// for every earlier write and sync), and only its last window.
-fn rewrite_tail(vfs: &Vfs, seg: &SegmentMeta, end: u64) -> Result<()> {
+/// recovery read, and syncs it; with `seal` (the next LSN), also cuts the
+/// segment at `end` in the same write: a padding frame from there to the
+/// segment's end, so the scan skips whatever the crash left after it.
+///
+/// The rewrite: what recovery reads after the process (not the machine)
+/// died may exist only in the page cache, and after a failed sync Linux
+/// keeps such pages readable but clean, so no later sync would write them.
+/// Records acknowledged after them must not rest on them. Only the last
+/// segment can hold such bytes (a new segment's first batch waits for every
+/// earlier write and sync), and only its last window.
+fn finish_tail(vfs: &Vfs, seg: &SegmentMeta, end: u64, seal: Option<u64>) -> Result<()> {
     let h = &seg.header;
     let align = u64::from(h.alignment);
+    let padding = match seal {
+        Some(next_lsn) if end + FRAME_HEADER_LEN as u64 <= h.segment_bytes => {
+            Some(format::padding_header(h.salt, next_lsn, h.segment_bytes - end).map_err(|e| {
+                Error::Corrupt {
+                    segment: seg.path.clone(),
+                    offset: end,
+                    lsn: next_lsn,
+                    kind: CorruptKind::Frame(e),
+                }
+            })?)
+        }
+        _ => None,
+    };
     // From block 0 when the window reaches it: the header went out with the
     // segment's first batch and may be as little durable as the batch.
     let start = end.saturating_sub(h.window_bytes) / align * align;
+    // Frames are 8-aligned, not block-aligned: a padding header may cross
+    // into the next block (the segment ends on a block boundary after it).
+    let covered = if padding.is_some() { end + FRAME_HEADER_LEN as u64 } else { end };
+    let stop = covered.div_ceil(align).saturating_mul(align).min(h.segment_bytes);
     let file = segment::open_for_write(vfs, &seg.path, false)?;
     // A file shorter than its segment (cut by hand, or by a copy) ends early.
     let len = file.len().map_err(|e| Error::io(IoOp::Read, &seg.path, e))?;
-    let stop = end.div_ceil(align).saturating_mul(align).min(h.segment_bytes).min(len);
+    let stop = if padding.is_some() { stop } else { stop.min(len) };
     if stop <= start {
         return Ok(());
     }
     let mut buf = vec![0u8; usize::try_from(stop - start).unwrap_or(0)];
-    file.read_exact_at(&mut buf, start).map_err(|e| Error::io(IoOp::Read, &seg.path, e))?;
+    let readable = usize::try_from(stop.min(len).saturating_sub(start)).unwrap_or(0);
+    file.read_exact_at(&mut buf[..readable], start).map_err(|e| Error::io(IoOp::Read, &seg.path, e))?;
+    if let Some(hdr) = padding {
+        let at = usize::try_from(end - start).unwrap_or(0);
+        buf[at..].fill(0);
+        buf[at..at + FRAME_HEADER_LEN].copy_from_slice(&hdr);
+    }
     file.write_all_at(&buf, start).map_err(|e| Error::io(IoOp::Write, &seg.path, e))?;
-    file.sync_data().map_err(|e| Error::io(IoOp::Sync, &seg.path, e))
-}
-
-/// Cuts a segment at `offset`: a padding frame from there to the segment's
-/// end, so the scan skips whatever the crash left after it. Only the block
-/// holding `offset` is rewritten, with its bytes before `offset` unchanged.
-fn seal(vfs: &Vfs, seg: &SegmentMeta, offset: u64, next_lsn: u64) -> Result<()> {
-    let h = &seg.header;
-    if offset + FRAME_HEADER_LEN as u64 > h.segment_bytes {
-        return Ok(());
-    }
-    let align = u64::from(h.alignment);
-    let block = offset - offset % align;
-    let prefix = usize::try_from(offset - block).unwrap_or(0);
-    let file = segment::open_for_write(vfs, &seg.path, false)?;
-    // Frames are 8-aligned, not block-aligned: the padding header may cross
-    // into the next block (the segment ends on a block boundary after it).
-    let blocks = if prefix + FRAME_HEADER_LEN > h.alignment as usize { 2 } else { 1 };
-    let mut buf = vec![0u8; blocks * h.alignment as usize];
-    if prefix > 0 {
-        file.read_exact_at(&mut buf[..prefix], block).map_err(|e| Error::io(IoOp::Read, &seg.path, e))?;
-    }
-    let hdr = format::padding_header(h.salt, next_lsn, h.segment_bytes - offset).map_err(|e| {
-        Error::Corrupt { segment: seg.path.clone(), offset, lsn: next_lsn, kind: CorruptKind::Frame(e) }
-    })?;
-    buf[prefix..prefix + FRAME_HEADER_LEN].copy_from_slice(&hdr);
-    file.write_all_at(&buf, block).map_err(|e| Error::io(IoOp::Write, &seg.path, e))?;
     file.sync_data().map_err(|e| Error::io(IoOp::Sync, &seg.path, e))
 }
 

@@ -662,7 +662,7 @@ impl Core {
         };
         if let Next::Preparing(p) = next {
             // Let a preparation in progress finish rather than leave a temp file.
-            let _ = self.off_task(move || p.wait()).await;
+            let _ = self.opts.vfs.run_blocking(move || p.wait()).await;
         }
         marked
     }
@@ -686,18 +686,7 @@ impl Core {
             f.write_all_at(&zeroes, p.offset).map_err(|e| Error::io(IoOp::Write, &path, e))?;
             f.sync_data().map_err(|e| Error::io(IoOp::Sync, &path, e))
         };
-        self.off_task(zero).await
-    }
-
-    /// Runs blocking file work on tokio's blocking pool, or right here where
-    /// the file system allows no threads (the simulator).
-    async fn off_task<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-        if !self.opts.vfs.threads() {
-            return f();
-        }
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| Error::io(IoOp::Spawn, "spawn_blocking", io::Error::other(e)))?
+        self.opts.vfs.run_blocking(zero).await
     }
 
     /// Stops the backend without waiting (the last handle was dropped).
