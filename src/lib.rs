@@ -81,6 +81,7 @@ mod recovery;
 mod segment;
 #[cfg(feature = "sim")]
 pub mod sim;
+mod sync;
 mod vfs;
 mod wal;
 

@@ -53,10 +53,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
 use std::io;
-use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{
@@ -98,7 +97,7 @@ struct State<C: RaftTypeConfig> {
     vote: Option<Vote<C::NodeId>>,
     committed: Option<LogId<C::NodeId>>,
     /// Encoded records staged but maybe not durable yet, by LSN.
-    pending: BTreeMap<Lsn, Arc<[u8]>>,
+    pending: BTreeMap<Lsn, Arc<Vec<u8>>>,
 }
 
 impl<C: RaftTypeConfig> State<C> {
@@ -185,12 +184,11 @@ impl<C: RaftTypeConfig> State<C> {
 pub struct RaftLog<C: RaftTypeConfig> {
     wal: Wal,
     state: Arc<Mutex<State<C>>>,
-    _c: PhantomData<C>,
 }
 
 impl<C: RaftTypeConfig> Clone for RaftLog<C> {
     fn clone(&self) -> Self {
-        RaftLog { wal: self.wal.clone(), state: Arc::clone(&self.state), _c: PhantomData }
+        RaftLog { wal: self.wal.clone(), state: Arc::clone(&self.state) }
     }
 }
 
@@ -251,7 +249,7 @@ impl<C: RaftTypeConfig> RaftLog<C> {
                 Op::Purge(id) => st.purge(id),
             }
         }
-        Ok(RaftLog { wal, state: Arc::new(Mutex::new(st)), _c: PhantomData })
+        Ok(RaftLog { wal, state: Arc::new(Mutex::new(st)) })
     }
 
     /// The aiowal log underneath (for stats and the recovery report).
@@ -268,7 +266,7 @@ impl<C: RaftTypeConfig> RaftLog<C> {
     }
 
     fn lock(&self) -> MutexGuard<'_, State<C>> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.state)
     }
 
     /// Appends one operation record and waits until it is durable.
@@ -289,7 +287,7 @@ impl<C: RaftTypeConfig> RaftLog<C> {
     fn read_entries(&self, want: &[(u64, Lsn)]) -> Result<Vec<C::Entry>, StorageError<C::NodeId>> {
         let Some(&(_, first_lsn)) = want.first() else { return Ok(Vec::new()) };
         // Copy pending bytes first: what is not pending any more is durable.
-        let pending: BTreeMap<Lsn, Arc<[u8]>> = {
+        let pending: BTreeMap<Lsn, Arc<Vec<u8>>> = {
             let st = self.lock();
             want.iter().filter_map(|(_, lsn)| st.pending.get(lsn).map(|b| (*lsn, Arc::clone(b)))).collect()
         };
@@ -433,7 +431,7 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for RaftLog<C> {
         {
             let mut st = self.lock();
             for ((id, bytes), lsn) in ids.iter().zip(records).zip(lsns) {
-                st.pending.insert(lsn, bytes.into());
+                st.pending.insert(lsn, Arc::new(bytes));
                 st.push(id.clone(), lsn);
             }
         }

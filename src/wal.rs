@@ -400,7 +400,7 @@ fn apply(dir: &Path, opts: &Options, plan: Plan, lock: segment::DirLock) -> Resu
         let file = segment::open_for_write(vfs, &last.path, opts.direct)?;
         let place =
             Place { seq: last.seq, salt: last.header.salt, offset, seg_end: last.header.segment_bytes };
-        let active = Active { seq: last.seq, file: Arc::new(file) };
+        let active = Active { seq: last.seq, file: Arc::new(file), marks: Arc::clone(&last.marks) };
         let next = reuse_or_prepare(dir, opts, unused, last.seq + 1, false, &mut spares)?;
         return Ok(Start { next_lsn, log_id, spares, place, active: Some(active), next, segments, lock });
     }

@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use tokio::sync::{Notify, watch};
@@ -32,8 +32,9 @@ use crate::format::{self, FrameKind, SegmentHeader};
 use crate::io::{BatchMeta, Completion, FileTarget, Inline, IoBackend, IoBatch, IoFailure, WriteBuf};
 use crate::lsn::{Lsn, LsnRange};
 use crate::options::Options;
-use crate::recovery::SegmentMeta;
+use crate::recovery::{SeekMarks, SegmentMeta};
 use crate::segment::{self, DirLock, Preparing};
+use crate::sync::lock;
 use crate::vfs::SegFile;
 
 /// Lists the durable waiters are spread over.
@@ -63,6 +64,9 @@ pub(crate) struct Place {
 pub(crate) struct Active {
     pub seq: u64,
     pub file: Arc<SegFile>,
+    /// The segment's seek marks (shared with its `SegmentMeta`), added to as
+    /// its batches become durable.
+    pub marks: Arc<SeekMarks>,
 }
 
 /// A batch being filled or waiting for the backend.
@@ -163,10 +167,6 @@ pub(crate) struct Start {
     pub lock: DirLock,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 pub(crate) fn random_salt() -> u64 {
     let mut b = [0u8; 8];
     // A failing OS random source is not worth refusing writes over: fall back
@@ -262,21 +262,31 @@ impl Core {
             return Err(Error::RecordTooLarge { len: r.len() as u64, max: u64::from(max) });
         }
         loop {
+            if let StageOutcome::Done(range, kick) = self.stage(records, atomic)? {
+                return Ok(self.kick(range, kick, inline));
+            }
+            // Full: wait until the backend takes a batch. Registered before
+            // trying again, so a batch taken in between is not missed; only
+            // appenders that find the queue full touch the waiter list.
             let notified = self.space.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.stage(records, atomic)? {
-                StageOutcome::Done(range, kick) => {
-                    if inline {
-                        self.dispatch(kick);
-                    } else {
-                        self.submit(kick);
-                    }
-                    return Ok(range);
-                }
-                StageOutcome::Full => notified.await,
+            if let StageOutcome::Done(range, kick) = self.stage(records, atomic)? {
+                return Ok(self.kick(range, kick, inline));
             }
+            notified.await;
         }
+    }
+
+    /// Starts the batch staging returned (if the backend was idle); with
+    /// `inline`, on this thread where the backend can.
+    fn kick(&self, range: LsnRange, batch: Option<IoBatch>, inline: bool) -> LsnRange {
+        if inline {
+            self.dispatch(batch);
+        } else {
+            self.submit(batch);
+        }
+        range
     }
 
     fn check_open(st: &State) -> Result<()> {
@@ -479,11 +489,12 @@ impl Core {
     fn rotated(&self, st: &mut State, meta: &BatchMeta, file: Arc<SegFile>) {
         let seq = meta.seq;
         let path = segment::segment_path(&self.dir, seq);
+        let marks = Arc::new(SeekMarks::default());
         if let Some(h) = meta.header {
-            let marks = Arc::default();
+            let marks = Arc::clone(&marks);
             lock(&self.segments).push(SegmentMeta { seq, path: path.clone(), header: h, marks });
         }
-        st.active = Some(Active { seq, file });
+        st.active = Some(Active { seq, file, marks });
         let spare = st.spares.pop();
         st.next = match Preparing::start(
             &self.opts.vfs,
@@ -500,15 +511,15 @@ impl Core {
     }
 
     /// Notes where a durable batch of records starts, for readers to seek to.
-    fn mark(&self, batch: &IoBatch) {
+    fn mark(&self, st: &State, batch: &IoBatch) {
         let m = &batch.meta;
         let Some(w) = batch.writes.first() else { return };
         if m.last_lsn < m.first_lsn {
             return; // a seal: no records
         }
         let offset = w.offset + if m.header.is_some() { u64::from(self.opts.alignment) } else { 0 };
-        if let Some(s) = lock(&self.segments).iter().rev().find(|s| s.seq == m.seq) {
-            s.marks.add(m.first_lsn, offset);
+        if let Some(a) = st.active.as_ref().filter(|a| a.seq == m.seq) {
+            a.marks.add(m.first_lsn, offset);
         }
     }
 
@@ -752,7 +763,7 @@ impl Completion for Core {
                 }
             }
             st.stats.record_sync(&batch.meta);
-            self.mark(&batch);
+            self.mark(&st, &batch);
             if let Some(w) = batch.writes.pop() {
                 if st.free_bufs.len() < SEALED_MAX + 2 {
                     st.free_bufs.push(w.buf);

@@ -6,13 +6,14 @@
 //! 2), yields again, syncs, and completes. On a current-thread runtime the
 //! order of everything is a function of the seed.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use tokio::runtime::Handle;
 
 use super::{Completion, IoBackend, IoBatch, IoFailure};
 use crate::error::{Error, IoOp, Result};
 use crate::sim::SimDisk;
+use crate::sync::lock;
 
 #[derive(Default)]
 struct Flight {
@@ -28,10 +29,6 @@ pub(crate) struct Sim {
     sink: Mutex<Option<Arc<dyn Completion>>>,
     runtime: Handle,
     flight: Arc<Mutex<Flight>>,
-}
-
-fn lock(m: &Mutex<Flight>) -> MutexGuard<'_, Flight> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Sim {
@@ -96,7 +93,7 @@ impl IoBackend for Sim {
     }
 
     fn submit(&self, batch: IoBatch) {
-        let Some(sink) = self.sink.lock().unwrap_or_else(PoisonError::into_inner).clone() else {
+        let Some(sink) = lock(&self.sink).clone() else {
             return; // stopped: the pipeline submits nothing after `stop`
         };
         lock(&self.flight).running += 1;
@@ -105,7 +102,7 @@ impl IoBackend for Sim {
     }
 
     fn stop(&self, done: Box<dyn FnOnce() + Send>) {
-        drop(self.sink.lock().unwrap_or_else(PoisonError::into_inner).take());
+        drop(lock(&self.sink).take());
         let mut f = lock(&self.flight);
         if f.running > 0 {
             f.stop = Some(done);

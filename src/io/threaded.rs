@@ -13,6 +13,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use super::{Completion, Inline, IoBackend, IoBatch, IoFailure};
 use crate::error::{Error, IoOp, Result};
+use crate::sync::lock;
 
 #[derive(Default)]
 struct Queue {
@@ -70,7 +71,7 @@ fn write_and_sync(batch: &mut IoBatch) -> std::result::Result<(), IoFailure> {
 fn run(shared: &Shared, sink: Arc<dyn Completion>, op: BatchOp) {
     loop {
         let next = {
-            let mut q = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut q = lock(&shared.queue);
             loop {
                 if let Some(b) = q.batches.pop_front() {
                     break Ok(b);
@@ -101,7 +102,7 @@ impl IoBackend for Threaded {
     }
 
     fn submit(&self, batch: IoBatch) {
-        let mut q = self.shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut q = lock(&self.shared.queue);
         q.batches.push_back(batch);
         drop(q);
         self.shared.ready.notify_one();
@@ -130,7 +131,7 @@ impl IoBackend for Threaded {
     }
 
     fn stop(&self, done: Box<dyn FnOnce() + Send>) {
-        let mut q = self.shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut q = lock(&self.shared.queue);
         if q.stop.is_none() {
             q.stop = Some(done);
         }

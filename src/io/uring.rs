@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use io_uring::{IoUring, Probe, opcode, squeue, types};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -29,6 +29,7 @@ use tokio::io::unix::AsyncFd;
 use super::{Completion, IoBackend, IoBatch, IoFailure};
 use crate::error::IoOp;
 use crate::options::UringSync;
+use crate::sync::lock;
 use crate::vfs::SegFile;
 
 const SYNC_OP: u64 = 0xFFFF;
@@ -80,10 +81,6 @@ struct Shared {
     efd: AsyncFd<EventFd>,
     mode: UringSync,
     rt: tokio::runtime::Handle,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A running io_uring backend.

@@ -36,10 +36,10 @@ use crate::format::{self, FRAME_ALIGN, FRAME_HEADER_LEN, FormatError, FrameKind,
 use crate::lsn::Lsn;
 use crate::options::RecoveryMode;
 use crate::segment;
-use crate::vfs::{Mapped as Bytes, Vfs};
+use crate::vfs::{Mapped, Vfs};
 
 /// A segment's bytes, read-only (mapped, or the simulator's copy).
-pub(crate) fn map(vfs: &Vfs, path: &Path) -> Result<crate::vfs::Mapped> {
+pub(crate) fn map(vfs: &Vfs, path: &Path) -> Result<Mapped> {
     vfs.map(path).map_err(|e| Error::io(IoOp::Map, path, e))
 }
 
@@ -66,7 +66,7 @@ pub(crate) struct SeekMarks(std::sync::Mutex<Vec<(u64, u64)>>);
 
 impl SeekMarks {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u64, u64)>> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.0)
     }
 
     /// Notes that the frame at `offset` carries `lsn`, if it is far enough
@@ -355,10 +355,11 @@ fn corrupt(path: &Path, offset: u64, lsn: u64, kind: CorruptKind) -> Error {
     Error::Corrupt { segment: path.to_path_buf(), offset, lsn, kind }
 }
 
-struct Mapped {
+/// A segment file read for the scan.
+struct Segment {
     seq: u64,
     path: PathBuf,
-    map: Bytes,
+    map: Mapped,
     header: std::result::Result<SegmentHeader, FormatError>,
 }
 
@@ -369,7 +370,7 @@ pub(crate) fn plan(vfs: &Vfs, dir: &Path, mode: RecoveryMode, max_payload: u64) 
     for (seq, path) in listing.segments {
         let map = map(vfs, &path)?;
         let header = SegmentHeader::decode(&map);
-        mapped.push(Mapped { seq, path, map, header });
+        mapped.push(Segment { seq, path, map, header });
     }
     // A file that is not an aiowal segment, or one from a newer format, is
     // never touched: refuse to open.
@@ -448,7 +449,7 @@ fn frames_survive(map: &[u8], max_payload: u64) -> bool {
     false
 }
 
-fn walk(mapped: Vec<Mapped>, unused: Vec<(u64, PathBuf)>, mode: RecoveryMode, max: u64) -> Result<Plan> {
+fn walk(mapped: Vec<Segment>, unused: Vec<(u64, PathBuf)>, mode: RecoveryMode, max: u64) -> Result<Plan> {
     let mut report = RecoveryReport {
         segments: 0,
         records: 0,
@@ -554,7 +555,7 @@ fn walk(mapped: Vec<Mapped>, unused: Vec<(u64, PathBuf)>, mode: RecoveryMode, ma
 }
 
 fn check_header(
-    m: &Mapped,
+    m: &Segment,
     h: &SegmentHeader,
     first: Option<&SegmentHeader>,
     next_lsn: u64,
@@ -585,7 +586,7 @@ fn check_header(
 }
 
 /// Opens a mapped segment as shared for readers.
-pub(crate) fn map_shared(vfs: &Vfs, path: &Path) -> Result<Arc<Bytes>> {
+pub(crate) fn map_shared(vfs: &Vfs, path: &Path) -> Result<Arc<Mapped>> {
     map(vfs, path).map(Arc::new)
 }
 

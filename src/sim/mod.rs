@@ -77,7 +77,7 @@ mod disk;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 pub use check::{CheckReport, Checker, Violation};
@@ -211,7 +211,7 @@ impl SimDisk {
     }
 
     fn lock(&self) -> MutexGuard<'_, Disk> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.inner)
     }
 
     /// The seed the disk was created with.

@@ -11,7 +11,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::bsd::{Aio, AioSource};
@@ -19,10 +19,7 @@ use tokio::io::bsd::{Aio, AioSource};
 use super::{AioBatch, Submit};
 use crate::error::IoOp;
 use crate::io::{Completion, FileTarget, IoBackend, IoBatch, IoFailure};
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use crate::sync::lock;
 
 #[derive(Default)]
 struct State {
