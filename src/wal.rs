@@ -196,10 +196,8 @@ impl Wal {
     pub fn read_from(&self, from: Lsn) -> Result<ReadIter> {
         let core = &self.handle.core;
         let until = core.durable_lsn();
-        let segs = core.segments();
-        let start = segs.iter().rposition(|s| s.header.first_lsn <= from.0).unwrap_or(0);
-        let segs: Vec<SegmentMeta> = segs.into_iter().skip(start).collect();
-        Ok(ReadIter::new(core.opts.vfs.clone(), segs, from.0, until, u64::from(core.opts.max_record_bytes)))
+        let max = u64::from(core.opts.max_record_bytes);
+        Ok(ReadIter::new(core.opts.vfs.clone(), core.segments(), from.0, until, max))
     }
 
     /// The segment file holding `lsn` (the log directory if no segment does),
@@ -207,7 +205,7 @@ impl Wal {
     #[cfg_attr(not(feature = "openraft"), allow(dead_code))]
     pub(crate) fn segment_of(&self, lsn: Lsn) -> PathBuf {
         let segs = self.handle.core.segments();
-        match segs.iter().rposition(|s| s.header.first_lsn <= lsn.0).and_then(|i| segs.get(i)) {
+        match segs.iter().rev().find(|s| s.header.first_lsn <= lsn.0) {
             Some(s) => s.path.clone(),
             None => self.dir().to_path_buf(),
         }
@@ -524,8 +522,6 @@ pub fn verify(dir: impl AsRef<Path>, opts: &Options) -> Result<RecoveryReport> {
 pub fn dump(dir: impl AsRef<Path>, opts: &Options, from: Lsn) -> Result<(RecoveryReport, ReadIter)> {
     let max = u64::from(opts.max_record_bytes);
     let plan = recovery::plan(&opts.vfs, dir.as_ref(), opts.recovery_mode, max)?;
-    let start = plan.segments.iter().rposition(|s| s.header.first_lsn <= from.0).unwrap_or(0);
-    let segs: Vec<SegmentMeta> = plan.segments.into_iter().skip(start).collect();
     let until = plan.next_lsn - 1;
-    Ok((plan.report, ReadIter::new(opts.vfs.clone(), segs, from.0, until, max)))
+    Ok((plan.report, ReadIter::new(opts.vfs.clone(), plan.segments, from.0, until, max)))
 }

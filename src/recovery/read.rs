@@ -71,8 +71,8 @@ impl fmt::Debug for ReadIter {
 }
 
 impl ReadIter {
-    /// `segments` must start with the segment holding `from` (or the first
-    /// segment, when `from` precedes it) and be in order.
+    /// Reads `segments` (the log's, in order) from the one holding `from`
+    /// (the first, when `from` precedes it).
     pub(crate) fn new(
         vfs: Vfs,
         segments: Vec<SegmentMeta>,
@@ -80,19 +80,9 @@ impl ReadIter {
         until: u64,
         max_payload: u64,
     ) -> ReadIter {
-        let next_lsn = segments.first().map_or(from, |s| s.header.first_lsn);
-        ReadIter {
-            segments,
-            idx: 0,
-            map: None,
-            vfs,
-            pos: 0,
-            next_lsn,
-            from,
-            until,
-            max_payload,
-            failed: false,
-        }
+        let idx = segments.iter().rposition(|s| s.header.first_lsn <= from).unwrap_or(0);
+        let next_lsn = segments.get(idx).map_or(from, |s| s.header.first_lsn);
+        ReadIter { segments, idx, map: None, vfs, pos: 0, next_lsn, from, until, max_payload, failed: false }
     }
 
     fn fail(&mut self, offset: u64, kind: CorruptKind) -> Option<Result<Record>> {
