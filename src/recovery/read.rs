@@ -124,8 +124,10 @@ impl Iterator for ReadIter {
                                 (self.next_lsn, self.pos) = (lsn, offset);
                             }
                         }
-                        self.map = Some(Arc::clone(&m));
-                        m
+                        self.map = Some(m);
+                        // Check again from the top: the seek may have moved
+                        // past `until` (a mark where the next record would go).
+                        continue;
                     }
                     Err(e) => {
                         self.failed = true;
