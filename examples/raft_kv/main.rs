@@ -26,14 +26,16 @@ use aiowal::raft::RaftLog;
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, ClientWriteResponse, InstallSnapshotRequest,
+    InstallSnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, Raft};
 use sm::{Config, KvStateMachine, NodeId, Op, Request};
 
 /// Concurrent client writes in the group-commit demonstration.
 const CLIENTS: usize = 500;
+
+type BoxError = Box<dyn Error + Send + Sync>;
 
 type Rpc<T, E = RaftError<NodeId>> = Result<T, RPCError<NodeId, BasicNode, E>>;
 
@@ -50,6 +52,31 @@ impl Router {
             let down = std::io::Error::new(std::io::ErrorKind::NotConnected, format!("node {id} is down"));
             RPCError::Unreachable(Unreachable::new(&down))
         })
+    }
+
+    /// The leader some node knows of (else any node: the write is redirected).
+    fn leader(&self) -> NodeId {
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let known = nodes.values().find_map(|r| r.metrics().borrow().current_leader);
+        known.or_else(|| nodes.keys().next().copied()).unwrap_or(1)
+    }
+
+    /// A client write through the leader, following `ForwardToLeader`:
+    /// leadership can move (a node too busy to send heartbeats loses it).
+    async fn write(&self, req: Request) -> Result<ClientWriteResponse<Config>, BoxError> {
+        let mut to = self.leader();
+        for _ in 0..50 {
+            let raft = self.get::<std::io::Error>(to)?;
+            match raft.client_write(req.clone()).await {
+                Ok(reply) => return Ok(reply),
+                Err(e) => match e.forward_to_leader::<BasicNode>() {
+                    Some(hint) => to = hint.leader_id.unwrap_or(to),
+                    None => return Err(e.into()),
+                },
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err("no stable leader after 50 redirects".into())
     }
 
     fn set(&self, id: NodeId, raft: Option<Raft<Config>>) {
@@ -118,7 +145,7 @@ async fn start(
     dir: &Path,
     router: &Router,
     config: &Arc<openraft::Config>,
-) -> Result<Node, Box<dyn Error>> {
+) -> Result<Node, BoxError> {
     let log = RaftLog::<Config>::open(dir, aiowal::Options::default().segment_bytes(8 << 20)).await?;
     let r = log.wal().recovery_report();
     println!(
@@ -143,7 +170,7 @@ fn text(v: Option<Vec<u8>>) -> String {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn Error>> {
+async fn main() -> Result<(), BoxError> {
     let tmp;
     let base: PathBuf = match std::env::args_os().nth(1) {
         Some(d) => d.into(),
@@ -154,9 +181,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
     };
     let config = Arc::new(
         openraft::Config {
-            heartbeat_interval: 100,
-            election_timeout_min: 300,
-            election_timeout_max: 600,
+            // Generous for a debug build on a loaded machine: three nodes
+            // and 500 clients share one process.
+            heartbeat_interval: 200,
+            election_timeout_min: 1000,
+            election_timeout_max: 2000,
             ..Default::default()
         }
         .validate()?,
@@ -177,7 +206,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let leader = m.current_leader.ok_or("no leader")?;
     println!("leader elected: node {leader} (term {})", m.vote.leader_id().term);
 
-    let reply = nodes[&leader].raft.client_write(put("greeting", "hello, raft")).await?;
+    let reply = router.write(put("greeting", "hello, raft")).await?;
     let index = reply.log_id.index;
     println!("write committed by a majority at log index {index} (log id {})", reply.log_id);
     for (id, n) in &nodes {
@@ -190,8 +219,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let started = std::time::Instant::now();
     let writes: Vec<_> = (0..CLIENTS)
         .map(|i| {
-            let raft = nodes[&leader].raft.clone();
-            tokio::spawn(async move { raft.client_write(put(&format!("client-{i}"), "x")).await })
+            let router = router.clone();
+            tokio::spawn(async move { router.write(put(&format!("client-{i}"), "x")).await })
         })
         .collect();
     for w in writes {
@@ -207,13 +236,14 @@ async fn main() -> Result<(), Box<dyn Error>> {
     );
 
     // Stop a follower; the other two still form a majority.
+    let leader = router.leader();
     let down = (1..=3).find(|id| *id != leader).ok_or("no follower")?;
     let node = nodes.remove(&down).ok_or("no such node")?;
     router.set(down, None);
     node.raft.shutdown().await?;
     node.log.close().await?;
     println!("node {down} stopped");
-    let reply = nodes[&leader].raft.client_write(put("while-down", "written on 2 of 3")).await?;
+    let reply = router.write(put("while-down", "written on 2 of 3")).await?;
     let index = reply.log_id.index;
     println!("write committed by nodes {:?} at log index {index}", nodes.keys().collect::<Vec<_>>());
 
