@@ -69,10 +69,17 @@ pub enum Error {
         cause: Arc<io::Error>,
     },
     /// Another handle (in this or another process) has the directory open.
-    #[error("{path} is locked by another open log; close it first (one process owns a log directory)")]
+    #[error("{path} is locked {}", if *shutting_down {
+        "by a handle of this process that was dropped without close() and is still shutting down; retry shortly, and await close() before reopening to release it deterministically"
+    } else {
+        "by another open log; close it first (one process owns a log directory)"
+    })]
     Locked {
         /// The lock file.
         path: PathBuf,
+        /// The holder is a handle of this process dropped without `close`
+        /// that has not finished shutting down yet.
+        shutting_down: bool,
     },
     /// Acknowledged data is damaged: the log cannot be opened in this mode.
     #[error(
@@ -160,8 +167,17 @@ pub enum Error {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CorruptKind {
-    /// A frame failed to decode, with valid frames after it beyond the in-flight window.
+    /// A frame failed to decode, with valid frames after it beyond the
+    /// in-flight window (format v1), or while reading a segment after open.
     Frame(FormatError),
+    /// A frame failed to decode although a later batch header (its synced
+    /// watermark) or a clean-end mark proves it was acknowledged.
+    Acknowledged {
+        /// What the bad bytes looked like.
+        cause: FormatError,
+        /// The watermark that proves it: every LSN up to here was durable.
+        proven: u64,
+    },
     /// A segment header failed to decode.
     Header(FormatError),
     /// LSNs do not continue from the previous frame or segment.
@@ -181,6 +197,10 @@ impl std::fmt::Display for CorruptKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Frame(e) => write!(f, "bad frame ({e}) followed by valid data"),
+            Self::Acknowledged { cause, proven } => write!(
+                f,
+                "bad frame ({cause}) in a record acknowledged as durable (a later batch proves every LSN up to {proven} was synced)"
+            ),
             Self::Header(e) => write!(f, "bad segment header ({e})"),
             Self::LsnGap { found } => write!(f, "LSN gap: found {found}"),
             Self::DamagedBeforeLaterSegment(e) => {

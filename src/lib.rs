@@ -8,7 +8,12 @@
 //! * [`Wal::append_batch`] is atomic: after a crash, all of it or none.
 //! * [`Wal::open`] verifies every checksummed frame, cuts the torn tail a
 //!   crash leaves, and refuses (or, in [`RecoveryMode::PointInTime`], stops
-//!   before) damage to acknowledged data.
+//!   before) damage to acknowledged data. It tells them apart by what proves
+//!   a record acknowledged — a later batch's durable watermark, the
+//!   clean-end mark `close` writes, a later segment — never by where the
+//!   bytes sit (the table is in [`RecoveryMode`]). Every record `open`
+//!   returns is durable before it returns, and `open` never writes over a
+//!   block that holds records, so a crash during recovery loses nothing.
 //! * After a failed write or sync the log is poisoned: every call fails with
 //!   [`Error::Poisoned`] and nothing is retried; reopening recovers what is
 //!   really on disk.
@@ -29,6 +34,11 @@
 //! ```
 //!
 //! Thread-based code uses [`blocking::Wal`], which owns a small runtime.
+//!
+//! `close().await` is the deterministic end of a log: when it returns,
+//! nothing of the log touches the directory and a reopen succeeds.
+//! Dropping the last handle without it stops the log in the background
+//! (never blocking in `Drop`); see [`Wal::close`].
 //!
 //! # Backends
 //!
@@ -78,6 +88,7 @@ mod options;
 #[cfg(feature = "openraft")]
 pub mod raft;
 mod recovery;
+mod registry;
 mod segment;
 #[cfg(feature = "sim")]
 pub mod sim;

@@ -1,5 +1,5 @@
 use crate::error::{Error, Result};
-use crate::format::{self, ALIGNMENT_MAX, ALIGNMENT_MIN, FRAME_HEADER_LEN};
+use crate::format::{self, ALIGNMENT_MAX, ALIGNMENT_MIN, BATCH_HEADER_LEN, FRAME_HEADER_LEN};
 
 /// Which I/O backend writes and syncs the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -61,13 +61,30 @@ pub enum UringSync {
     Dsync,
 }
 
-/// What `Wal::open` does when it finds a damaged frame.
+/// What `Wal::open` does when it finds damage.
 ///
-/// | found                                              | TolerateTornTail | AbsoluteConsistency | PointInTime |
-/// |----------------------------------------------------|------------------|---------------------|-------------|
-/// | clean end: zeroes, nothing valid within the window | open             | open                | open        |
-/// | torn tail: bad bytes, valid data only within the in-flight window after them | cut, open | error | cut, open |
-/// | bad bytes with valid data beyond the window, a bad header, an LSN gap, or damage in a segment followed by another | error | error | stop before it, set later data aside, open |
+/// Recovery decides by **what proves a record acknowledged**, not by where
+/// the bytes sit. A record is proven acknowledged by a valid later batch
+/// header (every batch carries the durable watermark its writer knew when
+/// it submitted it), by the clean-end mark `close` writes, or by a later
+/// segment (written only after every earlier write was synced).
+///
+/// | found | TolerateTornTail | AbsoluteConsistency | PointInTime |
+/// |-------|------------------|---------------------|-------------|
+/// | clean end: never-written space (or a clean-end mark) after the last batch | open | open | open |
+/// | torn tail: damage in the newest batches that nothing later proves acknowledged | cut, report | error | cut, report |
+/// | damage to a record something proves acknowledged; a bad header or an LSN gap in the middle | error | error | cut there, report, set later segments aside |
+///
+/// One case cannot be decided: the newest acknowledged batches damaged
+/// after their acknowledgement (a bad sector, not a crash) with nothing
+/// written after them look exactly like a crash during their write, and
+/// are cut as a torn tail ([`StopReason::TornTail`](crate::StopReason)
+/// says so). `AbsoluteConsistency` refuses them instead.
+///
+/// Every cut is reported in the [`RecoveryReport`](crate::RecoveryReport):
+/// where, from which LSN, and how many later records were seen and dropped.
+/// Logs of format v1 (read, never written) keep v1's rule: damage followed
+/// by valid data beyond the in-flight window is corruption.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum RecoveryMode {
     /// A crash's torn tail is cut off; damage to acknowledged data is an error.
@@ -75,7 +92,9 @@ pub enum RecoveryMode {
     TolerateTornTail,
     /// Any damage, even a torn tail, is an error (for logs closed cleanly).
     AbsoluteConsistency,
-    /// Recover up to the first damage, whatever it is, and discard the rest.
+    /// Recover up to the first damage, whatever it is; set the rest aside
+    /// (renamed, not deleted). This drops acknowledged records: use it to
+    /// salvage a damaged log, not as a default.
     PointInTime,
 }
 
@@ -151,7 +170,10 @@ impl Options {
         self
     }
 
-    /// Largest record accepted by `append` (default 1 MiB).
+    /// Largest record accepted by `append` (default 1 MiB). It guards
+    /// appends only: recovery and the tools read every record whose checksum
+    /// holds, however large, so lowering it never hides records already
+    /// written.
     pub fn max_record_bytes(mut self, bytes: u32) -> Self {
         self.max_record_bytes = bytes;
         self
@@ -159,10 +181,9 @@ impl Options {
 
     /// Largest single write (default 2 MiB): a group commit seals its batch
     /// when the next record would not fit. This is the staging memory bound:
-    /// at most one batch fills, two sealed batches wait and one is in flight,
-    /// so staged and in-flight records never take more than four of these;
-    /// appenders beyond that wait. It is also the window of bytes a crash can
-    /// leave half-written, which recovery uses to tell a torn tail from damage.
+    /// at most one batch fills, two sealed batches wait and two are in
+    /// flight, so staged and in-flight records never take more than five
+    /// of these; appenders beyond that wait.
     pub fn batch_bytes_max(mut self, bytes: u32) -> Self {
         self.batch_bytes_max = bytes;
         self
@@ -276,18 +297,12 @@ impl Options {
         Ok(())
     }
 
-    /// Bytes of the largest possible write holding one record: a header block,
-    /// the frame and its padding.
+    /// Bytes of the largest possible write holding one record: a segment
+    /// header block, the batch header, the frame, zero-filled to a block.
     fn largest_single_write(&self) -> u64 {
         let a = u64::from(self.alignment);
         let frame = format::frame_len(self.max_record_bytes as usize) as u64;
-        a + frame + format::padding_for(frame, a)
-    }
-
-    /// Most bytes in flight at once: two batches (a backend may write one
-    /// batch while the previous one's sync runs). Recovery's torn-tail window.
-    pub(crate) fn window_bytes(&self) -> u64 {
-        2 * u64::from(self.batch_bytes_max)
+        a + format::align_up(BATCH_HEADER_LEN as u64 + frame, a)
     }
 }
 

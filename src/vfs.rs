@@ -89,15 +89,6 @@ impl SegFile {
         }
     }
 
-    /// Reads exactly `buf.len()` bytes at `offset`.
-    pub(crate) fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        match self {
-            SegFile::Os(f) => f.read_exact_at(buf, offset),
-            #[cfg(feature = "sim")]
-            SegFile::Sim(f) => f.read_exact_at(buf, offset),
-        }
-    }
-
     /// `fdatasync`.
     pub(crate) fn sync_data(&self) -> io::Result<()> {
         match self {

@@ -5,14 +5,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::commit::{Active, Core, Next, Place, Start, Stats};
-use crate::error::{CorruptKind, Error, IoOp, Result};
-use crate::format::{self, FRAME_HEADER_LEN};
+use crate::error::{Error, IoOp, Result};
+use crate::format;
 use crate::io;
 use crate::lsn::{Lsn, LsnRange};
 use crate::options::Options;
 use crate::recovery::{self, Plan, ReadIter, RecoveryReport, SegmentMeta, Tail};
-use crate::segment;
-use crate::vfs::Vfs;
+use crate::registry::DirEntry;
+use crate::segment::{self, HeldLock};
 
 /// A write-ahead log. Cheap to clone; all clones share one log.
 ///
@@ -78,7 +78,18 @@ impl Wal {
     pub async fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Wal> {
         let dir = dir.as_ref().to_path_buf();
         let (o, d) = (opts.clone(), dir.clone());
-        let (start, report, opts) = opts.vfs.run_blocking(move || recover(&d, o)).await?;
+        let started = std::time::Instant::now();
+        let (start, mut report, opts) = opts.vfs.run_blocking(move || recover(&d, o)).await?;
+        report.elapsed = started.elapsed();
+        tracing::info!(
+            dir = %dir.display(),
+            records = report.records,
+            segments = report.segments,
+            copied_forward = report.copied_forward,
+            stop = ?report.stop,
+            elapsed_ms = report.elapsed.as_secs_f64() * 1e3,
+            "aiowal: recovered"
+        );
         let core = Core::new(dir, opts.clone(), start);
         let sink: Arc<dyn io::Completion> = core.clone();
         core.set_backend(io::start(opts.backend, sink, &opts)?);
@@ -175,7 +186,8 @@ impl Wal {
     /// ([`Lsn::ZERO`] for a log that never held a record).
     ///
     /// # Errors
-    /// [`Error::Poisoned`] after a failed write or sync.
+    /// [`Error::Poisoned`] after a failed write or sync; [`Error::Closed`]
+    /// after `close`.
     ///
     /// # Cancel safety
     /// Safe to drop at any point.
@@ -190,14 +202,21 @@ impl Wal {
     /// record available, which [`Wal::first_lsn`] tells. Records appended
     /// after this call are not included.
     ///
+    /// The records' bytes never change while a [`Record`](crate::Record)
+    /// or the iterator lives: segments they may map are never recycled
+    /// (`truncate_before` deletes them instead, and a deleted file keeps
+    /// its bytes for whoever maps it).
+    ///
     /// # Errors
-    /// The iterator's items fail with [`Error::Corrupt`] or [`Error::Io`] if a
-    /// segment was damaged or removed after open.
+    /// [`Error::Closed`] after `close` (or once the last handle was
+    /// dropped). The iterator's items fail with [`Error::Corrupt`] or
+    /// [`Error::Io`] if a segment was damaged or removed after open.
     pub fn read_from(&self, from: Lsn) -> Result<ReadIter> {
         let core = &self.handle.core;
+        core.ensure_open()?;
         let until = core.durable_lsn();
-        let max = u64::from(core.opts.max_record_bytes);
-        Ok(ReadIter::new(core.opts.vfs.clone(), core.segments(), from.0, until, max))
+        let (segments, pin) = core.segments_pinned(from.0);
+        Ok(ReadIter::new(core.opts.vfs.clone(), segments, from.0, until, Some(pin)))
     }
 
     /// The segment file holding `lsn` (the log directory if no segment does),
@@ -228,17 +247,21 @@ impl Wal {
     ///
     /// Up to [`Options::segments_recycled_max`] retired segments are kept as
     /// spares and reused for new segments (no zero-filling); the rest are
-    /// deleted. [`Record`](crate::Record)s read earlier from a retired segment
-    /// must not be used afterwards: their bytes live in a file that may be
-    /// reused (copy them out with `to_vec` first).
+    /// deleted. A segment that a live [`Record`](crate::Record) or
+    /// [`ReadIter`] may still map is always deleted, never reused, so the
+    /// bytes they hold never change.
     ///
     /// # Errors
-    /// [`Error::Io`] if a file cannot be removed or the directory synced.
+    /// [`Error::Closed`] after `close`; [`Error::Poisoned`] after a failed
+    /// write or sync; [`Error::Io`] if a file cannot be removed or the
+    /// directory synced.
     ///
     /// # Cancel safety
-    /// The removal runs on a blocking thread and completes even if the future is dropped.
+    /// The removal runs on a blocking thread and completes even if the
+    /// future is dropped; `close` waits for it.
     pub async fn truncate_before(&self, lsn: Lsn) -> Result<u64> {
         let core = Arc::clone(&self.handle.core);
+        core.ensure_open()?;
         let vfs = core.opts.vfs.clone();
         vfs.run_blocking(move || core.truncate_before(lsn.0)).await
     }
@@ -268,11 +291,27 @@ impl Wal {
         self.handle.core.dir()
     }
 
-    /// Makes every staged record durable, stops the I/O backend and releases
-    /// the directory lock. Later calls on any clone fail with [`Error::Closed`].
+    /// Makes every staged record durable, writes a clean-end mark (so the
+    /// next `open` writes nothing and can prove every record acknowledged),
+    /// stops the I/O backend and releases the directory lock. When it
+    /// returns, nothing of this log touches the directory any more: a
+    /// reopen succeeds at once. Later fallible calls on any clone fail with
+    /// [`Error::Closed`]; closing again is a no-op.
+    ///
+    /// Dropping the last clone without `close` also stops the log, in the
+    /// background and without the clean-end mark (the next `open` treats it
+    /// as after a crash: it copies the newest records into a new segment).
+    /// The lock is released once the backend and any segment preparation
+    /// or truncation in progress are done; a reopen in this process before
+    /// then fails with [`Error::Locked`] saying so. `Drop` never blocks.
     ///
     /// # Errors
     /// [`Error::Poisoned`] if records could not be made durable.
+    ///
+    /// # Cancel safety
+    /// Once polled, the log is closing: later calls fail with `Closed`
+    /// whether or not this future completes; another `close` waits for the
+    /// shutdown.
     pub async fn close(&self) -> Result<()> {
         self.handle.core.close().await
     }
@@ -313,23 +352,30 @@ impl Staged {
     }
 }
 
-/// Recovery plus the tail repair it calls for; runs on a blocking thread.
+/// Recovery plus the tail handling it calls for; runs on a blocking thread.
 fn recover(dir: &Path, mut opts: Options) -> Result<(Start, RecoveryReport, Options)> {
     opts.validate()?;
     let vfs = &opts.vfs.clone();
     if opts.create {
         vfs.create_dir_all(dir).map_err(|e| Error::io(IoOp::CreateDir, dir, e))?;
     }
-    let lock = segment::lock_dir(vfs, dir)?;
+    let held = HeldLock::new(segment::lock_dir(vfs, dir)?);
     opts.direct = resolve_direct_io(dir, &opts)?;
     let opts = &opts;
-    let mut plan = recovery::plan(vfs, dir, opts.recovery_mode, u64::from(opts.max_record_bytes))?;
+    let mut plan = recovery::plan(vfs, dir, opts.recovery_mode)?;
+    // The names recovery saw may be cached only (a process died between a
+    // rename and its directory sync): make them durable before anything is
+    // written under them, e.g. a spare whose retirement could still revert
+    // to the live segment it was.
+    segment::sync_dir(vfs, dir)?;
     segment::remove(vfs, dir, &plan.leftovers)?;
     if !plan.discard.is_empty() {
         plan.report.set_aside = segment::set_aside(vfs, dir, &plan.discard)?;
     }
-    let report = std::mem::replace(&mut plan.report, empty_report());
-    let start = apply(dir, opts, plan, lock)?;
+    let mut report = plan.report.clone();
+    let entry = DirEntry::of(vfs, dir);
+    let (start, copied) = apply(dir, opts, plan, held, entry)?;
+    report.copied_forward = copied;
     Ok((start, report, opts.clone()))
 }
 
@@ -354,58 +400,180 @@ fn resolve_direct_io(dir: &Path, opts: &Options) -> Result<bool> {
     }
 }
 
-fn empty_report() -> RecoveryReport {
-    RecoveryReport {
-        segments: 0,
-        records: 0,
-        bytes: 0,
-        first_lsn: Lsn::ZERO,
-        last_lsn: Lsn::ZERO,
-        stop: recovery::StopReason::Empty,
-        set_aside: Vec::new(),
+/// Sets up where appends go next, writing only what a crash requires
+/// (the tail's uncertain records, copied forward), and removes segments a
+/// later segment voided once that is durable. Returns the pipeline's start
+/// and how many records were copied forward.
+///
+/// `open` never writes over a block that holds records: after a crash, what
+/// recovery reads may exist only in the page cache (after a failed sync,
+/// Linux keeps such pages readable but clean, and no later sync writes
+/// them), so records that no batch header or clean-end mark proves durable
+/// are written again, into new space, synced before `open` returns; the new
+/// segment's header voids the old copies. A crash during that leaves the
+/// old copies in force (a torn new segment is set aside at the next open).
+fn apply(
+    dir: &Path,
+    opts: &Options,
+    plan: Plan,
+    held: segment::LockRef,
+    entry: Arc<DirEntry>,
+) -> Result<(Start, u64)> {
+    let Plan { mut segments, unused, void, next_lsn, tail, mut spares, .. } = plan;
+    let vfs = &opts.vfs;
+    // A new log gets a random id; an existing one keeps its first segment's.
+    let log_id = segments.first().map_or_else(|| vfs.random_u64() as u32, |s| s.header.log_id);
+    let last = segments.last().cloned();
+    let start = |place, active, next, segments, spares, held| Start {
+        next_lsn,
+        log_id,
+        spares,
+        place,
+        active,
+        next,
+        segments,
+        lock: held,
+        entry: Arc::clone(&entry),
+    };
+    match (tail, last) {
+        (Tail::Continue { offset }, Some(last)) if offset == u64::from(last.header.alignment) => {
+            // The clean-end mark is all the segment holds (`close` started
+            // a segment for it). It may be readable yet not durable, header
+            // included: the segment starts over, header and all.
+            segments.pop();
+            let same_size = vfs.len(&last.path).ok() == Some(opts.segment_bytes);
+            let next = if same_size {
+                Next::Ready(last.seq, segment::open_for_write(vfs, &last.path, opts.direct)?)
+            } else {
+                segment::remove(vfs, dir, std::slice::from_ref(&last.path))?;
+                reuse_or_prepare(dir, opts, unused, last.seq, true, &mut spares, &held)?
+            };
+            segment::remove(vfs, dir, &void)?;
+            let place = Place { seq: last.seq, salt: 0, offset: 0, seg_end: opts.segment_bytes };
+            Ok((start(place, None, next, segments, spares, held), 0))
+        }
+        (Tail::Continue { offset }, Some(last)) if last.header.alignment == opts.alignment => {
+            // A clean close left it here: nothing to write.
+            let file = segment::open_for_write(vfs, &last.path, opts.direct)?;
+            let h = &last.header;
+            let place = Place { seq: last.seq, salt: h.salt, offset, seg_end: h.segment_bytes };
+            let active = Active { seq: last.seq, file: Arc::new(file), marks: Arc::clone(&last.marks) };
+            let next = reuse_or_prepare(dir, opts, unused, last.seq + 1, false, &mut spares, &held)?;
+            segment::remove(vfs, dir, &void)?;
+            Ok((start(place, Some(active), next, segments, spares, held), 0))
+        }
+        (Tail::CopyForward { from }, Some(last)) => {
+            let copied = copy_forward(dir, opts, &last, from, next_lsn, unused, &mut spares, log_id)?;
+            let mut void = void;
+            if from <= last.header.first_lsn {
+                // The new segment holds every record of the last one.
+                segments.pop();
+                void.push(last.path.clone());
+            }
+            segment::remove(vfs, dir, &void)?;
+            let (seq, h) = (copied.meta.seq, copied.meta.header);
+            let place = Place { seq, salt: h.salt, offset: copied.offset, seg_end: h.segment_bytes };
+            let active = Active { seq, file: Arc::new(copied.file), marks: Arc::clone(&copied.meta.marks) };
+            segments.push(copied.meta);
+            let next = reuse_or_prepare(dir, opts, Vec::new(), seq + 1, false, &mut spares, &held)?;
+            Ok((start(place, Some(active), next, segments, spares, held), next_lsn - from))
+        }
+        (_, last) => {
+            // A new log, a full segment that ended cleanly, or a clean end
+            // written with another alignment: appends start a new segment
+            // (its first LSN says where the last one's records end).
+            let seq = last.map_or_else(|| unused.first().map_or(1, |u| u.0), |l| l.seq + 1);
+            let next = reuse_or_prepare(dir, opts, unused, seq, true, &mut spares, &held)?;
+            segment::remove(vfs, dir, &void)?;
+            let place = Place { seq, salt: 0, offset: 0, seg_end: opts.segment_bytes };
+            Ok((start(place, None, next, segments, spares, held), 0))
+        }
     }
 }
 
-/// Writes what the plan needs (a seal) and sets up where appends go next.
-fn apply(dir: &Path, opts: &Options, plan: Plan, lock: segment::DirLock) -> Result<Start> {
-    let Plan { segments, unused, next_lsn, tail, mut spares, .. } = plan;
-    let last = segments.last().cloned();
-    // A new log gets a random id; an existing one keeps its first segment's.
+/// A segment `open` wrote the uncertain records into.
+struct Copied {
+    meta: SegmentMeta,
+    /// Opened for the pipeline (with O_DIRECT if the log uses it).
+    file: crate::vfs::SegFile,
+    /// Where appends continue in it.
+    offset: u64,
+}
+
+/// Copies the records `from..next_lsn` of `last` into a new segment whose
+/// header voids them (and whatever follows them) in `last`, as one batch,
+/// and syncs it and the directory.
+#[allow(clippy::too_many_arguments)]
+fn copy_forward(
+    dir: &Path,
+    opts: &Options,
+    last: &SegmentMeta,
+    from: u64,
+    next_lsn: u64,
+    unused: segment::Numbered,
+    spares: &mut Vec<PathBuf>,
+    log_id: u32,
+) -> Result<Copied> {
     let vfs = &opts.vfs;
-    let log_id = segments.first().map_or_else(|| vfs.random_u64() as u32, |s| s.header.log_id);
-    // Continue in the last segment only if it was written with today's
-    // settings: its header's window and alignment drive its recovery.
-    let same_settings = last.as_ref().is_some_and(|l| {
-        l.header.alignment == opts.alignment && l.header.window_bytes >= opts.window_bytes()
-    });
-    // A segment not continued is sealed: what a recycled file holds after
-    // its last batch must not look like damage once a later segment exists.
-    let tail = match tail {
-        Tail::Continue { offset } if !same_settings => Tail::Seal { offset },
-        t => t,
+    let map = recovery::map(vfs, &last.path)?;
+    let align = u64::from(opts.alignment);
+    let salt = vfs.random_u64();
+    let mut frames = Vec::new();
+    recovery::copy_records(&map, last, from, next_lsn, |lsn, kind, payload| {
+        // Cannot fail: the payload came out of a frame.
+        let _ = format::encode_frame(&mut frames, salt, lsn, kind, payload);
+    })?;
+    drop(map);
+    let batch_bytes = format::align_up((format::BATCH_HEADER_LEN + frames.len()) as u64, align);
+    // Large enough for the copies even if the options shrank since they were written.
+    let segment_bytes = opts.segment_bytes.max(align + batch_bytes);
+    let seq = last.seq + 1;
+    let header = format::SegmentHeader {
+        version: format::VERSION,
+        alignment: opts.alignment,
+        sequence: seq,
+        first_lsn: from,
+        salt,
+        segment_bytes,
+        flags: format::SEGMENT_CUTS,
+        record_bytes_max: opts.max_record_bytes,
+        window_bytes: 0,
+        log_id,
     };
-    if let Some(last) = &last {
-        let (end, seal) = match tail {
-            Tail::Continue { offset } => (offset, None),
-            Tail::Seal { offset } => (offset, Some(next_lsn)),
-            Tail::Full | Tail::Fresh => (last.header.segment_bytes, None),
-        };
-        finish_tail(vfs, last, end, seal)?;
-    }
-    // Directory entries recovery saw may be cached only, too.
+    let batch = format::BatchHeader {
+        first_lsn: from,
+        end_lsn: next_lsn,
+        synced_lsn: from - 1,
+        acked_lsn: from - 1,
+        batch_bytes: u32::try_from(batch_bytes).map_err(|_| Error::InvalidOption {
+            name: "segment_bytes",
+            reason: format!("{batch_bytes} bytes of records to copy forward exceed 4 GiB"),
+        })?,
+        flags: 0,
+    };
+    let mut buf = header.encode().to_vec();
+    buf.resize(align as usize, 0);
+    buf.extend_from_slice(&batch.encode(salt));
+    buf.extend_from_slice(&frames);
+    buf.resize((align + batch_bytes) as usize, 0);
+    let path = segment::segment_path(dir, seq);
+    // Buffered: `open` writes from an ordinary buffer.
+    let file = match reuse_or_prepare_sized(dir, opts, unused, seq, segment_bytes, false, spares)? {
+        Next::Ready(_, f) => f,
+        _ => segment::open_for_write(vfs, &path, false)?,
+    };
+    file.write_all_at(&buf, 0).map_err(|e| Error::io(IoOp::Write, &path, e))?;
+    file.sync_data().map_err(|e| Error::io(IoOp::Sync, &path, e))?;
     segment::sync_dir(vfs, dir)?;
-    if let (Tail::Continue { offset }, Some(last)) = (tail, &last) {
-        let file = segment::open_for_write(vfs, &last.path, opts.direct)?;
-        let place =
-            Place { seq: last.seq, salt: last.header.salt, offset, seg_end: last.header.segment_bytes };
-        let active = Active { seq: last.seq, file: Arc::new(file), marks: Arc::clone(&last.marks) };
-        let next = reuse_or_prepare(dir, opts, unused, last.seq + 1, false, &mut spares)?;
-        return Ok(Start { next_lsn, log_id, spares, place, active: Some(active), next, segments, lock });
-    }
-    let seq = last.map_or_else(|| unused.first().map_or(1, |u| u.0), |l| l.seq + 1);
-    let next = reuse_or_prepare(dir, opts, unused, seq, true, &mut spares)?;
-    let place = Place { seq, salt: 0, offset: 0, seg_end: opts.segment_bytes };
-    Ok(Start { next_lsn, log_id, spares, place, active: None, next, segments, lock })
+    let file = if opts.direct { segment::open_for_write(vfs, &path, true)? } else { file };
+    let marks = Arc::new(recovery::SeekMarks::default());
+    marks.add(from, align);
+    tracing::info!(
+        segment = %path.display(),
+        records = next_lsn - from,
+        "aiowal: copied records not proven durable into a new segment"
+    );
+    Ok(Copied { meta: SegmentMeta { seq, path, header, marks }, file, offset: align + batch_bytes })
 }
 
 /// Reuses a never-written trailing segment as segment `seq` if it fits the
@@ -418,80 +586,68 @@ fn reuse_or_prepare(
     seq: u64,
     now: bool,
     spares: &mut Vec<PathBuf>,
+    held: &segment::LockRef,
 ) -> Result<Next> {
+    if now {
+        return reuse_or_prepare_sized(dir, opts, unused, seq, opts.segment_bytes, opts.direct, spares);
+    }
+    let vfs = &opts.vfs;
+    let (bytes, direct) = (opts.segment_bytes, opts.direct);
+    if let Some(path) = take_unused(dir, opts, unused, seq, bytes)? {
+        return Ok(Next::Ready(seq, segment::open_for_write(vfs, &path, direct)?));
+    }
+    let p = segment::Preparing::start(
+        vfs,
+        dir.to_path_buf(),
+        seq,
+        bytes,
+        direct,
+        spares.pop(),
+        Arc::clone(held),
+    )?;
+    Ok(Next::Preparing(p))
+}
+
+/// [`reuse_or_prepare`] now, for a segment of `bytes`, opened with
+/// O_DIRECT if `direct`.
+fn reuse_or_prepare_sized(
+    dir: &Path,
+    opts: &Options,
+    unused: segment::Numbered,
+    seq: u64,
+    bytes: u64,
+    direct: bool,
+    spares: &mut Vec<PathBuf>,
+) -> Result<Next> {
+    let vfs = &opts.vfs;
+    if let Some(path) = take_unused(dir, opts, unused, seq, bytes)? {
+        return Ok(Next::Ready(seq, segment::open_for_write(vfs, &path, direct)?));
+    }
+    let spare = if bytes == opts.segment_bytes { spares.pop() } else { None };
+    Ok(Next::Ready(seq, segment::prepare(vfs, dir, seq, bytes, direct, spare)?))
+}
+
+/// The never-written segment `seq` of `bytes`, if there is one; every other
+/// never-written segment is removed.
+fn take_unused(
+    dir: &Path,
+    opts: &Options,
+    unused: segment::Numbered,
+    seq: u64,
+    bytes: u64,
+) -> Result<Option<PathBuf>> {
     let mut reuse = None;
     let mut remove = Vec::new();
     for (s, path) in unused {
         let len = opts.vfs.len(&path).unwrap_or(0);
-        if s == seq && len == opts.segment_bytes && reuse.is_none() {
+        if s == seq && len == bytes && reuse.is_none() {
             reuse = Some(path);
         } else {
             remove.push(path);
         }
     }
-    let vfs = &opts.vfs;
-    segment::remove(vfs, dir, &remove)?;
-    if let Some(path) = reuse {
-        return Ok(Next::Ready(seq, segment::open_for_write(vfs, &path, opts.direct)?));
-    }
-    let (bytes, spare) = (opts.segment_bytes, spares.pop());
-    if now {
-        return Ok(Next::Ready(seq, segment::prepare(vfs, dir, seq, bytes, opts.direct, spare)?));
-    }
-    Ok(Next::Preparing(segment::Preparing::start(vfs, dir.to_path_buf(), seq, bytes, opts.direct, spare)?))
-}
-
-/// Writes the last in-flight window before `end` again, with the bytes
-/// recovery read, and syncs it; with `seal` (the next LSN), also cuts the
-/// segment at `end` in the same write: a padding frame from there to the
-/// segment's end, so the scan skips whatever the crash left after it.
-///
-/// The rewrite: what recovery reads after the process (not the machine)
-/// died may exist only in the page cache, and after a failed sync Linux
-/// keeps such pages readable but clean, so no later sync would write them.
-/// Records acknowledged after them must not rest on them. Only the last
-/// segment can hold such bytes (a new segment's first batch waits for every
-/// earlier write and sync), and only its last window.
-fn finish_tail(vfs: &Vfs, seg: &SegmentMeta, end: u64, seal: Option<u64>) -> Result<()> {
-    let h = &seg.header;
-    let align = u64::from(h.alignment);
-    let padding = match seal {
-        Some(next_lsn) if end + FRAME_HEADER_LEN as u64 <= h.segment_bytes => {
-            Some(format::padding_header(h.salt, next_lsn, h.segment_bytes - end).map_err(|e| {
-                Error::Corrupt {
-                    segment: seg.path.clone(),
-                    offset: end,
-                    lsn: next_lsn,
-                    kind: CorruptKind::Frame(e),
-                }
-            })?)
-        }
-        _ => None,
-    };
-    // From block 0 when the window reaches it: the header went out with the
-    // segment's first batch and may be as little durable as the batch.
-    let start = end.saturating_sub(h.window_bytes) / align * align;
-    // Frames are 8-aligned, not block-aligned: a padding header may cross
-    // into the next block (the segment ends on a block boundary after it).
-    let covered = if padding.is_some() { end + FRAME_HEADER_LEN as u64 } else { end };
-    let stop = covered.div_ceil(align).saturating_mul(align).min(h.segment_bytes);
-    let file = segment::open_for_write(vfs, &seg.path, false)?;
-    // A file shorter than its segment (cut by hand, or by a copy) ends early.
-    let len = file.len().map_err(|e| Error::io(IoOp::Read, &seg.path, e))?;
-    let stop = if padding.is_some() { stop } else { stop.min(len) };
-    if stop <= start {
-        return Ok(());
-    }
-    let mut buf = vec![0u8; usize::try_from(stop - start).unwrap_or(0)];
-    let readable = usize::try_from(stop.min(len).saturating_sub(start)).unwrap_or(0);
-    file.read_exact_at(&mut buf[..readable], start).map_err(|e| Error::io(IoOp::Read, &seg.path, e))?;
-    if let Some(hdr) = padding {
-        let at = usize::try_from(end - start).unwrap_or(0);
-        buf[at..].fill(0);
-        buf[at..at + FRAME_HEADER_LEN].copy_from_slice(&hdr);
-    }
-    file.write_all_at(&buf, start).map_err(|e| Error::io(IoOp::Write, &seg.path, e))?;
-    file.sync_data().map_err(|e| Error::io(IoOp::Sync, &seg.path, e))
+    segment::remove(&opts.vfs, dir, &remove)?;
+    Ok(reuse)
 }
 
 /// Scans the log in `dir` without writing anything and without taking the
@@ -520,8 +676,12 @@ pub fn verify(dir: impl AsRef<Path>, opts: &Options) -> Result<RecoveryReport> {
 /// # Errors
 /// As [`verify`].
 pub fn dump(dir: impl AsRef<Path>, opts: &Options, from: Lsn) -> Result<(RecoveryReport, ReadIter)> {
-    let max = u64::from(opts.max_record_bytes);
-    let plan = recovery::plan(&opts.vfs, dir.as_ref(), opts.recovery_mode, max)?;
+    let plan = recovery::plan(&opts.vfs, dir.as_ref(), opts.recovery_mode)?;
     let until = plan.next_lsn - 1;
-    Ok((plan.report, ReadIter::new(opts.vfs.clone(), plan.segments, from.0, until, max)))
+    let pin = plan
+        .segments
+        .first()
+        .zip(plan.segments.last())
+        .map(|(f, l)| DirEntry::of(&opts.vfs, dir.as_ref()).pin(f.seq, l.seq));
+    Ok((plan.report, ReadIter::new(opts.vfs.clone(), plan.segments, from.0, until, pin)))
 }

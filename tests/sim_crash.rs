@@ -16,13 +16,16 @@ use aiowal::{Error, IoOp, Lsn, Options, Wal};
 
 const DIR: &str = "/sim/wal";
 
-/// Options for one seed: small segments so that rotation, recycling and
-/// truncation happen within a few hundred records.
+/// Options for one seed (and, sometimes, for a later open of the same log):
+/// small segments so that rotation, recycling and truncation happen within
+/// a few hundred records; a quarter of the time tiny ones, just larger than
+/// a header block plus one batch.
 fn options(rng: &mut Rng) -> Options {
     let align: u32 = if rng.below(2) == 0 { 512 } else { 4096 };
     let batch = align * (2 + rng.below(4) as u32); // 2..=5 blocks
-    let blocks = 6 + rng.below(10); // segments of 6..=15 blocks (more than batch + header)
-    let max_record = (batch - align - 64).min(1500);
+    let blocks = if rng.below(4) == 0 { 0 } else { 6 + rng.below(10) }; // segments of 6..=15 blocks, or tiny
+    // Room for a header block, the batch header and one record frame.
+    let max_record = (batch - align - 128).min(1500) - 8 * rng.below(40) as u32;
     Options::default()
         .alignment(align)
         .batch_bytes_max(batch.max(align * 2))
@@ -93,6 +96,12 @@ async fn append_checked<R: AsRef<[u8]>>(
 #[derive(Debug, Default, Clone, Copy)]
 struct SeedRun {
     rounds: u64,
+    /// Opens cut short by a power loss, a process kill or an I/O error.
+    open_crashes: u64,
+    /// Faults that fired during those opens.
+    open_faults: u64,
+    /// Rounds whose open used other options than the one before.
+    option_changes: u64,
     acked_checked: u64,
     recovered: u64,
     lost_unacked: u64,
@@ -126,23 +135,72 @@ fn absorb(run: &mut SeedRun, r: CheckReport) {
     run.lost_unacked += r.lost_unacked;
 }
 
+/// Opens the log, sometimes through power losses, process kills and I/O
+/// errors during `open` itself (each cut short, then recovered again, up to
+/// three times in a row). Returns the open log.
+async fn open_through_crashes(
+    disk: &mut SimDisk,
+    opts: &Options,
+    rng: &mut Rng,
+    run: &mut SeedRun,
+) -> Result<Wal, String> {
+    for _ in 0..3 {
+        match rng.below(6) {
+            0 | 1 => disk.crash_after(1 + rng.below(40)),
+            2 => disk.inject(Fault::SyncError { after: rng.below(4) }),
+            3 => disk.inject(Fault::WriteError { after: rng.below(6) }),
+            _ => break,
+        }
+        let before = disk.stats();
+        let opened = Wal::open(DIR, opts.clone().sim(disk)).await;
+        if std::env::var_os("AIOWAL_SIM_TRACE").is_some() {
+            let report = opened.as_ref().map(|w| w.recovery_report().clone());
+            eprintln!("open with a crash or fault armed: crashed {}, {report:?}", disk.crashed());
+        }
+        let after = disk.stats();
+        run.open_faults += after.faults_fired - before.faults_fired;
+        match opened {
+            Ok(wal) if !disk.crashed() => {
+                // The open finished before the crash or fault it was given.
+                disk.disarm();
+                return Ok(wal);
+            }
+            opened => {
+                drop(opened);
+                run.open_crashes += 1;
+                *disk = if rng.below(3) == 0 { disk.restart_process() } else { disk.restart() };
+            }
+        }
+    }
+    open(disk, opts).await
+}
+
 /// One seed: a few rounds of random work cut by a power loss at a random
 /// operation (sometimes with a fault armed as well), each followed by
-/// recovery and the check.
+/// recovery (itself sometimes cut by crashes and faults, with the options
+/// sometimes changed) and the check.
 async fn run_seed(seed: u64) -> Result<SeedRun, String> {
     let mut rng = Rng::new(seed);
-    let opts = options(&mut rng);
-    let max = u64::from(opts.get_max_record_bytes());
+    let mut opts = options(&mut rng);
     let mut disk = SimDisk::new(seed ^ 0x5EED);
     let checker = Arc::new(Mutex::new(Checker::new()));
     let mut run = SeedRun::default();
     let rounds = 2 + rng.below(3);
     for round in 0..rounds {
-        let wal = open(&disk, &opts).await?;
+        if round > 0 && rng.below(4) == 0 {
+            opts = options(&mut rng);
+            run.option_changes += 1;
+        }
+        let wal = if round > 0 {
+            open_through_crashes(&mut disk, &opts, &mut rng, &mut run).await?
+        } else {
+            open(&disk, &opts).await?
+        };
         if round > 0 {
             let r = checker.lock().unwrap().check(&wal).map_err(|v| format!("round {round}: {v}"))?;
             absorb(&mut run, r);
         }
+        let max = u64::from(opts.get_max_record_bytes());
         disk.crash_after(1 + rng.below(300));
         match rng.below(8) {
             0 => disk.inject(Fault::SyncError { after: rng.below(20) }),
@@ -206,6 +264,9 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
                 total.acked_checked += r.acked_checked;
                 total.recovered += r.recovered;
                 total.lost_unacked += r.lost_unacked;
+                total.open_crashes += r.open_crashes;
+                total.open_faults += r.open_faults;
+                total.option_changes += r.option_changes;
                 add_stats(&mut stats, &r.stats);
             }
             Err(e) => panic!(
@@ -214,9 +275,12 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
         }
     }
     println!(
-        "{n} seeds: {} crashes ({} process kills with the page cache kept), {} records recovered ({} acknowledged checked, {} unacknowledged lost), {} faults fired, {} writes lost, {} torn ({} garbage sectors), {} directory changes lost",
+        "{n} seeds: {} crashes ({} process kills with the page cache kept; {} opens cut short by a crash or fault, {} faults fired during open; {} option changes between opens), {} records recovered ({} acknowledged checked, {} unacknowledged lost), {} faults fired, {} writes lost, {} torn ({} garbage sectors), {} directory changes lost",
         stats.crashes,
         stats.process_restarts,
+        total.open_crashes,
+        total.open_faults,
+        total.option_changes,
         total.recovered,
         total.acked_checked,
         total.lost_unacked,
@@ -228,6 +292,7 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
     );
     assert!(stats.crashes >= n, "every seed crashes at least once");
     assert!(total.acked_checked > 0 && stats.writes_torn > 0 && stats.dir_ops_lost > 0);
+    assert!(total.open_crashes >= n / 4 && total.open_faults > 0 && total.option_changes > 0, "{total:?}");
 }
 
 fn add_stats(a: &mut SimStats, b: &SimStats) {
@@ -245,10 +310,15 @@ fn crash_loop_2000_seeds() {
     run_seeds(0..2000);
 }
 
+/// Seeds from `AIOWAL_SIM_SEEDS` (`start..end`), 1,000,000..1,100,000 by default.
 #[test]
 #[ignore = "long run: 100,000 seeds (use --release)"]
 fn crash_loop_100k_seeds() {
-    run_seeds(1_000_000..1_100_000);
+    let range = std::env::var("AIOWAL_SIM_SEEDS").ok().and_then(|r| {
+        let (a, b) = r.split_once("..")?;
+        Some(a.parse().ok()?..b.parse().ok()?)
+    });
+    run_seeds(range.unwrap_or(1_000_000..1_100_000));
 }
 
 #[test]

@@ -86,9 +86,6 @@ enum Cmd {
         /// Recovery rules to judge by.
         #[arg(long, value_enum, default_value = "tolerate-torn-tail")]
         mode: ModeArg,
-        /// Largest record length to accept, in bytes.
-        #[arg(long, default_value_t = 1 << 20)]
-        max_record_bytes: u32,
     },
     /// Prints the records of a log, read-only.
     Dump {
@@ -100,9 +97,6 @@ enum Cmd {
         /// Most records to print.
         #[arg(long)]
         limit: Option<usize>,
-        /// Largest record length to accept, in bytes.
-        #[arg(long, default_value_t = 1 << 20)]
-        max_record_bytes: u32,
         /// Print each record's bytes in full, as hex.
         #[arg(long, conflicts_with = "json")]
         hex: bool,
@@ -119,9 +113,6 @@ enum Cmd {
         /// Cut at a corruption too (PointInTime recovery).
         #[arg(long)]
         force: bool,
-        /// Largest record length to accept, in bytes.
-        #[arg(long, default_value_t = 1 << 20)]
-        max_record_bytes: u32,
     },
 }
 
@@ -133,6 +124,39 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Options that fit the log in `dir`: its newest segment's alignment,
+/// segment size and record limit, so that a repair prepares segments like
+/// the ones the log has (the defaults otherwise).
+fn options_for(dir: &std::path::Path) -> Options {
+    let newest = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .filter_map(|p| {
+            let mut head = vec![0u8; aiowal::format::SEGMENT_HEADER_LEN];
+            let mut f = std::fs::File::open(&p).ok()?;
+            std::io::Read::read_exact(&mut f, &mut head).ok()?;
+            aiowal::format::SegmentHeader::decode(&head).ok()
+        })
+        .max_by_key(|h| h.sequence);
+    let Some(h) = newest else { return Options::default() };
+    let align = u64::from(h.alignment);
+    let batch = (2u64 << 20).min(h.segment_bytes - align);
+    let room = batch - align - align_up(aiowal::format::BATCH_HEADER_LEN as u64 + 24, align);
+    let record =
+        if h.record_bytes_max > 0 { u64::from(h.record_bytes_max).min(room) } else { room.min(1 << 20) };
+    Options::default()
+        .alignment(h.alignment)
+        .segment_bytes(h.segment_bytes)
+        .batch_bytes_max(u32::try_from(batch).unwrap_or(u32::MAX))
+        .max_record_bytes(u32::try_from(record).unwrap_or(1 << 20).max(1))
+}
+
+fn align_up(n: u64, a: u64) -> u64 {
+    n.div_ceil(a) * a
 }
 
 /// Copies a damaged segment next to itself before repair cuts it.
@@ -199,13 +223,13 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
             bench::run(&cfg, |row| println!("{}", bench::format_row(row)))?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Verify { dir, mode, max_record_bytes } => {
+        Cmd::Verify { dir, mode } => {
             let mode = match mode {
                 ModeArg::TolerateTornTail => RecoveryMode::TolerateTornTail,
                 ModeArg::AbsoluteConsistency => RecoveryMode::AbsoluteConsistency,
                 ModeArg::PointInTime => RecoveryMode::PointInTime,
             };
-            let opts = Options::default().recovery_mode(mode).max_record_bytes(max_record_bytes);
+            let opts = Options::default().recovery_mode(mode);
             let r = aiowal::verify(&dir, &opts)?;
             println!(
                 "{}: {} segments, {} records, {} bytes, LSN {}..={}",
@@ -219,10 +243,13 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
             match &r.stop {
                 StopReason::Empty => println!("empty log"),
                 StopReason::Clean => println!("clean"),
-                StopReason::TornTail { segment, offset, cause } => {
-                    println!("torn tail at {}:{offset} ({cause}); open will cut it", segment.display());
+                StopReason::TornTail { segment, offset, lsn, records_cut, cause } => {
+                    println!(
+                        "torn tail at {}:{offset}, LSN {lsn} ({cause}; {records_cut} later records seen); open will cut it: nothing proves it acknowledged",
+                        segment.display()
+                    );
                 }
-                StopReason::PointInTime { segment, offset, kind } => {
+                StopReason::PointInTime { segment, offset, kind, .. } => {
                     println!("damaged at {}:{offset} ({kind}); records after it are lost", segment.display());
                     return Ok(ExitCode::FAILURE);
                 }
@@ -230,8 +257,8 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Dump { dir, from, limit, max_record_bytes, hex, json } => {
-            let opts = Options::default().max_record_bytes(max_record_bytes);
+        Cmd::Dump { dir, from, limit, hex, json } => {
+            let opts = Options::default();
             let (_, iter) = aiowal::dump(&dir, &opts, Lsn::new(from))?;
             let mut out = std::io::stdout().lock();
             for rec in iter.take(limit.unwrap_or(usize::MAX)) {
@@ -259,9 +286,9 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Repair { dir, force, max_record_bytes } => {
+        Cmd::Repair { dir, force } => {
             let mode = if force { RecoveryMode::PointInTime } else { RecoveryMode::TolerateTornTail };
-            let opts = Options::default().recovery_mode(mode).max_record_bytes(max_record_bytes);
+            let opts = options_for(&dir).recovery_mode(mode);
             let before = match aiowal::verify(&dir, &opts) {
                 Ok(r) => r,
                 Err(e @ aiowal::Error::Corrupt { .. }) => {
@@ -300,10 +327,10 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
             })?;
             match &report.stop {
                 StopReason::Clean | StopReason::Empty => println!("nothing to repair: the log ends cleanly"),
-                StopReason::TornTail { segment, offset, cause } => {
-                    println!("cut a torn tail at {}:{offset} ({cause})", segment.display());
+                StopReason::TornTail { segment, offset, lsn, cause, .. } => {
+                    println!("cut a torn tail at {}:{offset}, LSN {lsn} ({cause})", segment.display());
                 }
-                StopReason::PointInTime { segment, offset, kind } => {
+                StopReason::PointInTime { segment, offset, kind, .. } => {
                     println!("cut at {}:{offset} ({kind})", segment.display());
                 }
                 other => println!("{other:?}"),

@@ -2,19 +2,26 @@
 //! watermark and the poison latch.
 //!
 //! Appenders encode their frames straight into the open batch under one
-//! mutex, which also assigns LSNs, so byte order and LSN order agree. A batch
-//! is sealed (padded to the alignment) when the next record would not fit in
-//! `batch_bytes_max` or in its segment, or when the I/O backend is idle and
-//! takes it. One batch is in flight at a time; while it is, the next one
-//! fills. A completed batch advances the durable watermark and wakes every
-//! waiter whose LSN it covers, then the next batch is taken — from the
-//! completing thread, without another hand-off.
+//! mutex, which also assigns LSNs, so byte order and LSN order agree. Every
+//! batch starts with room for its batch header, filled in when the batch is
+//! submitted with the watermarks known then (recovery's proof of what was
+//! acknowledged). A batch is sealed (zero-filled to the alignment) when the
+//! next record would not fit in `batch_bytes_max` or in its segment, or when
+//! the I/O backend is idle and takes it. One batch is in flight at a time
+//! (two for a backend that overlaps a write with the previous sync); while
+//! it is, the next one fills. A completed batch advances the durable
+//! watermark and wakes exactly the waiters whose LSN it covers, then the
+//! next batch is taken — from the completing thread, without another
+//! hand-off.
 //!
 //! Batch states: `open` (filling, at most one) → `sealed` (padded, queued,
-//! at most [`SEALED_MAX`]) → in flight (owned by the backend, at most one) →
-//! durable. Appenders that find the queue full wait; they are not dropped.
+//! at most [`SEALED_MAX`]) → in flight (owned by the backend) → durable.
+//! Appenders that find the queue full wait; they are not dropped. A batch
+//! the backend loses (a panic, a runtime shut down under it) poisons the log
+//! through its guard: no waiter is ever stranded.
 
 mod stats;
+mod waiters;
 
 use std::collections::VecDeque;
 use std::io;
@@ -23,22 +30,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot, watch};
 
 pub use stats::Stats;
 
 use crate::error::{Error, IoOp, Result};
-use crate::format::{self, FrameKind, SegmentHeader};
-use crate::io::{BatchMeta, Completion, FileTarget, Inline, IoBackend, IoBatch, IoFailure, WriteBuf};
+use crate::format::{self, BATCH_HEADER_LEN, BatchHeader, FrameKind, SegmentHeader};
+use crate::io::{
+    BatchGuard, BatchMeta, Completion, FileTarget, Inline, IoBackend, IoBatch, IoFailure, WriteBuf,
+};
 use crate::lsn::{Lsn, LsnRange};
 use crate::options::Options;
 use crate::recovery::{SeekMarks, SegmentMeta};
-use crate::segment::{self, DirLock, Preparing};
+use crate::registry::{DirEntry, Pin};
+use crate::segment::{self, LockRef, Preparing};
 use crate::sync::lock;
 use crate::vfs::SegFile;
-
-/// Lists the durable waiters are spread over.
-const WAIT_LISTS: usize = 8;
+use waiters::{WaitFor, Waiters};
 
 /// Sealed batches that may wait behind the one in flight.
 pub(crate) const SEALED_MAX: usize = 2;
@@ -48,6 +56,12 @@ pub(crate) const SEALED_MAX: usize = 2;
 pub(crate) struct Poison {
     pub op: IoOp,
     pub cause: Arc<io::Error>,
+}
+
+impl Poison {
+    fn error(&self) -> Error {
+        Error::Poisoned { op: self.op, cause: Arc::clone(&self.cause) }
+    }
 }
 
 /// Where the next new batch will be written.
@@ -77,10 +91,15 @@ struct Batch {
     /// block alignment; `buf` never reallocates (capacity reserved up front).
     buf: Vec<u8>,
     start: usize,
+    /// Where its batch header goes (after the segment header block of a
+    /// segment's first batch), filled in at submission.
+    header_at: usize,
     first_lsn: u64,
     /// LSN after the batch's last record.
     end_lsn: u64,
     header: Option<SegmentHeader>,
+    /// The clean-end mark `close` writes: no records, everything before durable.
+    clean_end: bool,
 }
 
 impl Batch {
@@ -113,9 +132,11 @@ pub(crate) struct State {
     /// and whether it completed (completions may arrive out of order; the
     /// durable watermark only advances over a completed prefix).
     in_flight: VecDeque<(u64, u64, bool)>,
-    /// Identifies batches in `in_flight` (an empty seal batch shares its
+    /// Identifies batches in `in_flight` (a batch of no records shares its
     /// last LSN with the batch before it).
     next_batch_id: u64,
+    /// Every LSN up to here is durable: the watermark new batch headers carry.
+    synced_lsn: u64,
     /// Retired segment files waiting to be reused (see `truncate_before`).
     spares: Vec<PathBuf>,
     /// The newest in-flight batch's writes have not completed yet.
@@ -126,7 +147,11 @@ pub(crate) struct State {
     free_bufs: Vec<Vec<u8>>,
     poison: Option<Poison>,
     closing: bool,
-    lock: Option<DirLock>,
+    /// The directory lock; `None` once `close` let go of it. Everything
+    /// that may touch the directory holds a clone.
+    lock: Option<LockRef>,
+    /// Told when the clean-end mark `close` queued is durable (or failed).
+    clean_end: Option<oneshot::Sender<bool>>,
     stats: stats::Counters,
 }
 
@@ -136,22 +161,23 @@ pub(crate) struct Core {
     pub opts: Options,
     /// Written into every segment header; recovery refuses segments of other logs.
     log_id: u32,
+    /// This core, for the guards of batches handed to the backend.
+    me: std::sync::Weak<Core>,
     state: Mutex<State>,
     /// The durable watermark: every LSN up to it is durable.
     durable_lsn: AtomicU64,
     /// Set once, when the log is poisoned.
     poisoned: OnceLock<Poison>,
-    /// Waiters for the two above, spread over lists by LSN so that hundreds
-    /// of appenders do not queue on one lock. (Not a `watch`: it spreads its
-    /// waiters at random, and the simulator's replays must depend on the
-    /// seed alone.)
-    durable_changed: [Notify; WAIT_LISTS],
+    /// Appenders waiting for the two above, by LSN.
+    waiters: Waiters,
     /// Set once `close` has stopped the backend and released the lock.
     closed: watch::Sender<bool>,
     space: Notify,
     backend: OnceLock<Box<dyn IoBackend>>,
     /// Segments holding (or about to hold) records, oldest first.
     segments: Mutex<Vec<SegmentMeta>>,
+    /// What the process shares about this directory (reader pins).
+    entry: Arc<DirEntry>,
 }
 
 /// How `open` leaves the tail for the pipeline.
@@ -164,7 +190,8 @@ pub(crate) struct Start {
     pub active: Option<Active>,
     pub next: Next,
     pub segments: Vec<SegmentMeta>,
-    pub lock: DirLock,
+    pub lock: LockRef,
+    pub entry: Arc<DirEntry>,
 }
 
 pub(crate) fn random_salt() -> u64 {
@@ -181,6 +208,8 @@ pub(crate) fn random_salt() -> u64 {
     u64::from_le_bytes(b)
 }
 
+// A return value moved once per append: boxing the batch would allocate per batch.
+#[allow(clippy::large_enum_variant)]
 enum StageOutcome {
     /// The records are in a batch; wait for this LSN range to be durable.
     Done(LsnRange, Option<IoBatch>),
@@ -188,18 +217,33 @@ enum StageOutcome {
     Full,
 }
 
+/// A fresh batch buffer: capacity for `batch_max` bytes after an offset
+/// that aligns them in memory to `align`.
+fn batch_buffer(mut buf: Vec<u8>, batch_max: u64, align: u64) -> (Vec<u8>, usize) {
+    buf.clear();
+    let capacity = (batch_max + align) as usize;
+    if buf.capacity() < capacity {
+        buf = Vec::with_capacity(capacity);
+    }
+    let start = buf.as_ptr().align_offset(align as usize).min(align as usize);
+    buf.resize(start, 0);
+    (buf, start)
+}
+
 impl Core {
     pub(crate) fn new(dir: PathBuf, opts: Options, start: Start) -> Arc<Core> {
-        Arc::new(Core {
+        Arc::new_cyclic(|me| Core {
             dir,
             opts,
             log_id: start.log_id,
+            me: me.clone(),
             state: Mutex::new(State {
                 next_lsn: start.next_lsn,
                 open: None,
                 sealed: VecDeque::new(),
                 in_flight: VecDeque::new(),
                 next_batch_id: 1,
+                synced_lsn: start.next_lsn - 1,
                 spares: start.spares,
                 writing: false,
                 place: start.place,
@@ -209,15 +253,17 @@ impl Core {
                 poison: None,
                 closing: false,
                 lock: Some(start.lock),
+                clean_end: None,
                 stats: stats::Counters::default(),
             }),
             durable_lsn: AtomicU64::new(start.next_lsn - 1),
             poisoned: OnceLock::new(),
-            durable_changed: std::array::from_fn(|_| Notify::new()),
+            waiters: Waiters::default(),
             closed: watch::Sender::new(false),
             space: Notify::new(),
             backend: OnceLock::new(),
             segments: Mutex::new(start.segments),
+            entry: start.entry,
         })
     }
 
@@ -291,9 +337,17 @@ impl Core {
 
     fn check_open(st: &State) -> Result<()> {
         if let Some(p) = &st.poison {
-            return Err(Error::Poisoned { op: p.op, cause: Arc::clone(&p.cause) });
+            return Err(p.error());
         }
         if st.closing {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// Refuses work once `close` began (or the last handle was dropped).
+    pub(crate) fn ensure_open(&self) -> Result<()> {
+        if lock(&self.state).closing {
             return Err(Error::Closed);
         }
         Ok(())
@@ -305,7 +359,7 @@ impl Core {
         let encoded: u64 = records.iter().map(|r| format::frame_len(r.len()) as u64).sum();
         let align = u64::from(self.opts.alignment);
         let batch_max = u64::from(self.opts.batch_bytes_max);
-        if atomic && align + encoded + format::padding_for(encoded, align) > batch_max {
+        if atomic && align + format::align_up(BATCH_HEADER_LEN as u64 + encoded, align) > batch_max {
             return Err(Error::BatchTooLarge { bytes: encoded, max: batch_max });
         }
         let mut st = lock(&self.state);
@@ -326,18 +380,9 @@ impl Core {
         let Some(open) = st.open.as_mut() else {
             return Ok(StageOutcome::Full);
         };
-        for (i, r) in records.iter().enumerate() {
-            let kind = match (atomic && records.len() > 1, i) {
-                (false, _) => FrameKind::Record,
-                (true, 0) => FrameKind::BatchBegin,
-                (true, i) if i + 1 == records.len() => FrameKind::BatchEnd,
-                (true, _) => FrameKind::BatchMiddle,
-            };
-            let lsn = first + i as u64;
-            format::encode_frame(&mut open.buf, open.place.salt, lsn, kind, r).map_err(|_| {
-                Error::RecordTooLarge { len: r.len() as u64, max: u64::from(self.opts.max_record_bytes) }
-            })?;
-        }
+        let max = u64::from(self.opts.max_record_bytes);
+        encode_records(&mut open.buf, open.place.salt, first, records, atomic)
+            .map_err(|len| Error::RecordTooLarge { len, max })?;
         open.end_lsn = first + n;
         st.next_lsn = first + n;
         st.stats.appends += n;
@@ -352,68 +397,66 @@ impl Core {
         let align = u64::from(self.opts.alignment);
         let batch_max = u64::from(self.opts.batch_bytes_max);
         let p = st.place;
-        let mut buf = st.free_bufs.pop().unwrap_or_default();
-        buf.clear();
-        let capacity = (batch_max + align) as usize;
-        if buf.capacity() < capacity {
-            buf = Vec::with_capacity(capacity);
-        }
-        let start = buf.as_ptr().align_offset(align as usize).min(align as usize);
-        buf.resize(start, 0);
+        let (mut buf, start) = batch_buffer(st.free_bufs.pop().unwrap_or_default(), batch_max, align);
         let mut header = None;
         if p.offset == 0 || !fits(p.offset, 0, encoded, align, batch_max, p.seg_end) {
-            if p.offset > 0 {
-                self.seal_segment(st, p);
-            }
+            // A new segment: its header goes out with its first batch. The
+            // old one needs no seal: the new header's first LSN says where
+            // the old segment's records end.
             let seq = if p.offset == 0 { p.seq } else { p.seq + 1 };
             st.place =
                 Place { seq, salt: self.opts.vfs.random_u64(), offset: 0, seg_end: self.opts.segment_bytes };
             let h = SegmentHeader {
+                version: format::VERSION,
                 alignment: self.opts.alignment,
                 sequence: seq,
                 first_lsn: st.next_lsn,
                 salt: st.place.salt,
                 segment_bytes: self.opts.segment_bytes,
-                window_bytes: self.opts.window_bytes(),
+                flags: 0,
+                record_bytes_max: self.opts.max_record_bytes,
+                window_bytes: 0,
                 log_id: self.log_id,
             };
             buf.extend_from_slice(&h.encode());
             buf.resize(start + self.opts.alignment as usize, 0);
             header = Some(h);
         }
-        st.open =
-            Some(Batch { place: st.place, buf, start, first_lsn: st.next_lsn, end_lsn: st.next_lsn, header });
-    }
-
-    /// Queues a batch of no records that ends segment `p.seq` explicitly: a
-    /// padding frame from `p.offset` to the segment's end. Recovery then
-    /// finds every segment but the last one full, whatever bytes a recycled
-    /// file still holds beyond the last batch.
-    fn seal_segment(&self, st: &mut State, p: Place) {
-        let align = self.opts.alignment as usize;
-        let Ok(hdr) = format::padding_header(p.salt, st.next_lsn, p.seg_end.saturating_sub(p.offset)) else {
-            return; // no room for a frame header: the scan ends there anyway
-        };
-        let mut buf: Vec<u8> = Vec::with_capacity(2 * align);
-        let start = buf.as_ptr().align_offset(align).min(align);
-        buf.resize(start, 0);
-        buf.extend_from_slice(&hdr);
-        buf.resize(start + align, 0);
+        let header_at = buf.len();
+        buf.resize(header_at + BATCH_HEADER_LEN, 0);
         let lsn = st.next_lsn;
-        st.sealed.push_back(Batch { place: p, buf, start, first_lsn: lsn, end_lsn: lsn, header: None });
+        st.open = Some(Batch {
+            place: st.place,
+            buf,
+            start,
+            header_at,
+            first_lsn: lsn,
+            end_lsn: lsn,
+            header,
+            clean_end: false,
+        });
     }
 
-    /// Pads the open batch to the alignment and queues it.
+    /// Zero-fills the open batch to the alignment and queues it.
     fn seal_open(&self, st: &mut State) {
         let Some(mut b) = st.open.take() else { return };
         let align = u64::from(self.opts.alignment);
-        let pad = format::padding_for(b.used(), align);
-        if pad > 0 {
-            // Cannot fail: `pad` is a multiple of 8 and at least a frame header.
-            let _ = format::encode_padding(&mut b.buf, b.place.salt, b.end_lsn, pad);
-        }
+        let padded = format::align_up(b.used(), align);
+        b.buf.resize(b.start + padded as usize, 0);
         st.place.offset = b.place.offset + b.used();
         st.sealed.push_back(b);
+    }
+
+    /// Queues the clean-end mark: a batch of no records, flagged, after
+    /// everything staged. Recovery takes it as proof that every record
+    /// before it was durable, and a reopen continues after it.
+    fn queue_clean_end(&self, st: &mut State) {
+        self.seal_open(st);
+        self.open_batch(st, 0);
+        if let Some(b) = st.open.as_mut() {
+            b.clean_end = true;
+        }
+        self.seal_open(st);
     }
 
     /// The next batch for the backend, if it can take one and one is staged.
@@ -421,13 +464,14 @@ impl Core {
     /// A backend that overlaps (depth 2) gets batch N+1 once batch N's writes
     /// are done and only its sync runs. A batch for a new segment waits until
     /// nothing is in flight, so a segment's data is synced before the next
-    /// segment gets any: recovery relies on that.
+    /// segment gets any: recovery relies on that. The batch header is filled
+    /// in here, with the watermark known now.
     fn take_next(&self, st: &mut State) -> Option<IoBatch> {
         if st.writing || st.in_flight.len() >= self.depth() || st.poison.is_some() {
             return None;
         }
         if st.sealed.is_empty() {
-            if st.open.as_ref().is_none_or(|b| b.records() == 0) {
+            if st.open.as_ref().is_none_or(|b| b.records() == 0 && !b.clean_end) {
                 return None;
             }
             self.seal_open(st);
@@ -436,11 +480,24 @@ impl Core {
         if !st.in_flight.is_empty() && st.active.as_ref().is_none_or(|a| a.seq != seq) {
             return None;
         }
-        let batch = st.sealed.pop_front()?;
+        let mut batch = st.sealed.pop_front()?;
         let id = st.next_batch_id;
         st.next_batch_id += 1;
         st.in_flight.push_back((id, batch.end_lsn - 1, false));
         st.writing = true;
+        let bytes = u32::try_from(batch.buf.len() - batch.header_at).unwrap_or(u32::MAX);
+        let bh = BatchHeader {
+            first_lsn: batch.first_lsn,
+            end_lsn: batch.end_lsn,
+            synced_lsn: st.synced_lsn,
+            acked_lsn: st.synced_lsn,
+            batch_bytes: bytes,
+            flags: if batch.clean_end { format::BATCH_CLEAN_END } else { 0 },
+        };
+        let encoded = bh.encode(batch.place.salt);
+        if let Some(dst) = batch.buf.get_mut(batch.header_at..batch.header_at + BATCH_HEADER_LEN) {
+            dst.copy_from_slice(&encoded);
+        }
         let meta = BatchMeta {
             id,
             first_lsn: batch.first_lsn,
@@ -449,6 +506,7 @@ impl Core {
             submitted: Instant::now(),
             seq: batch.place.seq,
             header: batch.header,
+            clean_end: batch.clean_end,
         };
         let file = self.target(st, batch.place.seq);
         debug_assert!(
@@ -459,7 +517,8 @@ impl Core {
             "batch data must be aligned in memory"
         );
         let writes = vec![WriteBuf { offset: batch.place.offset, buf: batch.buf, start: batch.start }];
-        Some(IoBatch { file, writes, meta })
+        let guard = BatchGuard::new(self.me.clone());
+        Some(IoBatch { file, writes, meta, guard })
     }
 
     fn depth(&self) -> usize {
@@ -474,12 +533,16 @@ impl Core {
         }
         let (dir, bytes, direct) = (self.dir.clone(), self.opts.segment_bytes, self.opts.direct);
         let vfs = self.opts.vfs.clone();
+        let held = st.lock.clone();
         match std::mem::replace(&mut st.next, Next::None) {
             Next::Ready(s, f) if s == seq => FileTarget::Open(Arc::new(f)),
             Next::Preparing(p) if p.seq() == seq => FileTarget::new(move || p.wait()),
             _ => {
                 let spare = st.spares.pop();
-                FileTarget::new(move || segment::prepare(&vfs, &dir, seq, bytes, direct, spare))
+                FileTarget::new(move || {
+                    let _held = held;
+                    segment::prepare(&vfs, &dir, seq, bytes, direct, spare)
+                })
             }
         }
     }
@@ -496,17 +559,20 @@ impl Core {
         }
         st.active = Some(Active { seq, file, marks });
         let spare = st.spares.pop();
-        st.next = match Preparing::start(
-            &self.opts.vfs,
-            self.dir.clone(),
-            seq + 1,
-            self.opts.segment_bytes,
-            self.opts.direct,
-            spare,
-        ) {
-            Ok(p) => Next::Preparing(p),
+        st.next = match st.lock.clone().map(|held| {
+            Preparing::start(
+                &self.opts.vfs,
+                self.dir.clone(),
+                seq + 1,
+                self.opts.segment_bytes,
+                self.opts.direct,
+                spare,
+                held,
+            )
+        }) {
+            Some(Ok(p)) => Next::Preparing(p),
             // Retried synchronously (on the I/O path) when the segment is needed.
-            Err(_) => Next::None,
+            _ => Next::None,
         };
     }
 
@@ -515,7 +581,7 @@ impl Core {
         let m = &batch.meta;
         let Some(w) = batch.writes.first() else { return };
         if m.last_lsn < m.first_lsn {
-            return; // a seal: no records
+            return; // no records
         }
         let offset = w.offset + if m.header.is_some() { u64::from(self.opts.alignment) } else { 0 };
         if let Some(a) = st.active.as_ref().filter(|a| a.seq == m.seq) {
@@ -530,15 +596,12 @@ impl Core {
         }
         st.open = None;
         st.sealed.clear();
-        let _ = self.poisoned.set(p);
-        self.wake_waiters();
-        self.space.notify_waiters();
-    }
-
-    fn wake_waiters(&self) {
-        for list in &self.durable_changed {
-            list.notify_waiters();
+        if let Some(tx) = st.clean_end.take() {
+            let _ = tx.send(false);
         }
+        let _ = self.poisoned.set(p);
+        self.waiters.wake_all();
+        self.space.notify_waiters();
     }
 
     /// Whether waiting for `lsn` is over: durable, or the log died first.
@@ -547,34 +610,19 @@ impl Core {
         if durable >= lsn {
             return Some(Ok(Lsn(durable)));
         }
-        let p = self.poisoned.get()?;
-        Some(Err(Error::Poisoned { op: p.op, cause: Arc::clone(&p.cause) }))
+        self.poisoned.get().map(|p| Err(p.error()))
     }
 
     /// Waits until `lsn` is durable (or the log is poisoned).
     pub(crate) async fn wait_durable(&self, lsn: u64) -> Result<Lsn> {
-        let list = &self.durable_changed[(lsn % WAIT_LISTS as u64) as usize];
-        loop {
-            if let Some(r) = self.durable_outcome(lsn) {
-                return r;
-            }
-            let changed = list.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if let Some(r) = self.durable_outcome(lsn) {
-                return r;
-            }
-            changed.await;
-        }
+        WaitFor::new(&self.waiters, lsn, || self.durable_outcome(lsn)).await
     }
 
     /// Makes everything appended so far durable; returns the durable LSN.
     pub(crate) async fn sync(&self) -> Result<Lsn> {
         let (target, kick) = {
             let mut st = lock(&self.state);
-            if let Some(p) = &st.poison {
-                return Err(Error::Poisoned { op: p.op, cause: Arc::clone(&p.cause) });
-            }
+            Self::check_open(&st)?;
             (st.next_lsn - 1, self.take_next(&mut st))
         };
         self.dispatch(kick);
@@ -596,37 +644,57 @@ impl Core {
         lock(&self.segments).clone()
     }
 
+    /// The live segments holding `from` and after, pinned against recycling
+    /// for as long as the returned pin lives (taken under the segment
+    /// list's lock, so `truncate_before` either sees the pin or retired the
+    /// segments before this snapshot).
+    pub(crate) fn segments_pinned(&self, from: u64) -> (Vec<SegmentMeta>, Arc<Pin>) {
+        let segs = lock(&self.segments);
+        let skip = segs.iter().rposition(|s| s.header.first_lsn <= from).unwrap_or(0);
+        let snapshot: Vec<SegmentMeta> = segs.iter().skip(skip).cloned().collect();
+        let first = snapshot.first().map_or(u64::MAX, |s| s.seq);
+        let last = snapshot.last().map_or(0, |s| s.seq);
+        let pin = self.entry.pin(first, last);
+        (snapshot, pin)
+    }
+
     /// Retires whole segments whose every record is below `lsn`, never the
     /// one being written: up to `segments_recycled_max` become spares that
-    /// later segments reuse instead of zero-filling new space; the rest are
-    /// removed. Returns how many segments were retired.
+    /// later segments reuse instead of zero-filling new space (never one a
+    /// reader may still map: those are deleted); the rest are removed.
+    /// Returns how many segments were retired.
     pub(crate) fn truncate_before(&self, lsn: u64) -> Result<u64> {
-        let active = lock(&self.state).active.as_ref().map(|a| a.seq);
+        let (active, _held) = {
+            let st = lock(&self.state);
+            Self::check_open(&st)?;
+            (st.active.as_ref().map(|a| a.seq), st.lock.clone().ok_or(Error::Closed)?)
+        };
         let victims: Vec<SegmentMeta> = {
-            let segs = lock(&self.segments);
-            let mut v = Vec::new();
+            let mut segs = lock(&self.segments);
+            let mut n = 0;
             for pair in segs.windows(2) {
                 let [cur, next] = pair else { continue };
                 if next.header.first_lsn <= lsn && Some(cur.seq) != active {
-                    v.push(cur.clone());
+                    n += 1;
                 } else {
                     break;
                 }
             }
-            v
+            // Forgotten first, under the lock readers pin under: no new
+            // reader starts on a file being retired.
+            segs.drain(..n).collect()
         };
         if victims.is_empty() {
             return Ok(0);
         }
-        // Forget them first so new readers do not start on a file being retired.
-        lock(&self.segments).retain(|s| !victims.iter().any(|v| v.seq == s.seq));
         let room = self.opts.segments_recycled_max.saturating_sub(lock(&self.state).spares.len());
         // Oldest first, each change synced before the next: a crash part
         // way leaves the log without a prefix of its segments, never with
         // a hole (the simulator found the hole when removals came first).
         for (i, v) in victims.iter().enumerate() {
             let path = std::slice::from_ref(&v.path);
-            if i < room && v.header.segment_bytes == self.opts.segment_bytes {
+            let reusable = v.header.segment_bytes == self.opts.segment_bytes && !self.entry.pinned(v.seq);
+            if i < room && reusable {
                 let spares = segment::retire(&self.opts.vfs, &self.dir, path)?;
                 lock(&self.state).spares.extend(spares);
             } else {
@@ -636,8 +704,9 @@ impl Core {
         Ok(victims.len() as u64)
     }
 
-    /// Refuses new appends, waits for staged records to become durable and
-    /// stops the backend.
+    /// Refuses new appends, waits for staged records to become durable,
+    /// writes the clean-end mark, stops the backend and waits until nothing
+    /// of this log can touch the directory any more (the lock is released).
     pub(crate) async fn close(&self) -> Result<()> {
         let (target, first) = {
             let mut st = lock(&self.state);
@@ -651,59 +720,71 @@ impl Core {
             let _ = closed.wait_for(|c| *c).await;
             return flushed;
         }
-        let result = self.shut_down(flushed.is_ok()).await;
+        let marked = if flushed.is_ok() { self.write_clean_end().await } else { Ok(()) };
+        let result = self.shut_down().await;
         self.closed.send_replace(true);
-        flushed.and(result)
+        flushed.and(marked).and(result)
     }
 
-    /// Stops the backend, marks the clean end, releases the lock.
-    async fn shut_down(&self, clean: bool) -> Result<()> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
+    /// Writes the clean-end mark through the pipeline and waits for it.
+    async fn write_clean_end(&self) -> Result<()> {
+        let (rx, kick) = {
+            let mut st = lock(&self.state);
+            if let Some(p) = &st.poison {
+                return Err(p.error());
+            }
+            let (tx, rx) = oneshot::channel();
+            self.queue_clean_end(&mut st);
+            st.clean_end = Some(tx);
+            (rx, self.take_next(&mut st))
+        };
+        self.submit(kick);
+        match rx.await {
+            Ok(true) => Ok(()),
+            _ => Err(self.poisoned.get().map_or(Error::Closed, Poison::error)),
+        }
+    }
+
+    /// Stops the backend and lets go of the directory lock, then waits until
+    /// every other holder (a segment preparation, a truncation) let go too.
+    async fn shut_down(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
         if let Some(b) = self.backend.get() {
             b.stop(Box::new(move || {
                 let _ = tx.send(());
             }));
             let _ = rx.await;
         }
-        let marked = if clean { self.mark_clean_end().await } else { Ok(()) };
-        let next = {
+        let (next, held) = {
             let mut st = lock(&self.state);
-            st.lock = None;
-            std::mem::replace(&mut st.next, Next::None)
+            (std::mem::replace(&mut st.next, Next::None), st.lock.take())
         };
         if let Next::Preparing(p) = next {
             // Let a preparation in progress finish rather than leave a temp file.
             let _ = self.opts.vfs.run_blocking(move || p.wait()).await;
         }
-        marked
-    }
-
-    /// Zeroes the block after the last batch, so that the next open sees a
-    /// clean end even where a recycled file holds old bytes there.
-    async fn mark_clean_end(&self) -> Result<()> {
-        let (p, active) = {
-            let st = lock(&self.state);
-            (st.place, st.active.as_ref().map(|a| a.seq))
-        };
-        let align = u64::from(self.opts.alignment);
-        if active != Some(p.seq) || p.offset == 0 || p.offset + align > p.seg_end {
-            return Ok(());
+        if let Some(held) = held {
+            let mut released = held.released();
+            drop(held);
+            while released.changed().await.is_ok() {}
         }
-        let path = segment::segment_path(&self.dir, p.seq);
-        let vfs = self.opts.vfs.clone();
-        let zero = move || -> Result<()> {
-            let f = segment::open_for_write(&vfs, &path, false)?;
-            let zeroes = vec![0u8; align as usize];
-            f.write_all_at(&zeroes, p.offset).map_err(|e| Error::io(IoOp::Write, &path, e))?;
-            f.sync_data().map_err(|e| Error::io(IoOp::Sync, &path, e))
-        };
-        self.opts.vfs.run_blocking(zero).await
+        Ok(())
     }
 
-    /// Stops the backend without waiting (the last handle was dropped).
+    /// Stops the backend without waiting (the last handle was dropped). The
+    /// lock is released once the backend, a preparation or a truncation in
+    /// progress let go of it; until then, a reopen in this process gets
+    /// `Locked` saying a dropped handle is still shutting down.
     pub(crate) fn shutdown(&self) {
-        if std::mem::replace(&mut lock(&self.state).closing, true) {
-            return; // `close` already stops it
+        let held = {
+            let mut st = lock(&self.state);
+            if std::mem::replace(&mut st.closing, true) {
+                return; // `close` already stops it
+            }
+            st.lock.clone()
+        };
+        if let Some(held) = held {
+            held.dropped(&self.entry);
         }
         if let Some(b) = self.backend.get() {
             b.stop(Box::new(|| {}));
@@ -719,10 +800,35 @@ impl Core {
     }
 }
 
+/// Encodes `records` after `first_lsn` into `buf` (one record, or an atomic
+/// batch). All or nothing: on failure `buf` is as it was, and the length of
+/// the record that did not fit is returned.
+fn encode_records(
+    buf: &mut Vec<u8>,
+    salt: u64,
+    first_lsn: u64,
+    records: &[&[u8]],
+    atomic: bool,
+) -> std::result::Result<(), u64> {
+    let mark = buf.len();
+    for (i, r) in records.iter().enumerate() {
+        let kind = match (atomic && records.len() > 1, i) {
+            (false, _) => FrameKind::Record,
+            (true, 0) => FrameKind::BatchBegin,
+            (true, i) if i + 1 == records.len() => FrameKind::BatchEnd,
+            (true, _) => FrameKind::BatchMiddle,
+        };
+        if format::encode_frame(buf, salt, first_lsn + i as u64, kind, r).is_err() {
+            buf.truncate(mark);
+            return Err(r.len() as u64);
+        }
+    }
+    Ok(())
+}
+
 /// Whether `more` bytes fit a batch of `used` bytes at `offset`, padding included.
 fn fits(offset: u64, used: u64, more: u64, align: u64, batch_max: u64, seg_end: u64) -> bool {
-    let total = used + more;
-    let padded = total + format::padding_for(total, align);
+    let padded = format::align_up(used.max(BATCH_HEADER_LEN as u64) + more, align);
     padded <= batch_max && offset + padded <= seg_end
 }
 
@@ -736,7 +842,15 @@ impl Completion for Core {
         self.submit(next);
     }
 
+    fn poison_now(&self, f: IoFailure) {
+        let mut st = lock(&self.state);
+        st.in_flight.clear();
+        st.writing = false;
+        self.poison(&mut st, Poison { op: f.op, cause: Arc::new(f.error) });
+    }
+
     fn complete(&self, mut batch: IoBatch, result: std::result::Result<(), IoFailure>) {
+        batch.guard.disarm();
         let (next, durable) = {
             let mut st = lock(&self.state);
             let id = batch.meta.id;
@@ -750,6 +864,9 @@ impl Completion for Core {
                 st.writing = false;
                 self.poison(&mut st, Poison { op: f.op, cause: Arc::new(f.error) });
                 return;
+            }
+            if st.poison.is_some() {
+                return; // completed after the log died: counts for nothing
             }
             if let Some(slot) = st.in_flight.iter_mut().find(|(i, _, _)| *i == id) {
                 slot.2 = true;
@@ -773,12 +890,20 @@ impl Completion for Core {
             while st.in_flight.front().is_some_and(|(_, _, done)| *done) {
                 durable = st.in_flight.pop_front().map(|(_, l, _)| l);
             }
+            if let Some(l) = durable {
+                st.synced_lsn = st.synced_lsn.max(l);
+            }
+            if batch.meta.clean_end {
+                if let Some(tx) = st.clean_end.take() {
+                    let _ = tx.send(true);
+                }
+            }
             (self.take_next(&mut st), durable)
         };
         self.submit(next);
         if let Some(lsn) = durable {
             self.durable_lsn.fetch_max(lsn, Ordering::Release);
-            self.wake_waiters();
+            self.waiters.wake_upto(lsn);
             self.space.notify_waiters();
         }
     }

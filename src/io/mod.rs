@@ -77,6 +77,50 @@ pub(crate) struct BatchMeta {
     pub seq: u64,
     /// Set when the batch starts a new segment (it carries the header block).
     pub header: Option<SegmentHeader>,
+    /// The clean-end mark `close` writes.
+    pub clean_end: bool,
+}
+
+/// Poisons the log if its batch is dropped before the pipeline got it back
+/// through [`Completion::complete`]: an I/O thread that panicked, a task
+/// dropped with its runtime, a bug. No appender then waits forever for a
+/// batch nobody will complete. (It never frees memory the kernel may still
+/// use: a backend keeps a batch until its I/O is over, or leaks it.)
+pub(crate) struct BatchGuard {
+    sink: Option<std::sync::Weak<dyn Completion>>,
+}
+
+impl BatchGuard {
+    pub(crate) fn new<C: Completion>(sink: std::sync::Weak<C>) -> BatchGuard {
+        let sink: std::sync::Weak<dyn Completion> = sink;
+        BatchGuard { sink: Some(sink) }
+    }
+
+    /// A guard that poisons nothing (for tests of a backend alone).
+    #[cfg(all(test, target_os = "freebsd"))]
+    pub(crate) fn none() -> BatchGuard {
+        BatchGuard { sink: None }
+    }
+
+    /// The batch reached the pipeline: nothing to do on drop.
+    pub(crate) fn disarm(&mut self) {
+        self.sink = None;
+    }
+}
+
+impl Drop for BatchGuard {
+    fn drop(&mut self) {
+        if let Some(sink) = self.sink.take().and_then(|w| w.upgrade()) {
+            let error = io::Error::other("an I/O batch was lost: the thread or task carrying it ended");
+            sink.poison_now(IoFailure { op: IoOp::Write, error });
+        }
+    }
+}
+
+impl fmt::Debug for BatchGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.sink.is_some() { "BatchGuard(armed)" } else { "BatchGuard(disarmed)" })
+    }
 }
 
 /// The file a batch goes to.
@@ -129,6 +173,8 @@ pub(crate) struct IoBatch {
     pub file: FileTarget,
     pub writes: Vec<WriteBuf>,
     pub meta: BatchMeta,
+    /// Poisons the log if the batch is dropped instead of completed.
+    pub guard: BatchGuard,
 }
 
 /// Why a batch failed: the operation and the operating system's error.
@@ -161,6 +207,11 @@ pub(crate) trait Completion: Send + Sync + 'static {
 
     /// Called when the batch's writes and sync finished (or one of them failed).
     fn complete(&self, batch: IoBatch, result: std::result::Result<(), IoFailure>);
+
+    /// Poisons the log now, for a failure that no batch carries back (a
+    /// lost batch, a failed `io_uring_enter` whose batch the kernel may
+    /// still hold).
+    fn poison_now(&self, failure: IoFailure);
 }
 
 /// A way of getting batches onto the disk.

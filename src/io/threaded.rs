@@ -68,6 +68,23 @@ fn write_and_sync(batch: &mut IoBatch) -> std::result::Result<(), IoFailure> {
     file.sync_data().map_err(|error| IoFailure { op: IoOp::Sync, error })
 }
 
+/// Writes and syncs one batch and hands it back. A panic in either step is
+/// caught: the batch fails (or, if the panic was in the pipeline after it
+/// took the batch, the batch's guard poisons the log), and the thread
+/// carries on, so batches queued behind it are never stranded.
+fn run_one(sink: &Arc<dyn Completion>, op: BatchOp, mut batch: IoBatch) {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let result = op(&mut batch);
+        (batch, result)
+    }));
+    let (batch, result) = match outcome {
+        Ok(done) => done,
+        // The batch unwound with the panic: its guard poisoned the log.
+        Err(_) => return,
+    };
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.complete(batch, result)));
+}
+
 fn run(shared: &Shared, sink: Arc<dyn Completion>, op: BatchOp) {
     loop {
         let next = {
@@ -83,10 +100,7 @@ fn run(shared: &Shared, sink: Arc<dyn Completion>, op: BatchOp) {
             }
         };
         match next {
-            Ok(mut batch) => {
-                let result = op(&mut batch);
-                sink.complete(batch, result);
-            }
+            Ok(batch) => run_one(&sink, op, batch),
             Err(done) => {
                 drop(sink);
                 done();

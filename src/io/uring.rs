@@ -55,10 +55,25 @@ struct Ring {
 impl Drop for Ring {
     fn drop(&mut self) {
         // Buffers must outlive the kernel's use of them: wait for everything
-        // still in flight before the table (and its buffers) is freed.
+        // still in flight before the table (and its buffers) is freed. A
+        // transient failure of io_uring_enter is retried; any other failure
+        // leaves the kernel's use of the buffers unknown, so they are leaked
+        // rather than freed.
+        let mut transient = 0u32;
         while !self.flights.is_empty() {
-            if self.ring.submit_and_wait(1).is_err() {
-                break;
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => transient = 0,
+                Err(e) if is_transient(&e) && transient < 10_000 => {
+                    transient += 1;
+                    std::thread::yield_now();
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "aiowal: io_uring_enter failed while waiting for I/O in flight ({e}); leaking its buffers"
+                    );
+                    std::mem::forget(std::mem::take(&mut self.flights));
+                    return;
+                }
             }
             let done: Vec<u64> = self.ring.completion().map(|c| c.user_data() >> 16).collect();
             for id in done {
@@ -71,6 +86,12 @@ impl Drop for Ring {
             }
         }
     }
+}
+
+/// `io_uring_enter` failures that go away by themselves: a signal, a full
+/// completion queue (drained by the caller), a momentary lack of resources.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY))
 }
 
 struct Shared {
@@ -213,11 +234,18 @@ impl Shared {
         r.flights
             .insert(id, Flight { batch, _file: file, writes_left: writes, ops_left: ops, result: Ok(()) });
         if let Err(error) = submit_retrying(&r.ring) {
-            // The entries are in the queue; the kernel may still consume them
-            // on a later enter. Record the failure: the batch fails when its
-            // completions arrive (or the ring is dropped, which waits).
+            // The entries are in the queue and the kernel may still consume
+            // them on a later enter, so the batch stays in the table (its
+            // buffers alive) and fails when its completions arrive; the log
+            // is poisoned now, not when (or if) they do.
+            let text = error.to_string();
             if let Some(f) = r.flights.get_mut(&id) {
                 f.result = Err(IoFailure { op: IoOp::Write, error });
+            }
+            drop(r);
+            if let Some(s) = self.sink() {
+                let error = io::Error::other(format!("io_uring_enter failed: {text}"));
+                s.poison_now(IoFailure { op: IoOp::Write, error });
             }
         }
     }
@@ -266,10 +294,7 @@ fn submit_retrying(ring: &IoUring) -> io::Result<usize> {
     let mut tries = 0;
     loop {
         match ring.submit() {
-            Err(e)
-                if tries < 100
-                    && matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) =>
-            {
+            Err(e) if tries < 100 && is_transient(&e) => {
                 tries += 1;
                 std::thread::yield_now();
             }
@@ -305,8 +330,35 @@ impl Shared {
     }
 }
 
+/// Poisons the log if the completion task ends before the backend stopped
+/// (its runtime shut down, or it lost its eventfd): nothing would complete
+/// the batches in flight. They stay in the ring's table until the ring is
+/// dropped, which waits for the kernel.
+struct ReapGuard<'a> {
+    shared: &'a Shared,
+    stopped: bool,
+}
+
+impl Drop for ReapGuard<'_> {
+    fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        if let Some(sink) = self.shared.sink() {
+            let error = io::Error::other("the io_uring completion task ended (its tokio runtime shut down)");
+            sink.poison_now(IoFailure { op: IoOp::Sync, error });
+        }
+    }
+}
+
 /// The completion task: wakes on the eventfd, hands finished batches back.
 async fn reap(shared: Arc<Shared>) {
+    let mut guard = ReapGuard { shared: &shared, stopped: false };
+    guard.stopped = reap_loop(&shared).await;
+}
+
+/// Returns true when the backend was stopped, false when the eventfd failed.
+async fn reap_loop(shared: &Shared) -> bool {
     loop {
         match shared.efd.readable().await {
             Ok(mut guard) => {
@@ -317,7 +369,7 @@ async fn reap(shared: Arc<Shared>) {
             }
             Err(e) => {
                 tracing::error!("aiowal: io_uring completion task lost its eventfd: {e}");
-                return;
+                return false;
             }
         }
         shared.deliver();
@@ -326,7 +378,7 @@ async fn reap(shared: Arc<Shared>) {
             if let Some(stop) = lock(&shared.stop).take() {
                 lock(&shared.sink).take();
                 stop();
-                return;
+                return true;
             }
         }
     }

@@ -1,42 +1,60 @@
 //! Recovery: a read-only scan of the segments, a decision per damaged place,
 //! and the [`RecoveryReport`].
 //!
-//! The scan walks frames from the first segment, checking each checksum, the
-//! frame order (batches are closed before anything else) and that LSNs
-//! continue exactly. Where a segment stops making sense the place is
-//! classified, then [`decide`] maps the class to an action per
-//! [`RecoveryMode`] — the same table as in the `RecoveryMode` docs:
+//! The scan walks every segment's batches and frames, checking each checksum,
+//! the frame order (atomic batches are closed before anything else) and that
+//! LSNs continue exactly. Where a segment stops making sense, the place is
+//! classified by **what proves the records there acknowledged**, not by where
+//! the bytes sit, and [`decide`] maps the class to an action per
+//! [`RecoveryMode`] (the same table as in the `RecoveryMode` docs):
 //!
-//! | class                   | TolerateTornTail | AbsoluteConsistency | PointInTime |
-//! |-------------------------|------------------|---------------------|-------------|
-//! | `Clean` (zeroes at a block boundary, nothing valid in the window) | continue | continue | continue |
-//! | `Full` (the segment is used to its end) | next segment | next segment | next segment |
-//! | `Torn` (damage with valid bytes only inside the in-flight window)  | cut | error | cut |
-//! | `Corrupt` (valid data beyond the window, or in a later segment)    | error | error | cut, set the rest aside |
+//! | class | what shows it | TolerateTornTail | AbsoluteConsistency | PointInTime |
+//! |-------|---------------|------------------|---------------------|-------------|
+//! | `Done` | the segment's records reach the next segment's first LSN, or its end | continue | continue | continue |
+//! | `Clean` | the last segment's batches end in never-written space, nothing valid after | open | open | open |
+//! | `Torn` | damage in the last segment that nothing proves acknowledged | cut, report | error | cut, report |
+//! | `Corrupt` | damage to a record that something proves acknowledged | error | error | cut, report, set later segments aside |
 //!
-//! Bytes written after the last completed sync may persist in any order, so a
-//! crash can leave a hole followed by valid frames of the batch that was in
-//! flight. The in-flight window (the `window_bytes` of the segment header) is
-//! the most that can be in flight at once; a valid frame beyond it was synced
-//! once, so the hole before it destroyed acknowledged data.
+//! What proves record `n` acknowledged (format v2): a valid batch header
+//! later in the same segment whose synced watermark is at least `n` (each
+//! batch carries the watermark its writer knew when it submitted the batch),
+//! a clean-end mark after it (written by `close` once everything was
+//! durable), or a later segment (a segment's first batch is written only
+//! after every earlier write and sync completed; a segment that voids part
+//! of the one before it, see below, proves what it leaves in place).
 //!
-//! Nothing here writes. The one write recovery needs, sealing a cut segment,
-//! is done by the caller after it has the plan.
+//! The one case that stays undecidable: the newest acknowledged batches
+//! damaged after their acknowledgement (a bad sector, not a crash) with
+//! nothing written after them. Nothing on disk tells that apart from a
+//! crash during their write, so recovery cuts them as a torn tail and says
+//! so in the report; `AbsoluteConsistency` refuses instead.
+//!
+//! Format v1 segments (read, never written) carry no watermarks: there, as
+//! before, damage followed by valid frames beyond the in-flight window
+//! (`window_bytes` of the header) or in a later segment is corruption.
+//!
+//! Nothing here writes. What `open` does with the plan — never writing over
+//! a block that holds acknowledged records — is in `wal.rs`: after a crash
+//! it copies the records nothing proves durable into a new segment whose
+//! header voids the old copies ([`format::SEGMENT_CUTS`]).
 #![deny(clippy::indexing_slicing, clippy::unwrap_used)]
 
 mod read;
+pub(crate) mod walk;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use read::{ReadIter, Record};
 
 use crate::error::{CorruptKind, Error, IoOp, Result};
-use crate::format::{self, FRAME_ALIGN, FRAME_HEADER_LEN, FormatError, FrameKind, SegmentHeader};
+use crate::format::{self, FormatError, SegmentHeader};
 use crate::lsn::Lsn;
 use crate::options::RecoveryMode;
 use crate::segment;
 use crate::vfs::{Mapped, Vfs};
+use walk::{Proof, Step, Stop, Walker};
 
 /// A segment's bytes, read-only (mapped, or the simulator's copy).
 pub(crate) fn map(vfs: &Vfs, path: &Path) -> Result<Mapped> {
@@ -58,9 +76,9 @@ pub(crate) struct SegmentMeta {
 const MARK_BYTES: u64 = 64 << 10;
 
 /// A sparse index of a segment: `(lsn, offset)` pairs, each the offset of a
-/// frame boundary outside any atomic batch where the next frame carries
-/// `lsn`. Only durable positions are marked. At most `segment_bytes /
-/// MARK_BYTES` entries.
+/// batch header (v1: a frame boundary outside any atomic batch) where the
+/// next record carries `lsn`. Only durable positions are marked. At most
+/// `segment_bytes / MARK_BYTES` entries.
 #[derive(Debug, Default)]
 pub(crate) struct SeekMarks(std::sync::Mutex<Vec<(u64, u64)>>);
 
@@ -69,8 +87,8 @@ impl SeekMarks {
         crate::sync::lock(&self.0)
     }
 
-    /// Notes that the frame at `offset` carries `lsn`, if it is far enough
-    /// past the last mark.
+    /// Notes that the batch (v1: frame) at `offset` carries `lsn`, if it is
+    /// far enough past the last mark.
     pub(crate) fn add(&self, lsn: u64, offset: u64) {
         let mut v = self.lock();
         if v.last().is_none_or(|&(l, o)| lsn > l && offset >= o + MARK_BYTES) {
@@ -94,21 +112,31 @@ pub enum StopReason {
     Empty,
     /// The log ended cleanly.
     Clean,
-    /// A torn tail left by a crash was cut off at `offset` of `segment`.
+    /// A torn tail left by a crash was cut off at `offset` of `segment`:
+    /// damage that nothing proves acknowledged.
     TornTail {
         /// The segment holding the tail.
         segment: PathBuf,
-        /// Where the valid records end.
+        /// Where the damage starts.
         offset: u64,
-        /// What the first bad frame looked like.
+        /// The first LSN not recovered.
+        lsn: Lsn,
+        /// Records that later batch headers show were written after the cut
+        /// and were discarded with it (a lower bound: a batch whose header
+        /// was destroyed cannot be counted). None of them was proven
+        /// acknowledged.
+        records_cut: u64,
+        /// What the first bad bytes looked like.
         cause: FormatError,
     },
     /// `RecoveryMode::PointInTime` stopped before damaged acknowledged data.
     PointInTime {
         /// The damaged segment.
         segment: PathBuf,
-        /// Where the valid records end.
+        /// Where the damage is.
         offset: u64,
+        /// The first LSN not recovered.
+        lsn: Lsn,
         /// What was wrong.
         kind: CorruptKind,
     },
@@ -130,192 +158,190 @@ pub struct RecoveryReport {
     pub last_lsn: Lsn,
     /// Where and why the scan stopped.
     pub stop: StopReason,
-    /// Segments renamed out of the log by `PointInTime` recovery.
+    /// Segments renamed out of the log (by `PointInTime` recovery, or a
+    /// newest segment whose first write a crash tore).
     pub set_aside: Vec<PathBuf>,
+    /// Records `open` copied into a new segment because nothing proved them
+    /// durable (the newest batches after a crash), so that every record it
+    /// returns is durable before it returns. 0 after a clean close.
+    pub copied_forward: u64,
+    /// How long the scan (and, for `open`, the tail handling) took.
+    pub elapsed: Duration,
 }
 
-/// How a segment's scan ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
-    /// Frames (or a padding frame) reach the segment's end.
-    Full,
-    /// A zeroed frame header: space never written.
-    Zeroed,
-    /// The file ends before the segment size in its header.
-    Eof,
-    /// A frame failed to decode or broke the order.
-    Bad(FormatError),
+impl RecoveryReport {
+    fn empty() -> RecoveryReport {
+        RecoveryReport {
+            segments: 0,
+            records: 0,
+            bytes: 0,
+            first_lsn: Lsn::ZERO,
+            last_lsn: Lsn::ZERO,
+            stop: StopReason::Empty,
+            set_aside: Vec::new(),
+            copied_forward: 0,
+            elapsed: Duration::ZERO,
+        }
+    }
 }
 
-#[derive(Debug)]
+/// What the scan of one segment found.
+#[derive(Debug, Default)]
 struct SegScan {
-    /// End of the last complete record or batch: where a cut would go.
-    end_pos: u64,
-    /// Where the scan stopped (the frame that failed).
-    stop_pos: u64,
-    /// LSN expected at `end_pos`.
-    next_lsn: u64,
     records: u64,
     bytes: u64,
-    end: End,
-    /// The scan stopped inside an atomic batch.
+    /// LSN after the last complete record or atomic batch.
+    next_lsn: u64,
+    /// Where the walk stopped, why, and whether inside a batch.
+    stop_pos: u64,
+    stop: Option<Stop>,
     in_batch: bool,
+    /// Complete write batches (v2).
+    batches: u64,
+    /// A clean-end batch that is the last complete batch (v2): where it
+    /// starts and ends.
+    clean_end: Option<(u64, u64)>,
+    /// The highest synced watermark of a batch header read on the way (v2),
+    /// or what a clean-end batch proves.
+    synced: Option<u64>,
+    /// v1: the first LSN of the records in the last in-flight window.
+    v1_window_start: Option<u64>,
     marks: SeekMarks,
 }
 
-fn order_ok(kind: FrameKind, in_batch: bool) -> bool {
-    matches!(
-        (kind, in_batch),
-        (FrameKind::Record | FrameKind::BatchBegin | FrameKind::Padding, false)
-            | (FrameKind::BatchMiddle | FrameKind::BatchEnd, true)
-    )
+/// Walks one segment up to `limit` (the first LSN of the next segment).
+fn scan(data: &[u8], h: &SegmentHeader, limit: Option<u64>) -> SegScan {
+    scan_until(data, h, limit, false)
 }
 
-fn slice_from(data: &[u8], pos: u64) -> &[u8] {
-    usize::try_from(pos).ok().and_then(|p| data.get(p..)).unwrap_or_default()
-}
-
-/// Walks the frames of one segment from `start`.
-fn scan_frames(data: &[u8], h: &SegmentHeader, start: u64, max_payload: u64) -> SegScan {
-    let seg_end = h.segment_bytes;
-    let mut s = SegScan {
-        end_pos: start,
-        stop_pos: start,
-        next_lsn: h.first_lsn,
-        records: 0,
-        bytes: 0,
-        end: End::Full,
-        in_batch: false,
-        marks: SeekMarks::default(),
-    };
-    let (mut pos, mut lsn, mut pending_records, mut pending_bytes) = (start, h.first_lsn, 0u64, 0u64);
+/// [`scan`], stopping after the first complete batch when `first_only`.
+fn scan_until(data: &[u8], h: &SegmentHeader, limit: Option<u64>, first_only: bool) -> SegScan {
+    let mut s = SegScan { next_lsn: h.first_lsn, ..SegScan::default() };
+    let mut w = Walker::new(h, limit);
+    let (mut pending, mut pending_bytes) = (0u64, 0u64);
+    // The end LSN of the v2 batch being read.
+    let mut batch_end: Option<u64> = None;
+    // v1: where each complete group (record or atomic batch) starts.
+    let mut v1_groups: Vec<(u64, u64)> = Vec::new();
+    let mut group_start = None;
     loop {
-        s.stop_pos = pos;
-        if pos + FRAME_HEADER_LEN as u64 > seg_end {
-            s.end = if s.in_batch { End::Bad(FormatError::Truncated) } else { End::Full };
+        if first_only && s.batches > 0 {
             return s;
         }
-        if pos + FRAME_HEADER_LEN as u64 > data.len() as u64 {
-            s.end = End::Eof;
-            return s;
-        }
-        let frame = match format::decode_frame(slice_from(data, pos), h.salt, max_payload) {
-            Ok(f) => f,
-            Err(FormatError::Zeroed) => {
-                s.end = End::Zeroed;
-                return s;
+        match w.step(data) {
+            Step::Batch { pos, header } => {
+                s.synced = s.synced.max(Some(header.synced_lsn));
+                s.marks.add(header.first_lsn, pos);
+                s.clean_end = None;
+                if header.records() > 0 {
+                    batch_end = Some(header.end_lsn);
+                    continue;
+                }
+                s.batches += 1;
+                if header.clean_end() {
+                    s.synced = s.synced.max(header.first_lsn.checked_sub(1));
+                    s.clean_end = Some((pos, pos + u64::from(header.batch_bytes)));
+                }
             }
-            Err(e) => {
-                s.end = End::Bad(e);
-                return s;
+            Step::Record { pos, payload, .. } => {
+                pending += 1;
+                pending_bytes += payload.len() as u64;
+                let start = *group_start.get_or_insert(pos);
+                if w.at_group_boundary() {
+                    s.records += pending;
+                    s.bytes += pending_bytes;
+                    (pending, pending_bytes) = (0, 0);
+                    if h.version == 1 {
+                        v1_groups.push((start, s.next_lsn));
+                        s.marks.add(w.lsn(), pos + format::frame_len(payload.len()) as u64);
+                    }
+                    group_start = None;
+                    s.next_lsn = w.lsn();
+                }
+                if batch_end == Some(w.lsn()) {
+                    s.batches += 1;
+                    batch_end = None;
+                }
             }
-        };
-        if frame.lsn != lsn {
-            s.end = End::Bad(FormatError::BadField("lsn"));
-            return s;
-        }
-        if !order_ok(frame.kind, s.in_batch) {
-            s.end = End::Bad(FormatError::BadField("frame order"));
-            return s;
-        }
-        if pos + frame.len_on_disk > seg_end {
-            s.end = End::Bad(FormatError::TooLong { len: frame.len_on_disk, max: seg_end - pos });
-            return s;
-        }
-        pos += frame.len_on_disk;
-        match frame.kind {
-            FrameKind::Padding => {}
-            FrameKind::Record | FrameKind::BatchBegin | FrameKind::BatchMiddle | FrameKind::BatchEnd => {
-                lsn = lsn.saturating_add(1);
-                pending_records += 1;
-                pending_bytes += frame.payload.len() as u64;
+            Step::Stop { pos, why, .. } => {
+                s.stop_pos = pos;
+                s.stop = Some(why);
+                s.in_batch = batch_end.is_some() || pending > 0;
+                break;
             }
-        }
-        s.in_batch = matches!(frame.kind, FrameKind::BatchBegin | FrameKind::BatchMiddle);
-        if !s.in_batch {
-            s.records += pending_records;
-            s.bytes += pending_bytes;
-            pending_records = 0;
-            pending_bytes = 0;
-            s.end_pos = pos;
-            s.next_lsn = lsn;
-            s.marks.add(lsn, pos);
         }
     }
-}
-
-/// Whether a frame of this segment with an LSN at or past `min_lsn` starts at `pos`.
-fn valid_frame_at(data: &[u8], h: &SegmentHeader, pos: u64, min_lsn: u64, max_payload: u64) -> bool {
-    format::decode_frame(slice_from(data, pos), h.salt, max_payload).is_ok_and(|f| f.lsn >= min_lsn)
-}
-
-/// First offset in `from..to`, stepping by `step`, where a valid frame starts.
-fn find_valid(
-    data: &[u8],
-    h: &SegmentHeader,
-    from: u64,
-    to: u64,
-    step: u64,
-    s: &SegScan,
-    max: u64,
-) -> Option<u64> {
-    let to = to.min(data.len() as u64);
-    if from >= to {
-        return None;
+    if h.version == 1 {
+        // v1 rewrote nothing before the last in-flight window: what starts
+        // before it was synced.
+        let from = s.stop_pos.saturating_sub(h.window_bytes);
+        s.v1_window_start = v1_groups.iter().find(|(p, _)| *p >= from).map(|(_, l)| *l);
     }
-    let mut pos = format::align_up(from, step);
-    while pos + FRAME_HEADER_LEN as u64 <= to {
-        if valid_frame_at(data, h, pos, s.next_lsn, max) {
-            return Some(pos);
-        }
-        pos += step;
-    }
-    None
+    s
 }
 
-/// The class of the place where a segment's scan stopped.
+/// The class of the place where a segment's walk stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Class {
-    Full,
+    /// The segment's records are all there.
+    Done,
+    /// The last segment's records end in never-written space.
     Clean,
+    /// Damage nothing proves acknowledged.
     Torn(FormatError),
+    /// Damage to acknowledged records.
     Corrupt { offset: u64, kind: CorruptKind },
 }
 
-fn cause(end: End) -> FormatError {
-    match end {
-        End::Bad(e) => e,
-        End::Eof => FormatError::Truncated,
-        End::Zeroed | End::Full => FormatError::Zeroed,
+fn cause(stop: Option<Stop>) -> FormatError {
+    match stop {
+        Some(Stop::Bad(e)) => e,
+        Some(Stop::Eof) => FormatError::Truncated,
+        _ => FormatError::Zeroed,
     }
 }
 
-/// Classifies the end of a segment. `last` is whether no later segment holds data.
-fn classify(data: &[u8], h: &SegmentHeader, s: &SegScan, last: bool, max: u64) -> Class {
-    let align = u64::from(h.alignment);
-    if s.end == End::Full {
-        return Class::Full;
+/// Classifies the end of a v2 segment. `last`: no later segment holds data.
+fn classify(data: &[u8], h: &SegmentHeader, s: &SegScan, last: bool, proof: &Proof) -> Class {
+    match s.stop {
+        Some(Stop::Limit) | Some(Stop::Full) => return Class::Done,
+        _ => {}
     }
-    let seg_end = h.segment_bytes;
-    let ended_cleanly = s.end == End::Zeroed && !s.in_batch && s.end_pos % align == 0;
+    let bad = cause(s.stop);
     if !last {
-        // A later segment was written only after this one's last batch was
-        // synced: anything but a clean end here is damage to synced data.
-        if !ended_cleanly {
-            let kind = CorruptKind::DamagedBeforeLaterSegment(cause(s.end));
-            return Class::Corrupt { offset: s.stop_pos, kind };
-        }
-        if find_valid(data, h, s.stop_pos + align, seg_end, align, s, max).is_some() {
-            return Class::Corrupt { offset: s.stop_pos, kind: CorruptKind::Frame(cause(s.end)) };
-        }
-        return Class::Clean;
+        // A later segment was written only after this one was synced.
+        return Class::Corrupt { offset: s.stop_pos, kind: CorruptKind::DamagedBeforeLaterSegment(bad) };
     }
-    let window_end = s.end_pos.saturating_add(h.window_bytes);
-    if find_valid(data, h, window_end, seg_end, align, s, max).is_some() {
-        return Class::Corrupt { offset: s.stop_pos, kind: CorruptKind::Frame(cause(s.end)) };
+    if h.version == 1 {
+        return classify_v1(data, h, s);
     }
-    let debris = find_valid(data, h, s.stop_pos + FRAME_ALIGN as u64, window_end, FRAME_ALIGN as u64, s, max);
-    if ended_cleanly && debris.is_none() { Class::Clean } else { Class::Torn(cause(s.end)) }
+    if proof.proves(s.next_lsn) {
+        let by = proof.clean_end_at.map_or(proof.synced.unwrap_or(0), |c| c.max(proof.synced.unwrap_or(0)));
+        return Class::Corrupt {
+            offset: s.stop_pos,
+            kind: CorruptKind::Acknowledged { cause: bad, proven: by },
+        };
+    }
+    // Never-written space after the last batch, or anything at all right
+    // after a clean-end mark (a recycled file's old bytes, or the torn
+    // first write after a clean close, which nothing proves acknowledged),
+    // with no valid batch beyond: the records end cleanly here.
+    let clean_here = s.stop == Some(Stop::Zeroed) || s.clean_end.is_some_and(|(_, end)| end == s.stop_pos);
+    if clean_here && !s.in_batch && proof.batches == 0 { Class::Clean } else { Class::Torn(bad) }
+}
+
+/// v1's rule: valid data beyond the in-flight window after damage means the
+/// damage hit synced data; valid data only inside it is a torn tail.
+fn classify_v1(data: &[u8], h: &SegmentHeader, s: &SegScan) -> Class {
+    let align = u64::from(h.alignment);
+    let end_pos = s.stop_pos;
+    let window_end = end_pos.saturating_add(h.window_bytes);
+    if walk::v1_valid_frame_in(data, h, window_end, h.segment_bytes, align, s.next_lsn) {
+        return Class::Corrupt { offset: s.stop_pos, kind: CorruptKind::Frame(cause(s.stop)) };
+    }
+    let debris = walk::v1_valid_frame_in(data, h, s.stop_pos + 8, window_end, 8, s.next_lsn);
+    let clean = s.stop == Some(Stop::Zeroed) && !s.in_batch && s.stop_pos % align == 0;
+    if clean && !debris { Class::Clean } else { Class::Torn(cause(s.stop)) }
 }
 
 /// What `open` must do to the tail before appending.
@@ -323,13 +349,15 @@ fn classify(data: &[u8], h: &SegmentHeader, s: &SegScan, last: bool, max: u64) -
 pub(crate) enum Tail {
     /// No segment holds data; the log starts empty.
     Fresh,
-    /// Appends continue in the last segment at `offset`.
+    /// A clean close left the last segment here: appends continue at
+    /// `offset`, the clean-end mark's block, and nothing is written at open.
     Continue { offset: u64 },
-    /// Seal the last segment at `offset` (a padding frame to its end), then
-    /// append to a new segment.
-    Seal { offset: u64 },
-    /// The last segment is full; append to a new segment.
-    Full,
+    /// The last segment is proven complete and full: appends start a new one.
+    Rotate,
+    /// After a crash: the last segment's records from `from` on are not
+    /// proven durable (or stale frames follow them). `open` copies them into
+    /// a new segment that voids the old copies, and syncs it.
+    CopyForward { from: u64 },
 }
 
 /// The outcome of the scan: what is there and what to do.
@@ -337,10 +365,14 @@ pub(crate) enum Tail {
 pub(crate) struct Plan {
     /// Segments holding records, oldest first.
     pub segments: Vec<SegmentMeta>,
-    /// Trailing segments never written (zeroed or torn header); reusable.
+    /// Trailing segments never written (zeroed header); reusable.
     pub unused: Vec<(u64, PathBuf)>,
-    /// Segments after a PointInTime cut, to be set aside.
+    /// Segments to set aside (renamed, not deleted): after a PointInTime
+    /// cut, or a newest segment whose first write was torn.
     pub discard: Vec<PathBuf>,
+    /// Segments whose every record a later segment voids: removed once the
+    /// tail handling is durable.
+    pub void: Vec<PathBuf>,
     /// Temporary files of interrupted segment preparations, to be removed.
     pub leftovers: Vec<PathBuf>,
     /// Retired segments kept for reuse.
@@ -364,9 +396,10 @@ struct Segment {
 }
 
 /// Scans the log in `dir` and decides what to do, without writing anything.
-pub(crate) fn plan(vfs: &Vfs, dir: &Path, mode: RecoveryMode, max_payload: u64) -> Result<Plan> {
-    let mut mapped = Vec::new();
+pub(crate) fn plan(vfs: &Vfs, dir: &Path, mode: RecoveryMode) -> Result<Plan> {
+    let started = std::time::Instant::now();
     let listing = segment::list_segments(vfs, dir)?;
+    let mut mapped = Vec::new();
     for (seq, path) in listing.segments {
         let map = map(vfs, &path)?;
         let header = SegmentHeader::decode(&map);
@@ -375,73 +408,135 @@ pub(crate) fn plan(vfs: &Vfs, dir: &Path, mode: RecoveryMode, max_payload: u64) 
     // A file that is not an aiowal segment, or one from a newer format, is
     // never touched: refuse to open.
     for m in &mapped {
-        if let Err(FormatError::UnsupportedVersion(v)) = m.header {
-            return Err(Error::UnsupportedFormat { path: m.path.clone(), version: v });
+        match m.header {
+            Err(FormatError::UnsupportedVersion(v)) => {
+                return Err(Error::UnsupportedFormat { path: m.path.clone(), version: v });
+            }
+            Err(FormatError::UnsupportedFlags(_)) => {
+                return Err(Error::UnsupportedFormat { path: m.path.clone(), version: format::VERSION + 1 });
+            }
+            _ => {}
         }
     }
     // Trailing segments that were prepared but never written (all-zero
-    // header, or an empty file): reusable, and safe to remove.
+    // header, or an empty file) are reusable and safe to remove. Then the
+    // newest segment, if a crash tore its first write, is set aside; and
+    // again, for an open that crashed while recovering from a crash.
     let mut unused = Vec::new();
-    while let Some(m) = mapped.last() {
-        let never_written = matches!(m.header, Err(FormatError::Zeroed)) || m.map.is_empty();
-        if !never_written {
-            break;
+    let mut torn = Vec::new();
+    let mut proven_by_torn = None;
+    loop {
+        while let Some(m) = mapped.last() {
+            let never_written = matches!(m.header, Err(FormatError::Zeroed)) || m.map.is_empty();
+            if !never_written {
+                break;
+            }
+            if let Some(m) = mapped.pop() {
+                unused.push((m.seq, m.path));
+            }
         }
-        if let Some(m) = mapped.pop() {
-            unused.push((m.seq, m.path));
+        match newest_torn(&mut mapped, mode)? {
+            Some((path, cause, proves)) => {
+                torn.push((path, cause));
+                proven_by_torn = proven_by_torn.max(proves);
+            }
+            None => break,
         }
     }
     unused.reverse();
-    // The newest segment with a damaged header: its first write (header and
-    // first batch together) may have been torn by a crash, which loses
-    // nothing acknowledged. But if frames under the header's salt are
-    // intact, the header was damaged after data was synced: corruption.
-    let mut torn_header = None;
-    if let Some(m) = mapped.last() {
-        // A foreign file rarely has a preallocated segment's shape: a whole
-        // number of (at least two) blocks of the smallest alignment. (Small
-        // logs have segments of a few 512-byte blocks, so nothing stricter.)
-        let block = format::ALIGNMENT_MIN as usize;
-        let segment_shaped = m.map.len() >= 2 * block && m.map.len() % block == 0;
-        if let (Err(cause), true) = (m.header, segment_shaped || m.header != Err(FormatError::BadMagic)) {
-            if frames_survive(&m.map, max_payload) {
-                let kind = CorruptKind::Header(cause);
-                if mode != RecoveryMode::PointInTime {
-                    return Err(corrupt(&m.path, 0, 0, kind));
-                }
-            } else if mode == RecoveryMode::AbsoluteConsistency {
-                return Err(corrupt(&m.path, 0, 0, CorruptKind::TornTail(cause)));
-            }
-            if let Some(m) = mapped.pop() {
-                torn_header = Some((m.path, cause));
-            }
-        }
-    }
-    for m in &mapped {
-        if let Err(FormatError::BadMagic) = m.header {
+    for (i, m) in mapped.iter().enumerate() {
+        // (Before a segment that voids what follows it, an unreadable
+        // header is a torn first write an open copied forward: see walk_log.)
+        let cut_later = mapped.iter().skip(i + 1).any(|m| m.header.is_ok_and(|h| h.cuts()));
+        if let (Err(FormatError::BadMagic), false) = (m.header, cut_later) {
             return Err(Error::ForeignFile { path: m.path.clone(), reason: FormatError::BadMagic });
         }
     }
-    let mut plan = walk(mapped, unused, mode, max_payload)?;
-    if let Some((path, cause)) = torn_header {
+    let mut plan = walk_log(mapped, unused, mode, proven_by_torn)?;
+    for (path, cause) in torn.into_iter().rev() {
         // Set aside, not deleted: whatever it holds stays inspectable.
-        plan.report.stop = StopReason::TornTail { segment: path.clone(), offset: 0, cause };
+        if plan.report.stop == StopReason::Clean || plan.report.stop == StopReason::Empty {
+            let lsn = Lsn(plan.next_lsn);
+            plan.report.stop =
+                StopReason::TornTail { segment: path.clone(), offset: 0, lsn, records_cut: 0, cause };
+        }
         plan.discard.push(path);
     }
     plan.leftovers = listing.tmp;
     plan.spares = listing.spares;
+    plan.report.elapsed = started.elapsed();
     Ok(plan)
+}
+
+/// The newest segment, if a crash tore its first write (its header, or the
+/// batch that went out with it) and nothing proves it held acknowledged
+/// records: taken out of `mapped`, to be set aside, with what its header
+/// still proves (every LSN before its first was durable when it was
+/// written). Errors when its header is damaged although its frames survive
+/// (damage after it was synced).
+fn newest_torn(
+    mapped: &mut Vec<Segment>,
+    mode: RecoveryMode,
+) -> Result<Option<(PathBuf, FormatError, Option<u64>)>> {
+    let Some(m) = mapped.last() else { return Ok(None) };
+    let cause = match &m.header {
+        Ok(h) if h.version >= 2 => match first_write_torn(&m.map, h) {
+            Some(cause) => cause,
+            None => return Ok(None),
+        },
+        Ok(_) => return Ok(None),
+        Err(cause) => {
+            // A foreign file rarely has a preallocated segment's shape: a
+            // whole number of (at least two) blocks of the smallest
+            // alignment. (Small logs have segments of a few 512-byte
+            // blocks, so nothing stricter.)
+            let block = format::ALIGNMENT_MIN as usize;
+            let segment_shaped = m.map.len() >= 2 * block && m.map.len() % block == 0;
+            if !segment_shaped && *cause == FormatError::BadMagic {
+                return Ok(None);
+            }
+            if frames_survive(&m.map) {
+                if mode != RecoveryMode::PointInTime {
+                    return Err(corrupt(&m.path, 0, 0, CorruptKind::Header(*cause)));
+                }
+            } else if mode == RecoveryMode::AbsoluteConsistency {
+                return Err(corrupt(&m.path, 0, 0, CorruptKind::TornTail(*cause)));
+            }
+            *cause
+        }
+    };
+    if mode == RecoveryMode::AbsoluteConsistency {
+        return Err(corrupt(&m.path, 0, 0, CorruptKind::TornTail(cause)));
+    }
+    let proves = m.header.ok().map(|h| h.first_lsn - 1);
+    Ok(mapped.pop().map(|m| (m.path, cause, proves)))
+}
+
+/// For a v2 segment: why its first batch is incomplete, if it is, while no
+/// later batch proves anything. A segment that voids part of the one before
+/// it ([`format::SEGMENT_CUTS`]) counts only once its first batch (the
+/// copies) is whole; any other segment only if it holds no record at all.
+fn first_write_torn(data: &[u8], h: &SegmentHeader) -> Option<FormatError> {
+    let s = scan_until(data, h, None, true);
+    if s.batches > 0 || (s.records > 0 && !h.cuts()) {
+        return None;
+    }
+    let proof = walk::proofs_after(data, h, s.stop_pos);
+    (proof.batches == 0).then(|| cause(s.stop))
 }
 
 /// Whether a frame decodes at any block start of a segment whose header is
 /// damaged, using the salt where the header keeps it.
-fn frames_survive(map: &[u8], max_payload: u64) -> bool {
-    let Some(salt) = map.get(32..40).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes) else {
+fn frames_survive(map: &[u8]) -> bool {
+    let Some(salt) =
+        map.get(format::SALT_RANGE).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes)
+    else {
         return false;
     };
     let mut align = u64::from(format::ALIGNMENT_MIN);
     while align <= u64::from(format::ALIGNMENT_MAX) {
-        if format::decode_frame(slice_from(map, align), salt, max_payload).is_ok() {
+        let at = usize::try_from(align).ok().and_then(|a| map.get(a..)).unwrap_or_default();
+        if format::decode_frame(at, salt, map.len() as u64).is_ok() {
             return true;
         }
         align *= 2;
@@ -449,98 +544,161 @@ fn frames_survive(map: &[u8], max_payload: u64) -> bool {
     false
 }
 
-fn walk(mapped: Vec<Segment>, unused: Vec<(u64, PathBuf)>, mode: RecoveryMode, max: u64) -> Result<Plan> {
-    let mut report = RecoveryReport {
-        segments: 0,
-        records: 0,
-        bytes: 0,
-        first_lsn: Lsn::ZERO,
-        last_lsn: Lsn::ZERO,
-        stop: StopReason::Empty,
-        set_aside: Vec::new(),
-    };
+/// Where a PointInTime cut leaves the log: everything from `from` on is
+/// set aside.
+fn point_in_time(
+    report: &mut RecoveryReport,
+    discard: &mut Vec<PathBuf>,
+    rest: impl Iterator<Item = PathBuf>,
+    stop: StopReason,
+) {
+    discard.extend(rest);
+    report.stop = stop;
+}
+
+/// Walks the segments in order. `proven` is what segments set aside proved
+/// (every LSN up to it durable).
+fn walk_log(
+    mapped: Vec<Segment>,
+    unused: Vec<(u64, PathBuf)>,
+    mode: RecoveryMode,
+    proven: Option<u64>,
+) -> Result<Plan> {
+    let mut report = RecoveryReport::empty();
     let mut segments: Vec<SegmentMeta> = Vec::new();
+    let (mut discard, mut void) = (Vec::new(), Vec::new());
     let mut next_lsn = 1u64;
     let mut tail = Tail::Fresh;
+    // Each segment's records end where the lowest first LSN of any later
+    // segment begins (a later segment may void part of earlier ones).
+    // (An unreadable header ends the search, unless a later segment voids
+    // what follows its first LSN: see below.)
+    let firsts: Vec<Option<u64>> = mapped.iter().map(|m| m.header.ok().map(|h| h.first_lsn)).collect();
+    let cuts: Vec<bool> = mapped.iter().map(|m| m.header.is_ok_and(|h| h.cuts())).collect();
+    let cut_later = |i: usize| cuts.iter().skip(i + 1).any(|c| *c);
+    let limit_of = |i: usize| {
+        let mut limit: Option<u64> = None;
+        for (j, first) in firsts.iter().enumerate().skip(i + 1) {
+            match first {
+                Some(f) => limit = Some(limit.map_or(*f, |l| l.min(*f))),
+                None if cut_later(j) => {}
+                None => break,
+            }
+        }
+        limit
+    };
     let count = mapped.len();
-    let mut discard = Vec::new();
     let mut iter = mapped.into_iter().enumerate();
     while let Some((i, m)) = iter.next() {
         let last = i + 1 == count;
-        let h = match m.header {
+        let prev = segments.last().map(|s| s.path.clone()).unwrap_or_default();
+        let h = match check_header(&m, segments.first().map(|s| &s.header), next_lsn) {
             Ok(h) => h,
-            Err(e) => {
-                let err = corrupt(&m.path, 0, next_lsn, CorruptKind::Header(e));
-                if mode != RecoveryMode::PointInTime {
-                    return Err(err);
-                }
-                // Stop before this segment; everything from here on is set aside.
+            Err((_, CorruptKind::Header(_))) if cut_later(i) => {
+                // An unreadable header before a segment that voids what
+                // follows its first LSN: the first write of a segment that
+                // an open later copied forward (it never became durable).
+                // Had it held records the later one does not, the LSNs of
+                // its neighbours would not meet: checked as usual. Set
+                // aside, not removed: whatever it is stays inspectable.
                 discard.push(m.path);
-                discard.extend(iter.by_ref().map(|(_, m)| m.path));
-                report.stop = StopReason::PointInTime {
-                    segment: segments.last().map(|s| s.path.clone()).unwrap_or_default(),
-                    offset: 0,
-                    kind: CorruptKind::Header(e),
-                };
-                if let Some(prev) = segments.last() {
-                    tail = Tail::Seal { offset: prev.header.segment_bytes };
+                continue;
+            }
+            Err((offset, kind)) => {
+                if mode != RecoveryMode::PointInTime {
+                    return Err(corrupt(&m.path, offset, next_lsn, kind));
+                }
+                // Stop before this segment; it and everything after are set aside.
+                let stop = StopReason::PointInTime { segment: prev, offset: 0, lsn: Lsn(next_lsn), kind };
+                point_in_time(
+                    &mut report,
+                    &mut discard,
+                    std::iter::once(m.path).chain(iter.by_ref().map(|(_, m)| m.path)),
+                    stop,
+                );
+                if !segments.is_empty() {
+                    tail = Tail::CopyForward { from: next_lsn };
                 }
                 break;
             }
         };
-        if let Some(err) = check_header(&m, &h, segments.first().map(|s| &s.header), next_lsn) {
-            if mode != RecoveryMode::PointInTime {
-                return Err(err);
-            }
-            discard.push(m.path);
-            discard.extend(iter.by_ref().map(|(_, m)| m.path));
-            if let Error::Corrupt { kind, .. } = err {
-                report.stop = StopReason::PointInTime {
-                    segment: segments.last().map(|s| s.path.clone()).unwrap_or_default(),
-                    offset: 0,
-                    kind,
-                };
-            }
-            if let Some(prev) = segments.last() {
-                tail = Tail::Seal { offset: prev.header.segment_bytes };
-            }
-            break;
+        let limit = limit_of(i);
+        if limit.is_some_and(|l| l <= h.first_lsn) {
+            // A later segment voids every record of this one.
+            void.push(m.path);
+            continue;
         }
         if segments.is_empty() {
             report.first_lsn = Lsn(h.first_lsn);
         }
-        let mut s = scan_frames(&m.map, &h, u64::from(h.alignment), max);
+        let mut s = scan(&m.map, &h, limit);
         report.records += s.records;
         report.bytes += s.bytes;
         report.segments += 1;
         next_lsn = s.next_lsn;
-        let class = classify(&m.map, &h, &s, last, max);
+        let mut proof = if last && h.version >= 2 {
+            walk::proofs_after(&m.map, &h, s.stop_pos)
+        } else {
+            Proof::default()
+        };
+        if last {
+            proof.synced = proof.synced.max(proven);
+        }
+        // (A segment that ends before the next one begins leaves a gap the
+        // next one's header check reports.)
+        let class = classify(&m.map, &h, &s, last, &proof);
         let marks = Arc::new(std::mem::take(&mut s.marks));
         segments.push(SegmentMeta { seq: m.seq, path: m.path.clone(), header: h, marks });
-        match (class, last) {
-            (Class::Full, true) => {
-                tail = Tail::Full;
+        let proven = |s: &SegScan| {
+            // Records up to the highest watermark any batch header of this
+            // segment carries are durable; a v1 segment proves what lies
+            // before its last in-flight window.
+            let w = if h.version == 1 {
+                s.v1_window_start.unwrap_or(s.next_lsn).saturating_sub(1)
+            } else {
+                s.synced.max(proof.synced).max(proof.clean_end_at.map(|c| c - 1)).unwrap_or(0)
+            };
+            w.max(h.first_lsn - 1).saturating_add(1).min(s.next_lsn)
+        };
+        match class {
+            Class::Done if !last => {}
+            Class::Done | Class::Clean => {
                 report.stop = StopReason::Clean;
+                tail = match s.clean_end {
+                    // Appends go over the clean-end mark itself (a block
+                    // that holds no record), not after it: the mark may be
+                    // readable yet not durable (its sync failed, then the
+                    // process died), and later batches must not rest on it.
+                    Some((offset, _)) if class == Class::Clean => Tail::Continue { offset },
+                    Some(_) if s.stop == Some(Stop::Full) => Tail::Rotate,
+                    _ => Tail::CopyForward { from: proven(&s) },
+                };
             }
-            (Class::Full | Class::Clean, false) => {}
-            (Class::Clean, true) => {
-                tail = Tail::Continue { offset: s.end_pos };
-                report.stop = StopReason::Clean;
-            }
-            (Class::Torn(cause), _) => {
+            Class::Torn(cause) => {
                 if mode == RecoveryMode::AbsoluteConsistency {
                     return Err(corrupt(&m.path, s.stop_pos, s.next_lsn, CorruptKind::TornTail(cause)));
                 }
-                tail = Tail::Seal { offset: s.end_pos };
-                report.stop = StopReason::TornTail { segment: m.path.clone(), offset: s.end_pos, cause };
+                let records_cut = proof.end_lsn.map_or(0, |e| e.saturating_sub(s.next_lsn));
+                let lsn = Lsn(s.next_lsn);
+                report.stop = StopReason::TornTail {
+                    segment: m.path.clone(),
+                    offset: s.stop_pos,
+                    lsn,
+                    records_cut,
+                    cause,
+                };
+                tail = Tail::CopyForward { from: proven(&s) };
             }
-            (Class::Corrupt { offset, kind }, _) => {
+            Class::Corrupt { offset, kind } => {
                 if mode != RecoveryMode::PointInTime {
                     return Err(corrupt(&m.path, offset, s.next_lsn, kind));
                 }
-                discard.extend(iter.by_ref().map(|(_, m)| m.path));
-                tail = Tail::Seal { offset: s.end_pos };
-                report.stop = StopReason::PointInTime { segment: m.path.clone(), offset: s.end_pos, kind };
+                let stop =
+                    StopReason::PointInTime { segment: m.path.clone(), offset, lsn: Lsn(s.next_lsn), kind };
+                point_in_time(&mut report, &mut discard, iter.by_ref().map(|(_, m)| m.path), stop);
+                // Everything before the damage is proven (that is why it is
+                // corruption): a new segment only voids what follows.
+                tail = Tail::CopyForward { from: s.next_lsn };
                 break;
             }
         }
@@ -548,41 +706,78 @@ fn walk(mapped: Vec<Segment>, unused: Vec<(u64, PathBuf)>, mode: RecoveryMode, m
     if next_lsn > 1 && !segments.is_empty() {
         report.last_lsn = Lsn(next_lsn - 1);
     }
-    if report.records == 0 {
-        report.first_lsn = if segments.is_empty() { Lsn::ZERO } else { report.first_lsn };
+    if report.records == 0 && segments.is_empty() {
+        report.first_lsn = Lsn::ZERO;
     }
-    Ok(Plan { segments, unused, discard, leftovers: Vec::new(), spares: Vec::new(), next_lsn, tail, report })
+    Ok(Plan {
+        segments,
+        unused,
+        discard,
+        void,
+        leftovers: Vec::new(),
+        spares: Vec::new(),
+        next_lsn,
+        tail,
+        report,
+    })
 }
 
+/// The segment's header, if it fits the log: decodes, belongs to the same
+/// log as the first segment, carries its file's sequence number and starts
+/// where the log is (exactly, or earlier for a segment that voids what
+/// follows). Otherwise the offset and kind of the problem.
 fn check_header(
     m: &Segment,
-    h: &SegmentHeader,
     first: Option<&SegmentHeader>,
     next_lsn: u64,
-) -> Option<Error> {
-    if let Some(f) = first {
-        if h.log_id != f.log_id {
-            return Some(corrupt(
-                &m.path,
-                0,
-                next_lsn,
-                CorruptKind::Mismatch("segment belongs to another log"),
-            ));
+) -> std::result::Result<SegmentHeader, (u64, CorruptKind)> {
+    let h = m.header.map_err(|e| (0, CorruptKind::Header(e)))?;
+    if first.is_some_and(|f| h.log_id != f.log_id) {
+        return Err((0, CorruptKind::Mismatch("segment belongs to another log")));
+    }
+    if h.sequence != m.seq {
+        return Err((0, CorruptKind::Mismatch("sequence number differs from file name")));
+    }
+    let starts_ok = first.is_none() || h.first_lsn == next_lsn || (h.cuts() && h.first_lsn < next_lsn);
+    if !starts_ok {
+        return Err((0, CorruptKind::LsnGap { found: h.first_lsn }));
+    }
+    Ok(h)
+}
+
+/// Calls `f` with every record `from..until` of segment `seg` (its bytes in
+/// `data`), with its frame kind: what `open` copies forward.
+///
+/// # Errors
+/// `Corrupt` if the records are not all there (the scan just read them, so
+/// only a concurrent change of the file does that).
+pub(crate) fn copy_records(
+    data: &[u8],
+    seg: &SegmentMeta,
+    from: u64,
+    until: u64,
+    mut f: impl FnMut(u64, format::FrameKind, &[u8]),
+) -> Result<()> {
+    let h = &seg.header;
+    let mut w = match seg.marks.seek(from) {
+        Some((lsn, offset)) => Walker::at(h, offset, lsn, Some(until)),
+        None => Walker::new(h, Some(until)),
+    };
+    while w.lsn() < until {
+        match w.step(data) {
+            Step::Batch { .. } => {}
+            Step::Record { lsn, kind, payload, .. } => {
+                if lsn >= from {
+                    f(lsn, kind, payload);
+                }
+            }
+            Step::Stop { pos, lsn, why } => {
+                let kind = CorruptKind::Frame(cause(Some(why)));
+                return Err(corrupt(&seg.path, pos, lsn, kind));
+            }
         }
     }
-    let first = first.is_none();
-    if h.sequence != m.seq {
-        return Some(corrupt(
-            &m.path,
-            0,
-            next_lsn,
-            CorruptKind::Mismatch("sequence number differs from file name"),
-        ));
-    }
-    if !first && h.first_lsn != next_lsn {
-        return Some(corrupt(&m.path, 0, next_lsn, CorruptKind::LsnGap { found: h.first_lsn }));
-    }
-    None
+    Ok(())
 }
 
 /// Opens a mapped segment as shared for readers.

@@ -1,22 +1,32 @@
 //! Reading records back: an iterator over durable records, straight from the
 //! memory-mapped segments (no copy until the caller asks for one).
+//!
+//! The bytes a [`Record`] borrows never change: every segment a reader may
+//! map is pinned (see `registry`) from the moment its iterator is created,
+//! so `truncate_before` deletes such a segment instead of recycling it, and
+//! nothing else in aiowal writes to a block that holds records.
 
 use std::fmt;
 use std::sync::Arc;
 
-use super::{SegmentMeta, map_shared, slice_from};
+use super::walk::{Step, Stop, Walker};
+use super::{SegmentMeta, map_shared};
 use crate::error::{CorruptKind, Error, Result};
-use crate::format::{self, FRAME_HEADER_LEN, FormatError, FrameKind};
+use crate::format::FormatError;
 use crate::lsn::Lsn;
+use crate::registry::Pin;
 use crate::vfs::{Mapped, Vfs};
 
-/// One record read back from the log.
+/// One record read back from the log. Its bytes stay valid and unchanged
+/// for as long as it lives, whatever happens to the log meanwhile.
 #[derive(Clone)]
 pub struct Record {
     lsn: Lsn,
     map: Arc<Mapped>,
     start: usize,
     len: usize,
+    /// Keeps the segment from being recycled while the record lives.
+    _pin: Option<Arc<Pin>>,
 }
 
 impl Record {
@@ -36,6 +46,12 @@ impl Record {
     }
 }
 
+impl AsRef<[u8]> for Record {
+    fn as_ref(&self) -> &[u8] {
+        self.data()
+    }
+}
+
 impl fmt::Debug for Record {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Record").field("lsn", &self.lsn).field("len", &self.len).finish()
@@ -47,17 +63,22 @@ impl fmt::Debug for Record {
 ///
 /// Each item is a `Result`: a segment that cannot be read or that fails its
 /// checks (someone damaged it after open) ends the iteration with an error.
+///
+/// The iterator reads memory-mapped segment files: a page not in memory
+/// is read from disk when first touched, on the calling thread. From async
+/// code, iterate on a blocking thread (`spawn_blocking`) where a cold read
+/// would stall other tasks.
 pub struct ReadIter {
     segments: Vec<SegmentMeta>,
     idx: usize,
     map: Option<Arc<Mapped>>,
+    walker: Option<Walker>,
     vfs: Vfs,
-    pos: u64,
     next_lsn: u64,
     from: u64,
     until: u64,
-    max_payload: u64,
     failed: bool,
+    pin: Option<Arc<Pin>>,
 }
 
 impl fmt::Debug for ReadIter {
@@ -71,18 +92,19 @@ impl fmt::Debug for ReadIter {
 }
 
 impl ReadIter {
-    /// Reads `segments` (the log's, in order) from the one holding `from`
-    /// (the first, when `from` precedes it).
+    /// Reads `segments` (the log's, in order, each ending where the next
+    /// begins) from the one holding `from` (the first, when `from` precedes
+    /// it) up to `until`. `pin` keeps them from being recycled meanwhile.
     pub(crate) fn new(
         vfs: Vfs,
         segments: Vec<SegmentMeta>,
         from: u64,
         until: u64,
-        max_payload: u64,
+        pin: Option<Arc<Pin>>,
     ) -> ReadIter {
         let idx = segments.iter().rposition(|s| s.header.first_lsn <= from).unwrap_or(0);
         let next_lsn = segments.get(idx).map_or(from, |s| s.header.first_lsn);
-        ReadIter { segments, idx, map: None, vfs, pos: 0, next_lsn, from, until, max_payload, failed: false }
+        ReadIter { segments, idx, map: None, walker: None, vfs, next_lsn, from, until, failed: false, pin }
     }
 
     fn fail(&mut self, offset: u64, kind: CorruptKind) -> Option<Result<Record>> {
@@ -91,10 +113,39 @@ impl ReadIter {
         Some(Err(Error::Corrupt { segment, offset, lsn: self.next_lsn, kind }))
     }
 
-    fn advance_segment(&mut self) -> bool {
-        self.map = None;
-        self.idx += 1;
-        self.idx < self.segments.len()
+    /// Where segment `idx`'s records end: the next segment's first LSN.
+    fn limit(&self) -> Option<u64> {
+        self.segments.get(self.idx + 1).map(|s| s.header.first_lsn)
+    }
+
+    /// Maps the current segment and places the walk at the last seek mark
+    /// at or before `from` (or its first batch).
+    fn enter_segment(&mut self) -> std::result::Result<(), Option<Result<Record>>> {
+        let limit = self.limit();
+        let Some(seg) = self.segments.get(self.idx) else {
+            return Err(self.fail(0, CorruptKind::LsnGap { found: self.next_lsn }));
+        };
+        if seg.header.first_lsn != self.next_lsn {
+            let found = seg.header.first_lsn;
+            return Err(self.fail(0, CorruptKind::LsnGap { found }));
+        }
+        let map = match map_shared(&self.vfs, &seg.path) {
+            Ok(m) => m,
+            Err(e) => {
+                self.failed = true;
+                return Err(Some(Err(e)));
+            }
+        };
+        let mut walker = Walker::new(&seg.header, limit);
+        if let Some((lsn, offset)) = seg.marks.seek(self.from) {
+            if lsn > self.next_lsn {
+                walker = Walker::at(&seg.header, offset, lsn, limit);
+                self.next_lsn = lsn;
+            }
+        }
+        self.map = Some(map);
+        self.walker = Some(walker);
+        Ok(())
     }
 }
 
@@ -106,64 +157,42 @@ impl Iterator for ReadIter {
             if self.failed || self.next_lsn > self.until {
                 return None;
             }
-            let Some(seg) = self.segments.get(self.idx) else {
-                return self.fail(self.pos, CorruptKind::LsnGap { found: self.next_lsn });
-            };
-            let (salt, seg_end) = (seg.header.salt, seg.header.segment_bytes);
-            let map = match &self.map {
-                Some(m) => Arc::clone(m),
-                None => match map_shared(&self.vfs, &seg.path) {
-                    Ok(m) => {
-                        if seg.header.first_lsn != self.next_lsn {
-                            return self.fail(0, CorruptKind::LsnGap { found: seg.header.first_lsn });
-                        }
-                        self.pos = u64::from(seg.header.alignment);
-                        // Skip ahead in the segment holding `from`.
-                        if let Some((lsn, offset)) = seg.marks.seek(self.from) {
-                            if lsn > self.next_lsn {
-                                (self.next_lsn, self.pos) = (lsn, offset);
-                            }
-                        }
-                        self.map = Some(m);
-                        // Check again from the top: the seek may have moved
-                        // past `until` (a mark where the next record would go).
-                        continue;
-                    }
-                    Err(e) => {
-                        self.failed = true;
-                        return Some(Err(e));
-                    }
-                },
-            };
-            if self.pos + FRAME_HEADER_LEN as u64 > seg_end {
-                if !self.advance_segment() {
-                    return self.fail(self.pos, CorruptKind::LsnGap { found: self.next_lsn });
+            if self.map.is_none() {
+                if let Err(out) = self.enter_segment() {
+                    return out;
                 }
                 continue;
             }
-            let frame = match format::decode_frame(slice_from(&map, self.pos), salt, self.max_payload) {
-                Ok(f) => f,
-                Err(FormatError::Zeroed) => {
-                    if !self.advance_segment() {
-                        return self.fail(self.pos, CorruptKind::LsnGap { found: self.next_lsn });
-                    }
-                    continue;
-                }
-                Err(e) => return self.fail(self.pos, CorruptKind::Frame(e)),
+            let (Some(map), Some(walker)) = (self.map.as_ref(), self.walker.as_mut()) else {
+                return None;
             };
-            if frame.lsn != self.next_lsn {
-                return self.fail(self.pos, CorruptKind::LsnGap { found: frame.lsn });
-            }
-            let start = usize::try_from(self.pos).unwrap_or(usize::MAX) + FRAME_HEADER_LEN;
-            let (kind, len) = (frame.kind, frame.payload.len());
-            self.pos += frame.len_on_disk;
-            if kind == FrameKind::Padding {
-                continue;
-            }
-            let lsn = self.next_lsn;
-            self.next_lsn += 1;
-            if lsn >= self.from {
-                return Some(Ok(Record { lsn: Lsn(lsn), map, start, len }));
+            match walker.step(map) {
+                Step::Batch { .. } => {}
+                Step::Record { pos, lsn, payload, .. } => {
+                    self.next_lsn = lsn + 1;
+                    if lsn >= self.from {
+                        let start =
+                            usize::try_from(pos).unwrap_or(usize::MAX) + crate::format::FRAME_HEADER_LEN;
+                        let (map, len) = (Arc::clone(map), payload.len());
+                        return Some(Ok(Record { lsn: Lsn(lsn), map, start, len, _pin: self.pin.clone() }));
+                    }
+                }
+                Step::Stop { pos, why: Stop::Limit | Stop::Full, .. } => {
+                    self.map = None;
+                    self.walker = None;
+                    self.idx += 1;
+                    if self.idx >= self.segments.len() {
+                        return self.fail(pos, CorruptKind::LsnGap { found: self.next_lsn });
+                    }
+                }
+                Step::Stop { pos, why, .. } => {
+                    let cause = match why {
+                        Stop::Bad(e) => e,
+                        Stop::Eof => FormatError::Truncated,
+                        _ => FormatError::Zeroed,
+                    };
+                    return self.fail(pos, CorruptKind::Frame(cause));
+                }
             }
         }
     }

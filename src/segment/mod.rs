@@ -7,9 +7,13 @@
 //! directory fsynced: a file with a final name is always fully preallocated.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use tokio::sync::watch;
+
 use crate::error::{Error, IoOp, Result};
+use crate::registry::DirEntry;
 pub(crate) use crate::vfs::DirLock;
 use crate::vfs::{EntryKind, SegFile, Vfs};
 
@@ -47,8 +51,64 @@ pub(crate) fn lock_dir(vfs: &Vfs, dir: &Path) -> Result<DirLock> {
     let path = dir.join(LOCK_NAME);
     match vfs.try_lock(&path) {
         Ok(Some(lock)) => Ok(lock),
-        Ok(None) => Err(Error::Locked { path }),
+        Ok(None) => {
+            let shutting_down = DirEntry::of(vfs, dir).dropping();
+            Err(Error::Locked { path, shutting_down })
+        }
         Err(e) => Err(Error::io(IoOp::Lock, &path, e)),
+    }
+}
+
+/// The directory lock of an open log, shared by everything that may still
+/// touch the directory: the pipeline, a segment being prepared, a
+/// truncation in progress. The lock is released when the last of them lets
+/// go, never while one of them can still rename or write a file.
+#[derive(Debug)]
+pub(crate) struct HeldLock {
+    /// Taken in `drop`, to release the lock before telling the registry.
+    lock: Option<DirLock>,
+    /// Closed when this drops: `close` waits for it.
+    released: watch::Sender<()>,
+    /// Set when the last handle was dropped without `close`.
+    dropped: std::sync::Mutex<Option<Arc<DirEntry>>>,
+}
+
+/// A share of the directory lock.
+pub(crate) type LockRef = Arc<HeldLock>;
+
+impl HeldLock {
+    pub(crate) fn new(lock: DirLock) -> LockRef {
+        Arc::new(HeldLock {
+            lock: Some(lock),
+            released: watch::Sender::new(()),
+            dropped: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// Ends (with an error) once the lock is released.
+    pub(crate) fn released(&self) -> watch::Receiver<()> {
+        self.released.subscribe()
+    }
+
+    /// The last handle was dropped without `close`: until the lock is
+    /// released, a reopen in this process is told a handle is shutting down.
+    pub(crate) fn dropped(&self, entry: &Arc<DirEntry>) {
+        let mut dropped = crate::sync::lock(&self.dropped);
+        if dropped.is_none() {
+            entry.dropping_started();
+            *dropped = Some(Arc::clone(entry));
+        }
+    }
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        // Released first: a reopen that still finds it held is told a
+        // dropped handle is shutting down.
+        drop(self.lock.take());
+        if let Some(entry) = crate::sync::lock(&self.dropped).take() {
+            entry.dropping_finished();
+        }
     }
 }
 
@@ -231,7 +291,8 @@ enum Work {
 
 impl Preparing {
     /// Starts preparing segment `seq` in the background (or, where `vfs`
-    /// allows no threads, prepares it now).
+    /// allows no threads, prepares it now). The thread holds a share of the
+    /// directory lock until it is done.
     pub(crate) fn start(
         vfs: &Vfs,
         dir: PathBuf,
@@ -239,6 +300,7 @@ impl Preparing {
         bytes: u64,
         direct: bool,
         spare: Option<PathBuf>,
+        held: LockRef,
     ) -> Result<Preparing> {
         if !vfs.threads() {
             return Ok(Preparing { seq, work: Work::Done(prepare(vfs, &dir, seq, bytes, direct, spare)) });
@@ -246,7 +308,10 @@ impl Preparing {
         let vfs = vfs.clone();
         let handle = std::thread::Builder::new()
             .name(format!("aiowal-prep-{seq}"))
-            .spawn(move || prepare(&vfs, &dir, seq, bytes, direct, spare))
+            .spawn(move || {
+                let _held = held;
+                prepare(&vfs, &dir, seq, bytes, direct, spare)
+            })
             .map_err(|e| Error::io(IoOp::Spawn, PathBuf::from("aiowal-prep"), e))?;
         Ok(Preparing { seq, work: Work::Thread(handle) })
     }

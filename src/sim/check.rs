@@ -184,7 +184,13 @@ impl Checker {
             count += 1;
         }
         let (first, last) = range.unwrap_or((0, 0));
-        if self.acked > 0 && last < self.acked {
+        // Everything acknowledged was below a truncation point and is gone
+        // with it: the log must continue after it, not restart.
+        let all_truncated = range.is_none() && self.acked < self.floor;
+        if all_truncated && durable.get() < self.acked {
+            return Err(Violation::DurableLsn { expected: Lsn(self.acked), found: durable });
+        }
+        if self.acked > 0 && last < self.acked && !all_truncated {
             let lsn =
                 if range.is_some() { last + 1 } else { self.records.keys().next().copied().unwrap_or(1) };
             return Err(Violation::LostAcked { lsn: Lsn(lsn), recovered_last: Lsn(last) });

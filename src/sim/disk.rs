@@ -143,6 +143,12 @@ impl Disk {
         self.crash_at = Some(self.ops + ops.max(1));
     }
 
+    pub(crate) fn disarm(&mut self) {
+        self.crash_at = None;
+        self.trigger = None;
+        self.faults.clear();
+    }
+
     pub(crate) fn crash_now(&mut self) {
         if !self.crashed {
             self.crashed = true;
@@ -340,18 +346,6 @@ impl Disk {
         let path = self.name_of(ino);
         self.meta_op(IoOp::Read, &path)?;
         Ok(self.inode(ino).data.len() as u64)
-    }
-
-    pub(crate) fn read_at(&mut self, ino: usize, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let path = self.name_of(ino);
-        self.meta_op(IoOp::Read, &path)?;
-        let data = &self.inode(ino).data;
-        let start = usize::try_from(offset).map_err(io::Error::other)?;
-        let src = data.get(start..start + buf.len()).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of a simulated file")
-        })?;
-        buf.copy_from_slice(src);
-        Ok(())
     }
 
     /// Bytes held by linked files, for the ENOSPC fault.

@@ -252,6 +252,14 @@ impl SimDisk {
         self.lock().trigger = Some(disk::Trigger(Box::new(trigger)));
     }
 
+    /// Cancels a pending crash ([`SimDisk::crash_after`],
+    /// [`SimDisk::crash_when`]) and every armed write or sync fault that has
+    /// not fired yet (capacity and latency stay). For a step that should
+    /// run undisturbed after one that might have been cut short.
+    pub fn disarm(&self) {
+        self.lock().disarm();
+    }
+
     /// Cuts the power now.
     pub fn crash_now(&self) {
         self.lock().crash_now();
@@ -313,6 +321,11 @@ impl SimDisk {
 
     pub(crate) fn same_disk(&self, other: &SimDisk) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// A number that tells this disk from every other one alive.
+    pub(crate) fn identity(&self) -> usize {
+        Arc::as_ptr(&self.inner) as usize
     }
 
     pub(crate) fn random_u64(&self) -> u64 {
@@ -386,10 +399,6 @@ pub(crate) struct SimFile {
 impl SimFile {
     pub(crate) fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
         self.disk.lock().write_at(self.ino, buf, offset, self.direct)
-    }
-
-    pub(crate) fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.disk.lock().read_at(self.ino, buf, offset)
     }
 
     pub(crate) fn sync(&self) -> io::Result<()> {

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use aiowal::format::{self, FormatError, FrameKind, SegmentHeader};
+use aiowal::format::{self, FrameKind, SegmentHeader};
 use aiowal::{Lsn, Options, Wal};
 
 /// Instantiates each listed case for every backend.
@@ -76,19 +76,53 @@ macro_rules! per_backend {
     };
 }
 
+/// Like `per_backend!` for every case listed, plus a `sim` variant
+/// (feature `sim`) on the crash simulator's disk for the cases in `sim:`,
+/// which use only the public API (no file inspection): `small()` then puts
+/// the log on the simulated disk.
+#[macro_export]
+macro_rules! per_backend_and_sim {
+    (sim: [$($case:ident),* $(,)?], real: [$($real:ident),* $(,)?] $(,)?) => {
+        $crate::per_backend!($($case,)* $($real),*);
+        /// The crash simulator's disk and backend, on a current-thread runtime.
+        #[cfg(feature = "sim")]
+        mod sim {
+            $(
+                #[tokio::test(flavor = "current_thread")]
+                async fn $case() {
+                    let disk = aiowal::sim::SimDisk::new(7);
+                    $crate::common::SIM.scope(disk, super::$case(aiowal::Backend::Auto)).await
+                }
+            )*
+        }
+    };
+}
+
 tokio::task_local! {
     /// The io_uring sync mode a `per_backend!` variant runs its case with.
     pub static URING_SYNC: aiowal::UringSync;
 }
 
-/// Small segments and batches so tests rotate and exercise windows quickly.
+#[cfg(feature = "sim")]
+tokio::task_local! {
+    /// The simulated disk a `per_backend_and_sim!` `sim` variant runs on.
+    pub static SIM: aiowal::sim::SimDisk;
+}
+
+/// Small segments and batches so tests rotate and exercise windows quickly
+/// (on the simulated disk, in a `sim` variant).
 pub fn small(backend: aiowal::Backend) -> Options {
-    Options::default()
+    let o = Options::default()
         .backend(backend)
         .uring_sync(URING_SYNC.try_with(|s| *s).unwrap_or_default())
         .segment_bytes(256 << 10)
         .batch_bytes_max(32 << 10)
-        .max_record_bytes(8 << 10)
+        .max_record_bytes(8 << 10);
+    #[cfg(feature = "sim")]
+    if let Ok(disk) = SIM.try_with(|d| d.clone()) {
+        return o.sim(&disk);
+    }
+    o
 }
 
 /// Deterministic pseudo-random record for (task, index).
@@ -150,20 +184,31 @@ pub struct FrameAt {
     pub len: u64,
 }
 
-/// Walks the valid frames of a segment file with the public codec.
+/// Walks the valid frames of a segment file with the public codec: v2
+/// batch headers and their records (each batch ends where its header says),
+/// or v1 records and padding. Stops at the first frame that does not decode.
 pub fn frames(path: &Path) -> (SegmentHeader, Vec<FrameAt>) {
     let bytes = std::fs::read(path).unwrap();
     let h = SegmentHeader::decode(&bytes).unwrap();
     let mut out = Vec::new();
     let mut pos = h.alignment as usize;
+    // Inside a v2 batch: its end offset and how many records are left.
+    let mut batch: Option<(usize, u64)> = None;
     while pos + format::FRAME_HEADER_LEN <= bytes.len() {
-        match format::decode_frame(&bytes[pos..], h.salt, u64::from(u32::MAX)) {
-            Ok(f) => {
-                out.push(FrameAt { offset: pos as u64, kind: f.kind, lsn: f.lsn, len: f.len_on_disk });
-                pos += f.len_on_disk as usize;
-            }
-            Err(FormatError::Zeroed) | Err(_) => break,
+        if let Some((end, 0)) = batch {
+            pos = end;
+            batch = None;
+            continue;
         }
+        let Ok(f) = format::decode_frame(&bytes[pos..], h.salt, u64::from(u32::MAX)) else { break };
+        out.push(FrameAt { offset: pos as u64, kind: f.kind, lsn: f.lsn, len: f.len_on_disk });
+        if f.kind == FrameKind::BatchHeader {
+            let Ok(b) = format::BatchHeader::from_frame(&f) else { break };
+            batch = Some((pos + b.batch_bytes as usize, b.records()));
+        } else if let Some((_, left)) = batch.as_mut() {
+            *left -= 1;
+        }
+        pos += f.len_on_disk as usize;
     }
     (h, out)
 }

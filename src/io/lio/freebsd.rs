@@ -208,18 +208,25 @@ mod tests {
             submitted: Instant::now(),
             seq: 1,
             header: None,
+            clean_end: false,
         };
-        IoBatch { file: FileTarget::Open(Arc::clone(file)), writes, meta }
+        IoBatch {
+            file: FileTarget::Open(Arc::clone(file)),
+            writes,
+            meta,
+            guard: crate::io::BatchGuard::none(),
+        }
     }
 
     #[tokio::test]
     async fn lio_list_writes_then_syncs() {
         let tmp = tempfile::tempfile().unwrap();
+        let reader = tmp.try_clone().unwrap();
         let file = Arc::new(crate::vfs::SegFile::Os(tmp));
         let mut b = batch(&file);
         run(&mut b).await.unwrap();
         let mut back = vec![0u8; 3 * 4096];
-        file.read_exact_at(&mut back, 0).unwrap();
+        std::os::unix::fs::FileExt::read_exact_at(&reader, &mut back, 0).unwrap();
         for i in 0..3usize {
             assert!(back[i * 4096..(i + 1) * 4096].iter().all(|&x| usize::from(x) == i + 1));
         }
