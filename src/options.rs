@@ -124,7 +124,27 @@ pub struct Options {
     pub(crate) direct: bool,
     /// The file system the log lives on (the real one, or the simulator's).
     pub(crate) vfs: crate::vfs::Vfs,
+    /// Tests only: `Backend::Lio` runs the kqueue driver over a model of
+    /// FreeBSD's AIO and kqueue.
+    #[cfg(all(test, target_os = "linux"))]
+    pub(crate) lio_model: Option<LioModel>,
 }
+
+/// A model of FreeBSD's AIO for `Backend::Lio` in tests; options holding
+/// the same model compare equal.
+#[cfg(all(test, target_os = "linux"))]
+#[derive(Debug, Clone)]
+pub(crate) struct LioModel(pub std::sync::Arc<crate::io::lio_model::Model>);
+
+#[cfg(all(test, target_os = "linux"))]
+impl PartialEq for LioModel {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+impl Eq for LioModel {}
 
 impl Default for Options {
     fn default() -> Self {
@@ -142,6 +162,8 @@ impl Default for Options {
             segments_recycled_max: 4,
             direct: false,
             vfs: crate::vfs::Vfs::Os,
+            #[cfg(all(test, target_os = "linux"))]
+            lio_model: None,
         }
     }
 }

@@ -24,6 +24,8 @@
 
 #[cfg(any(target_os = "linux", target_os = "freebsd"))]
 mod lio;
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) use lio::model as lio_model;
 #[cfg(feature = "sim")]
 mod sim;
 mod threaded;
@@ -254,6 +256,12 @@ pub(crate) fn start(which: Backend, sink: Arc<dyn Completion>, opts: &Options) -
     if let crate::vfs::Vfs::Sim(disk) = &opts.vfs {
         return Ok(Box::new(sim::Sim::start(disk.clone(), sink)?));
     }
+    #[cfg(all(test, target_os = "linux"))]
+    if let (Backend::Lio, Some(m)) = (which, &opts.lio_model) {
+        return lio::driver::Lio::start(m.0.kernel(), m.0.reactor(), sink)
+            .map(|l| Box::new(l) as Box<dyn IoBackend>)
+            .map_err(|reason| Error::BackendUnavailable { backend: "lio", reason });
+    }
     match which {
         Backend::Threaded => Ok(Box::new(threaded::Threaded::start(sink)?)),
         Backend::Lio => start_lio(sink),
@@ -278,9 +286,7 @@ fn start_lio(sink: Arc<dyn Completion>) -> Result<Box<dyn IoBackend>> {
 
 #[cfg(target_os = "freebsd")]
 fn start_lio(sink: Arc<dyn Completion>) -> Result<Box<dyn IoBackend>> {
-    lio::Lio::start(sink)
-        .map(|l| Box::new(l) as Box<dyn IoBackend>)
-        .map_err(|reason| Error::BackendUnavailable { backend: "lio", reason })
+    lio::start(sink)
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "freebsd")))]

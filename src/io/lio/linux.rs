@@ -10,7 +10,8 @@
 
 use std::sync::Arc;
 
-use super::{AioBatch, Submit};
+use super::sys::Libc;
+use super::{AioBatch, Notify, Submit};
 use crate::error::Result;
 use crate::io::threaded::Threaded;
 use crate::io::{Completion, IoBatch, IoFailure};
@@ -24,13 +25,15 @@ pub(crate) fn start(sink: Arc<dyn Completion>) -> Result<Threaded> {
 /// Submits with `lio_listio`, waits with `aio_suspend`, then `aio_fsync`.
 fn write_and_sync(batch: &mut IoBatch) -> std::result::Result<(), IoFailure> {
     let file = batch.file.resolve()?;
-    let mut aio = AioBatch::new(batch, file)?;
+    // SAFETY: `batch` (and so its buffers) outlives `aio`, whose Drop waits
+    // for whatever the kernel still holds.
+    let mut aio = unsafe { AioBatch::new(Arc::new(Libc), batch, file)? };
     run(&mut aio)
 }
 
-fn run(aio: &mut AioBatch<'_>) -> std::result::Result<(), IoFailure> {
+fn run(aio: &mut AioBatch<Libc>) -> std::result::Result<(), IoFailure> {
     loop {
-        match aio.submit_writes(None) {
+        match aio.submit_writes(Notify::None) {
             Ok(()) => break,
             // The queue is full: let what was queued finish, then resubmit the rest.
             Err(Submit::Again) => wait_some(aio),
@@ -41,7 +44,7 @@ fn run(aio: &mut AioBatch<'_>) -> std::result::Result<(), IoFailure> {
     debug_assert!(aio.writes_done());
     aio.reap_writes()?;
     loop {
-        match aio.submit_sync(None) {
+        match aio.submit_sync(Notify::None) {
             Ok(()) => break,
             Err(Submit::Again) => std::thread::sleep(std::time::Duration::from_micros(50)),
             Err(Submit::Failed(f)) => return Err(f),
@@ -52,7 +55,7 @@ fn run(aio: &mut AioBatch<'_>) -> std::result::Result<(), IoFailure> {
     aio.reap_sync()
 }
 
-fn wait_some(aio: &AioBatch<'_>) {
+fn wait_some(aio: &AioBatch<Libc>) {
     if aio.in_progress().is_empty() {
         // Nothing of ours in flight: others fill the queue; back off briefly.
         std::thread::sleep(std::time::Duration::from_micros(50));

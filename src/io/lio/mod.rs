@@ -8,56 +8,115 @@
 //! is full) is handled by waiting for what was queued and resubmitting only
 //! the control blocks that were not.
 //!
+//! The calls go through [`Kernel`], a narrow interface over the C calls, so
+//! that the same driver logic runs over the real calls and, in tests, over
+//! a model of FreeBSD's AIO and kqueue (`model.rs`).
+//!
 //! How completion reaches the pipeline differs per platform:
 //!
-//! * FreeBSD (the default there): the list is registered with tokio's
-//!   `Aio` with LIO interest; `lio_listio`'s own sigevent is
-//!   `SIGEV_KEVENT` with tokio's kqueue and token, so kqueue wakes the task
-//!   when the list completes; no thread waits. See `freebsd.rs`.
+//! * FreeBSD (the default there): `driver.rs`. Each list's `lio_listio`
+//!   carries a `SIGEV_KEVENT` sigevent naming tokio's kqueue and the token of
+//!   a long-lived `Aio` registration, so kqueue wakes the batch's task when
+//!   the list completes; no thread waits. `freebsd.rs` binds it to tokio.
 //! * Linux (`Backend::Lio`, for running the shared code everywhere): glibc
 //!   implements POSIX AIO with its own helper threads, so a signal or
 //!   callback would only add hand-offs. A dedicated thread per log blocks in
 //!   `aio_suspend` instead: no runtime worker blocks and nothing polls. See
 //!   `linux.rs`.
-//!
-//! In-flight control blocks and buffers are owned by [`AioBatch`]; dropping
-//! it while the kernel still uses them waits for them first.
 
+#[cfg(any(target_os = "freebsd", test))]
+pub(crate) mod driver;
 #[cfg(target_os = "freebsd")]
 mod freebsd;
 #[cfg(target_os = "linux")]
 mod linux;
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) mod model;
+mod sys;
 
 #[cfg(target_os = "freebsd")]
-pub(crate) use freebsd::Lio;
+pub(crate) use freebsd::start;
 #[cfg(target_os = "linux")]
 pub(crate) use linux::start;
 
 use std::cell::UnsafeCell;
 use std::io;
+use std::os::fd::RawFd;
+use std::ptr::NonNull;
 use std::sync::Arc;
 
 use super::{IoBatch, IoFailure};
 use crate::error::IoOp;
 use crate::vfs::SegFile;
 
-/// Most control blocks one `lio_listio` call may carry here.
-fn listio_max() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_AIO_LISTIO_MAX) };
-    // glibc reports no limit (-1); POSIX guarantees at least 2; 16 is
-    // FreeBSD's default. Our batches carry one or a few buffers.
-    if n > 0 { usize::try_from(n).unwrap_or(16).min(1024) } else { 16 }
+/// How the kernel should report a completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Notify {
+    /// Not at all (`SIGEV_NONE`): the caller polls or suspends.
+    None,
+    /// FreeBSD's `SIGEV_KEVENT`: post a kevent to kqueue `kq` with `udata`
+    /// set to `token` (for a list: `EVFILT_LIO`, keyed by the list's address;
+    /// for one control block: `EVFILT_AIO`, keyed by its address).
+    #[cfg_attr(not(any(test, target_os = "freebsd")), allow(dead_code))]
+    Kevent { kq: RawFd, token: usize },
 }
 
-fn zeroed_aiocb() -> libc::aiocb {
-    // SAFETY: aiocb is a plain C struct; all-zero is a valid value
-    // (null pointers, zero lengths, SIGEV_NONE is 0 on Linux and FreeBSD).
+/// The POSIX AIO calls the backend makes, each as its C function behaves
+/// on the platform (the real calls, or a model of FreeBSD's in tests).
+///
+/// # Safety
+/// Implementations receive raw control blocks; callers guarantee what each
+/// method's safety section says.
+pub(crate) trait Kernel: Send + Sync + 'static {
+    /// `lio_listio(LIO_NOWAIT, list, list.len(), sig)`: 0, or the `errno`
+    /// of a failure (`EAGAIN`, `EIO`: some entries may have been queued;
+    /// `aio_error` tells which).
+    ///
+    /// # Safety
+    /// Every pointer in `list` is a control block that stays valid and
+    /// unmoved until it is reaped with [`Kernel::aio_return`]; so does its
+    /// buffer. The list array itself stays valid and unmoved until every
+    /// job it queued is reaped (FreeBSD keys the list's kevent by its
+    /// address: `kern_lio_listio`, `kev.ident = (uintptr_t)uacb_list`).
+    unsafe fn lio_listio(&self, list: &[*mut libc::aiocb], notify: Notify) -> i32;
+
+    /// `aio_error(cb)`: `EINPROGRESS`, 0, or the job's error; `EINVAL` (as
+    /// a value on FreeBSD, `kern_aio_error`) for a block it does not know.
+    ///
+    /// # Safety
+    /// `cb` points to a valid control block.
+    unsafe fn aio_error(&self, cb: *const libc::aiocb) -> i32;
+
+    /// `aio_return(cb)`: the job's result, releasing it; `Err(errno)` if it
+    /// failed or is unknown or unfinished (`EINVAL`, `kern_aio_return`).
+    ///
+    /// # Safety
+    /// `cb` points to a valid control block.
+    unsafe fn aio_return(&self, cb: *mut libc::aiocb) -> Result<isize, i32>;
+
+    /// `aio_fsync(O_DSYNC, cb)` with `cb`'s sigevent set from `notify`: 0 or
+    /// the `errno`.
+    ///
+    /// # Safety
+    /// As for [`Kernel::lio_listio`], for the one control block.
+    unsafe fn aio_fsync(&self, cb: *mut libc::aiocb, notify: Notify) -> i32;
+
+    /// `aio_suspend(list)`: blocks until one of them completed (or a signal).
+    ///
+    /// # Safety
+    /// Every pointer is a valid control block the kernel knows.
+    unsafe fn aio_suspend(&self, list: &[*const libc::aiocb]);
+
+    /// Most control blocks one `lio_listio` may carry.
+    fn listio_max(&self) -> usize;
+}
+
+/// A control block with every field zero (null pointers, zero lengths).
+pub(crate) fn zeroed_aiocb() -> libc::aiocb {
+    // SAFETY: aiocb is a plain C struct for which all-zero is a valid value.
+    // The sigevent's notify field is set explicitly by whoever submits it
+    // (SIGEV_NONE is 0 on FreeBSD but 1 on Linux: <bits/sigevent-consts.h>).
     unsafe { std::mem::zeroed::<libc::aiocb>() }
-}
-
-fn errno() -> io::Error {
-    io::Error::last_os_error()
 }
 
 /// Why a submission did not go through.
@@ -68,34 +127,43 @@ pub(crate) enum Submit {
     Failed(IoFailure),
 }
 
-/// One batch as POSIX AIO control blocks, owned until every one completes.
-/// It borrows the batch, whose buffers the kernel reads: the borrow (and
-/// Drop, which waits for the kernel) keeps them alive long enough.
-pub(crate) struct AioBatch<'a> {
-    _batch: &'a IoBatch,
+/// One batch as POSIX AIO control blocks, owned until every one is reaped.
+///
+/// The control blocks live in their own heap allocation, reached only
+/// through raw pointers: the kernel (or glibc's helper threads) writes
+/// their status fields while this struct's methods run, so no Rust
+/// reference may cover them. The list arrays given to `lio_listio` are kept
+/// only for the duration of the call.
+pub(crate) struct AioBatch<K: Kernel> {
+    kernel: Arc<K>,
     /// Keeps the descriptor open while the kernel uses it.
     _file: Arc<SegFile>,
     fd: libc::c_int,
-    /// One control block per buffer; never resized once built, so the
-    /// addresses given to the kernel stay valid. In cells: the AIO
-    /// implementation writes their status fields while we hold them.
-    writes: Vec<UnsafeCell<libc::aiocb>>,
-    /// Whether each write was accepted by the kernel (and not yet reaped).
+    /// One control block per buffer, never moved or resized.
+    writes: NonNull<[UnsafeCell<libc::aiocb>]>,
+    /// Whether each write was accepted by the kernel.
     queued: Vec<bool>,
-    reaped: bool,
-    sync: Option<Box<UnsafeCell<libc::aiocb>>>,
+    /// Whether each write was reaped (its job released).
+    reaped: Vec<bool>,
+    /// The sync's control block, once queued; and whether it was reaped.
+    sync: Option<NonNull<UnsafeCell<libc::aiocb>>>,
+    sync_reaped: bool,
 }
 
-// SAFETY: the raw pointers in the control blocks point into the borrowed
-// batch's buffers and the blocks' own boxes; the kernel uses them whatever
-// thread the owner runs on, and only the owner (`&mut self`) touches them.
-unsafe impl Send for AioBatch<'_> {}
+// SAFETY: the raw pointers point into this struct's own allocations and the
+// batch's buffers (which the owner keeps alive); the kernel uses them
+// whatever thread the owner runs on, and only the owner touches them.
+unsafe impl<K: Kernel> Send for AioBatch<K> {}
 
-impl<'a> AioBatch<'a> {
+impl<K: Kernel> AioBatch<K> {
     /// Control blocks for every buffer of `batch`, written to `file`.
-    pub(crate) fn new(batch: &'a IoBatch, file: Arc<SegFile>) -> Result<AioBatch<'a>, IoFailure> {
+    ///
+    /// # Safety
+    /// The batch's buffers must stay valid and unmoved until this value is
+    /// dropped (which waits for, and reaps, whatever the kernel still holds).
+    pub(crate) unsafe fn new(kernel: Arc<K>, batch: &IoBatch, file: Arc<SegFile>) -> Result<Self, IoFailure> {
         let fd = file.raw_fd().map_err(|error| IoFailure { op: IoOp::Write, error })?;
-        let mut writes = Vec::with_capacity(batch.writes.len());
+        let mut cbs = Vec::with_capacity(batch.writes.len());
         for w in &batch.writes {
             let Ok(offset) = libc::off_t::try_from(w.offset) else {
                 let error = io::Error::other("write offset beyond off_t");
@@ -109,53 +177,65 @@ impl<'a> AioBatch<'a> {
             cb.aio_nbytes = w.data().len();
             cb.aio_lio_opcode = libc::LIO_WRITE;
             cb.aio_sigevent.sigev_notify = libc::SIGEV_NONE;
-            writes.push(UnsafeCell::new(cb));
+            cbs.push(UnsafeCell::new(cb));
         }
-        let queued = vec![false; writes.len()];
-        Ok(AioBatch { _batch: batch, _file: file, fd, writes, queued, reaped: false, sync: None })
+        let n = cbs.len();
+        let writes = NonNull::from(Box::leak(cbs.into_boxed_slice()));
+        Ok(AioBatch {
+            kernel,
+            _file: file,
+            fd,
+            writes,
+            queued: vec![false; n],
+            reaped: vec![false; n],
+            sync: None,
+            sync_reaped: false,
+        })
     }
 
-    /// Submits the writes not yet queued, in lists of at most `AIO_LISTIO_MAX`.
-    /// `sigev` is passed to each `lio_listio` (FreeBSD: the kevent to post
-    /// when that list completes); `None` means no notification.
-    pub(crate) fn submit_writes(&mut self, sigev: Option<libc::sigevent>) -> Result<(), Submit> {
-        let pending: Vec<usize> = (0..self.writes.len()).filter(|&i| !self.queued[i]).collect();
-        for chunk in pending.chunks(listio_max()) {
-            let mut list: Vec<*mut libc::aiocb> = Vec::with_capacity(chunk.len());
-            for &i in chunk {
-                if let Some(cb) = self.writes.get(i) {
-                    list.push(cb.get());
-                }
-            }
-            let mut sev = sigev;
-            let sevp = sev.as_mut().map_or(std::ptr::null_mut(), |s| s as *mut libc::sigevent);
-            let n = libc::c_int::try_from(list.len()).unwrap_or(libc::c_int::MAX);
-            // SAFETY: `list` holds pointers to boxed control blocks owned by
-            // `self`, which outlives the operations (Drop waits for them);
-            // their buffers live in the borrowed batch. The list array
-            // itself is only read during the call.
-            let r = unsafe { libc::lio_listio(libc::LIO_NOWAIT, list.as_mut_ptr(), n, sevp) };
+    /// The `i`-th write's control block.
+    fn write_cb(&self, i: usize) -> *mut libc::aiocb {
+        assert!(i < self.writes_len(), "control block index out of range");
+        let base = self.writes.as_ptr().cast::<UnsafeCell<libc::aiocb>>();
+        // SAFETY: `i` is within the allocation (checked above), which lives
+        // as long as `self`; only raw pointers are formed, never a reference
+        // to a control block the kernel may be writing.
+        UnsafeCell::raw_get(unsafe { base.add(i) })
+    }
+
+    fn writes_len(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// Submits the writes not yet queued, in lists of at most
+    /// `AIO_LISTIO_MAX`, each list asking for `notify` when it completes.
+    pub(crate) fn submit_writes(&mut self, notify: Notify) -> Result<(), Submit> {
+        let pending: Vec<usize> = (0..self.writes_len()).filter(|&i| !self.queued[i]).collect();
+        for chunk in pending.chunks(self.kernel.listio_max()) {
+            let list: Vec<*mut libc::aiocb> = chunk.iter().map(|&i| self.write_cb(i)).collect();
+            // SAFETY: the control blocks and their buffers live until reaped
+            // (Drop waits). The list array itself is only read during the call.
+            let r = unsafe { self.kernel.lio_listio(&list, notify) };
             if r == 0 {
                 for &i in chunk {
                     self.queued[i] = true;
                 }
                 continue;
             }
-            let e = errno();
             // Which of the list the kernel took: the others report EAGAIN.
             for &i in chunk {
-                if let Some(cb) = self.writes.get(i) {
-                    // SAFETY: `cb` is a valid control block owned by `self`.
-                    let status = unsafe { libc::aio_error(cb.get()) };
-                    self.queued[i] = status != libc::EAGAIN && status != -1;
-                }
+                // SAFETY: a valid control block owned by `self`.
+                let status = unsafe { self.kernel.aio_error(self.write_cb(i)) };
+                self.queued[i] = status != libc::EAGAIN && status != -1;
             }
-            return match e.raw_os_error() {
-                Some(libc::EAGAIN) => Err(Submit::Again),
+            return match r {
+                libc::EAGAIN => Err(Submit::Again),
                 // EIO: some request failed to start; its aio_error tells which,
                 // read when the batch completes.
-                Some(libc::EIO) if self.queued.iter().all(|q| *q) => Ok(()),
-                _ => Err(Submit::Failed(IoFailure { op: IoOp::Write, error: e })),
+                libc::EIO if self.queued.iter().all(|q| *q) => Ok(()),
+                _ => {
+                    Err(Submit::Failed(IoFailure { op: IoOp::Write, error: io::Error::from_raw_os_error(r) }))
+                }
             };
         }
         Ok(())
@@ -163,112 +243,116 @@ impl<'a> AioBatch<'a> {
 
     /// Control blocks the kernel holds that have not completed yet.
     pub(crate) fn in_progress(&self) -> Vec<*const libc::aiocb> {
-        let writes = self
-            .writes
-            .iter()
-            .zip(&self.queued)
-            .filter(|(_, q)| **q && !self.reaped)
-            .map(|(cb, _)| cb.get().cast_const());
+        let writes =
+            (0..self.writes_len()).filter(|&i| self.queued[i] && !self.reaped[i]).map(|i| self.write_cb(i));
+        let sync = self.sync.filter(|_| !self.sync_reaped).map(|cb| cb.as_ptr().cast::<libc::aiocb>());
         writes
-            .chain(self.sync.iter().map(|cb| cb.get().cast_const()))
+            .chain(sync)
+            .map(<*mut libc::aiocb>::cast_const)
             // SAFETY: every pointer is a live control block owned by `self`.
-            .filter(|&cb| unsafe { libc::aio_error(cb) } == libc::EINPROGRESS)
+            .filter(|&cb| unsafe { self.kernel.aio_error(cb) } == libc::EINPROGRESS)
             .collect()
     }
 
     /// Whether every write was queued and has completed.
     pub(crate) fn writes_done(&self) -> bool {
-        self.queued.iter().all(|q| *q) && self.writes_in_progress() == 0
-    }
-
-    fn writes_in_progress(&self) -> usize {
-        self.writes
-            .iter()
-            .zip(&self.queued)
-            // SAFETY: a live control block owned by `self`.
-            .filter(|(cb, q)| {
-                **q && !self.reaped && unsafe { libc::aio_error(cb.get()) } == libc::EINPROGRESS
+        self.queued.iter().all(|q| *q)
+            && (0..self.writes_len()).all(|i| {
+                // SAFETY: a live control block owned by `self`.
+                self.reaped[i] || unsafe { self.kernel.aio_error(self.write_cb(i)) } != libc::EINPROGRESS
             })
-            .count()
     }
 
     /// Reads every write's result once (releasing the kernel's record of it);
     /// the first error, or a short write, is the batch's failure.
     pub(crate) fn reap_writes(&mut self) -> Result<(), IoFailure> {
         let mut result = Ok(());
-        for cb in &self.writes {
-            // SAFETY: the write completed (writes_done); aio_error then
-            // aio_return, once, on a control block owned by `self`.
-            let (status, n, want) =
-                unsafe { (libc::aio_error(cb.get()), libc::aio_return(cb.get()), (*cb.get()).aio_nbytes) };
+        for i in 0..self.writes_len() {
+            if !self.queued[i] || self.reaped[i] {
+                continue;
+            }
+            let cb = self.write_cb(i);
+            // SAFETY: the write completed (writes_done); aio_return once,
+            // on a control block owned by `self`.
+            let (n, want) = unsafe { (self.kernel.aio_return(cb), (*cb).aio_nbytes) };
+            self.reaped[i] = true;
             if result.is_ok() {
-                result = check(status, n, want, IoOp::Write);
+                result = check(n, want, IoOp::Write);
             }
         }
-        self.reaped = true;
         result
     }
 
     /// Queues `aio_fsync(O_DSYNC)` for the file, after all writes completed.
-    pub(crate) fn submit_sync(&mut self, sigev: Option<libc::sigevent>) -> Result<(), Submit> {
+    pub(crate) fn submit_sync(&mut self, notify: Notify) -> Result<(), Submit> {
         let mut raw = zeroed_aiocb();
         raw.aio_fildes = self.fd;
-        raw.aio_sigevent = sigev.unwrap_or(raw.aio_sigevent);
-        if sigev.is_none() {
-            raw.aio_sigevent.sigev_notify = libc::SIGEV_NONE;
-        }
-        let cb = Box::new(UnsafeCell::new(raw));
-        // SAFETY: `cb` is boxed and kept in `self.sync` until it completes.
-        let r = unsafe { libc::aio_fsync(libc::O_DSYNC, cb.get()) };
+        raw.aio_sigevent.sigev_notify = libc::SIGEV_NONE;
+        let cb = NonNull::from(Box::leak(Box::new(UnsafeCell::new(raw))));
+        // SAFETY: `cb` is heap-allocated and kept in `self.sync` until reaped.
+        let r = unsafe { self.kernel.aio_fsync(cb.as_ptr().cast(), notify) };
         if r == 0 {
             self.sync = Some(cb);
+            self.sync_reaped = false;
             return Ok(());
         }
-        let e = errno();
-        match e.raw_os_error() {
-            Some(libc::EAGAIN) => Err(Submit::Again),
-            _ => Err(Submit::Failed(IoFailure { op: IoOp::Sync, error: e })),
+        // SAFETY: never queued: ours to free.
+        drop(unsafe { Box::from_raw(cb.as_ptr()) });
+        match r {
+            libc::EAGAIN => Err(Submit::Again),
+            _ => Err(Submit::Failed(IoFailure { op: IoOp::Sync, error: io::Error::from_raw_os_error(r) })),
         }
     }
 
     /// Whether the sync was queued and has completed.
     pub(crate) fn sync_done(&self) -> bool {
         // SAFETY: a live control block owned by `self`.
-        self.sync.as_ref().is_some_and(|cb| unsafe { libc::aio_error(cb.get()) } != libc::EINPROGRESS)
+        self.sync.is_some_and(|cb| unsafe { self.kernel.aio_error(cb.as_ptr().cast()) } != libc::EINPROGRESS)
     }
 
     /// Reads the sync's result once.
     pub(crate) fn reap_sync(&mut self) -> Result<(), IoFailure> {
-        let Some(cb) = self.sync.take() else {
+        let Some(cb) = self.sync.filter(|_| !self.sync_reaped) else {
             return Err(IoFailure { op: IoOp::Sync, error: io::Error::other("sync was never queued") });
         };
-        // SAFETY: the sync completed (sync_done); read its status, then
-        // release it with aio_return.
-        let (status, n) = unsafe { (libc::aio_error(cb.get()), libc::aio_return(cb.get())) };
-        check(status, n.max(0), 0, IoOp::Sync)
+        // SAFETY: the sync completed (sync_done); released once.
+        let n = unsafe { self.kernel.aio_return(cb.as_ptr().cast()) };
+        self.sync_reaped = true;
+        check(n.map(|n| n.max(0)), 0, IoOp::Sync)
     }
 
-    /// Blocks until every queued operation completed (for Drop, and for
-    /// Linux's waiting thread): `aio_suspend` over what is still in progress.
+    /// Whether the kernel still holds any of this batch's jobs.
+    pub(crate) fn outstanding(&self) -> bool {
+        (0..self.writes_len()).any(|i| self.queued[i] && !self.reaped[i])
+            || self.sync.is_some_and(|_| !self.sync_reaped)
+    }
+
+    /// Blocks until every queued operation completed: `aio_suspend` over
+    /// what is still in progress.
     pub(crate) fn wait_all(&self) {
         loop {
             let list = self.in_progress();
             if list.is_empty() {
                 return;
             }
-            let n = libc::c_int::try_from(list.len()).unwrap_or(libc::c_int::MAX);
-            // SAFETY: `list` points at live control blocks owned by `self`;
-            // a null timeout waits until one completes (EINTR just loops).
-            unsafe { libc::aio_suspend(list.as_ptr(), n, std::ptr::null()) };
+            // SAFETY: `list` points at live control blocks owned by `self`.
+            unsafe { self.kernel.aio_suspend(&list) };
+        }
+    }
+
+    /// Waits for and reaps whatever the kernel still holds.
+    fn release(&mut self) {
+        self.wait_all();
+        let _ = self.reap_writes();
+        if self.sync.is_some() && !self.sync_reaped {
+            let _ = self.reap_sync();
         }
     }
 }
 
-/// An operation's outcome from its `aio_error` status and `aio_return` value.
-fn check(status: libc::c_int, n: libc::ssize_t, want: usize, op: IoOp) -> Result<(), IoFailure> {
-    if status != 0 {
-        return Err(IoFailure { op, error: io::Error::from_raw_os_error(status) });
-    }
+/// An operation's outcome from its `aio_return` result.
+fn check(n: Result<isize, i32>, want: usize, op: IoOp) -> Result<(), IoFailure> {
+    let n = n.map_err(|e| IoFailure { op, error: io::Error::from_raw_os_error(e) })?;
     if op == IoOp::Write && usize::try_from(n).ok() != Some(want) {
         let error = io::Error::new(io::ErrorKind::WriteZero, format!("short write: {n} of {want} bytes"));
         return Err(IoFailure { op, error });
@@ -276,22 +360,20 @@ fn check(status: libc::c_int, n: libc::ssize_t, want: usize, op: IoOp) -> Result
     Ok(())
 }
 
-impl Drop for AioBatch<'_> {
+impl<K: Kernel> Drop for AioBatch<K> {
     fn drop(&mut self) {
-        // The kernel may still be writing from our buffers (the task driving
-        // this batch was dropped): wait, then release what was not reaped.
-        self.wait_all();
-        if !self.reaped {
-            for (cb, q) in self.writes.iter().zip(&self.queued) {
-                if *q {
-                    // SAFETY: completed control block owned by `self`, reaped once.
-                    unsafe { libc::aio_return(cb.get()) };
-                }
-            }
+        // The kernel may still be writing from the buffers or into the
+        // control blocks (the batch's owner was dropped): wait, and release
+        // what was not reaped, before freeing them.
+        if self.outstanding() {
+            self.release();
         }
-        if let Some(cb) = self.sync.as_ref() {
-            // SAFETY: completed control block owned by `self`, reaped once.
-            unsafe { libc::aio_return(cb.get()) };
+        // SAFETY: nothing of the kernel's refers to them any more.
+        unsafe {
+            drop(Box::from_raw(self.writes.as_ptr()));
+            if let Some(cb) = self.sync.take() {
+                drop(Box::from_raw(cb.as_ptr()));
+            }
         }
     }
 }
