@@ -24,8 +24,10 @@ use crate::{Lsn, LsnRange, Options, ReadIter, RecoveryReport, Stats};
 /// Blocking counterpart of [`crate::Wal`]; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Wal {
-    rt: Arc<tokio::runtime::Runtime>,
+    // Dropped before the runtime (fields drop in order): a log dropped
+    // without `close` stops its backend, which may need the runtime.
     inner: crate::Wal,
+    rt: Arc<tokio::runtime::Runtime>,
 }
 
 impl Wal {
@@ -41,7 +43,7 @@ impl Wal {
             .build()
             .map_err(|e| Error::io(IoOp::Spawn, "tokio runtime", e))?;
         let inner = rt.block_on(crate::Wal::open(dir, opts))?;
-        Ok(Wal { rt: Arc::new(rt), inner })
+        Ok(Wal { inner, rt: Arc::new(rt) })
     }
 
     /// Appends one record and blocks until it is durable; see [`crate::Wal::append`].

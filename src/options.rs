@@ -77,7 +77,7 @@ pub enum UringSync {
 ///
 /// One case cannot be decided: the newest acknowledged batches damaged
 /// after their acknowledgement (a bad sector, not a crash) with nothing
-/// written after them look exactly like a crash during their write, and
+/// intact written after them look exactly like a crash during their write, and
 /// are cut as a torn tail ([`StopReason::TornTail`](crate::StopReason)
 /// says so). `AbsoluteConsistency` refuses them instead.
 ///

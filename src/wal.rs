@@ -374,8 +374,9 @@ fn recover(dir: &Path, mut opts: Options) -> Result<(Start, RecoveryReport, Opti
     }
     let mut report = plan.report.clone();
     let entry = DirEntry::of(vfs, dir);
-    let (start, copied) = apply(dir, opts, plan, held, entry)?;
+    let (start, copied, set_aside) = apply(dir, opts, plan, held, entry)?;
     report.copied_forward = copied;
+    report.set_aside.extend(set_aside);
     Ok((start, report, opts.clone()))
 }
 
@@ -403,7 +404,7 @@ fn resolve_direct_io(dir: &Path, opts: &Options) -> Result<bool> {
 /// Sets up where appends go next, writing only what a crash requires
 /// (the tail's uncertain records, copied forward), and removes segments a
 /// later segment voided once that is durable. Returns the pipeline's start
-/// and how many records were copied forward.
+/// how many records were copied forward and what was set aside.
 ///
 /// `open` never writes over a block that holds records: after a crash, what
 /// recovery reads may exist only in the page cache (after a failed sync,
@@ -418,8 +419,9 @@ fn apply(
     plan: Plan,
     held: segment::LockRef,
     entry: Arc<DirEntry>,
-) -> Result<(Start, u64)> {
+) -> Result<(Start, u64, Vec<PathBuf>)> {
     let Plan { mut segments, unused, void, next_lsn, tail, mut spares, .. } = plan;
+    let mut set_aside = Vec::new();
     let vfs = &opts.vfs;
     // A new log gets a random id; an existing one keeps its first segment's.
     let log_id = segments.first().map_or_else(|| vfs.random_u64() as u32, |s| s.header.log_id);
@@ -450,7 +452,7 @@ fn apply(
             };
             segment::remove(vfs, dir, &void)?;
             let place = Place { seq: last.seq, salt: 0, offset: 0, seg_end: opts.segment_bytes };
-            Ok((start(place, None, next, segments, spares, held), 0))
+            Ok((start(place, None, next, segments, spares, held), 0, set_aside))
         }
         (Tail::Continue { offset }, Some(last)) if last.header.alignment == opts.alignment => {
             // A clean close left it here: nothing to write.
@@ -460,23 +462,28 @@ fn apply(
             let active = Active { seq: last.seq, file: Arc::new(file), marks: Arc::clone(&last.marks) };
             let next = reuse_or_prepare(dir, opts, unused, last.seq + 1, false, &mut spares, &held)?;
             segment::remove(vfs, dir, &void)?;
-            Ok((start(place, Some(active), next, segments, spares, held), 0))
+            Ok((start(place, Some(active), next, segments, spares, held), 0, set_aside))
         }
-        (Tail::CopyForward { from }, Some(last)) => {
+        (Tail::CopyForward { from, damaged }, Some(last)) => {
             let copied = copy_forward(dir, opts, &last, from, next_lsn, unused, &mut spares, log_id)?;
-            let mut void = void;
-            if from <= last.header.first_lsn {
-                // The new segment holds every record of the last one.
-                segments.pop();
-                void.push(last.path.clone());
-            }
             segment::remove(vfs, dir, &void)?;
+            if from <= last.header.first_lsn {
+                // The new segment voids every record of the last one: it
+                // holds the copies, and only damage or debris was cut.
+                segments.pop();
+                let last = std::slice::from_ref(&last.path);
+                if damaged {
+                    set_aside.extend(segment::set_aside(vfs, dir, last)?);
+                } else {
+                    segment::remove(vfs, dir, last)?;
+                }
+            }
             let (seq, h) = (copied.meta.seq, copied.meta.header);
             let place = Place { seq, salt: h.salt, offset: copied.offset, seg_end: h.segment_bytes };
             let active = Active { seq, file: Arc::new(copied.file), marks: Arc::clone(&copied.meta.marks) };
             segments.push(copied.meta);
             let next = reuse_or_prepare(dir, opts, Vec::new(), seq + 1, false, &mut spares, &held)?;
-            Ok((start(place, Some(active), next, segments, spares, held), next_lsn - from))
+            Ok((start(place, Some(active), next, segments, spares, held), next_lsn - from, set_aside))
         }
         (_, last) => {
             // A new log, a full segment that ended cleanly, or a clean end
@@ -486,7 +493,7 @@ fn apply(
             let next = reuse_or_prepare(dir, opts, unused, seq, true, &mut spares, &held)?;
             segment::remove(vfs, dir, &void)?;
             let place = Place { seq, salt: 0, offset: 0, seg_end: opts.segment_bytes };
-            Ok((start(place, None, next, segments, spares, held), 0))
+            Ok((start(place, None, next, segments, spares, held), 0, set_aside))
         }
     }
 }

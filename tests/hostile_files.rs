@@ -299,3 +299,144 @@ async fn torn_tail_just_before_a_block_boundary_is_sealed() {
     assert_eq!(read_all(&wal, Lsn::FIRST), vec![(1, vec![b'r'; 472]), (2, b"after".to_vec())]);
     wal.close().await.unwrap();
 }
+
+/// After a clean close, a reopen appends over the clean-end block. With two
+/// batches in flight, a crash can keep the second and lose the first: the
+/// block holds the old clean-end mark again, with a valid batch after it
+/// whose watermark proves nothing. That batch (never acknowledged) must not
+/// come back under the LSN a new record takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_batch_after_a_clean_end_never_comes_back() {
+    use aiowal::format::{BatchHeader, FrameKind, SegmentHeader, encode_frame};
+    let dir = tempfile::tempdir().unwrap();
+    let o = || opts().segment_bytes(1 << 20);
+    let wal = Wal::open(dir.path(), o()).await.unwrap();
+    for i in 0..10u64 {
+        wal.append(&record(50, i, 100)).await.unwrap();
+    }
+    wal.close().await.unwrap();
+    let seg = last_used_segment(dir.path());
+    let (_, fr) = frames(&seg);
+    let mark = fr.last().unwrap().offset as usize; // the clean-end batch, LSN 11
+    let h = SegmentHeader::decode(&std::fs::read(&seg).unwrap()).unwrap();
+    // The second of two batches in flight after a reopen (LSN 12, submitted
+    // while LSN 11 was not yet durable: its watermark says 10).
+    let mut b2 = BatchHeader {
+        first_lsn: 12,
+        end_lsn: 13,
+        synced_lsn: 10,
+        acked_lsn: 10,
+        batch_bytes: 4096,
+        flags: 0,
+    }
+    .encode(h.salt)
+    .to_vec();
+    encode_frame(&mut b2, h.salt, 12, FrameKind::Record, b"B2: kept by the crash, never acknowledged")
+        .unwrap();
+    patch(&seg, mark + 4096, &b2);
+    let wal = Wal::open(dir.path(), o()).await.unwrap();
+    assert_eq!(read_all(&wal, Lsn::FIRST).len(), 10);
+    assert_eq!(wal.append(b"new 11").await.unwrap(), Lsn::new(11));
+    // The process dies now, before anything else is written.
+    let crashed = tempfile::tempdir().unwrap();
+    for p in segments(dir.path()) {
+        std::fs::copy(&p, crashed.path().join(p.file_name().unwrap())).unwrap();
+    }
+    wal.close().await.unwrap();
+    let wal = Wal::open(crashed.path(), o()).await.unwrap();
+    let all = read_all(&wal, Lsn::FIRST);
+    assert_eq!(all.len(), 11, "a stale batch came back");
+    assert_eq!(all[10].1, b"new 11");
+    wal.close().await.unwrap();
+}
+
+/// PointInTime never deletes the segment it cuts, even when the damage is
+/// in its first record (the new segment then voids all of it): it is set
+/// aside, its acknowledged records after the damage still on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn point_in_time_sets_the_damaged_segment_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let (want, used) = make_log(dir.path()).await;
+    let last = used.last().unwrap().clone();
+    let (h, fr) = frames(&last);
+    let first = fr.iter().find(|f| f.kind.is_record()).copied().unwrap();
+    let original = std::fs::read(&last).unwrap();
+    flip_bit(&last, first.offset as usize + 40);
+    let wal = Wal::open(dir.path(), opts().recovery_mode(RecoveryMode::PointInTime)).await.unwrap();
+    assert_eq!(read_all(&wal, Lsn::FIRST), want[..(h.first_lsn - 1) as usize]);
+    let aside = &wal.recovery_report().set_aside;
+    assert!(
+        aside.iter().any(|p| p.to_string_lossy().starts_with(last.to_string_lossy().as_ref())),
+        "{aside:?}"
+    );
+    let kept =
+        aside.iter().find(|p| p.to_string_lossy().starts_with(last.to_string_lossy().as_ref())).unwrap();
+    assert_eq!(std::fs::read(kept).unwrap().len(), original.len(), "set aside whole");
+    wal.close().await.unwrap();
+}
+
+/// A newest segment whose header block reads as zeros over written
+/// batches is not a prepared, never-written segment: it is set aside and
+/// the cut reported (AbsoluteConsistency refuses), never reused in silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zeroed_header_over_records_is_not_an_unused_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (want, used) = make_log(dir.path()).await;
+    let last = used.last().unwrap().clone();
+    let (h, _) = frames(&last);
+    patch(&last, 0, &[0u8; 4096]);
+    assert!(matches!(
+        Wal::open(dir.path(), opts().recovery_mode(RecoveryMode::AbsoluteConsistency)).await,
+        Err(Error::Corrupt { .. })
+    ));
+    let wal = Wal::open(dir.path(), opts()).await.unwrap();
+    assert!(
+        matches!(wal.recovery_report().stop, StopReason::TornTail { .. }),
+        "{:?}",
+        wal.recovery_report().stop
+    );
+    assert!(wal.recovery_report().set_aside.iter().any(|p| p.to_string_lossy().contains(".discarded-")));
+    assert_eq!(read_all(&wal, Lsn::FIRST), want[..(h.first_lsn - 1) as usize]);
+    wal.close().await.unwrap();
+}
+
+/// Tiny segments of one batch each. The newest one's first write is torn
+/// (its header intact), and the batch of the one before it is damaged: the
+/// newest one's header proves that batch was synced, so this is corruption,
+/// not two torn segments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_newest_segment_still_proves_the_one_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = || opts().segment_bytes(3 * 4096).batch_bytes_max(8192).max_record_bytes(2048);
+    let wal = Wal::open(dir.path(), o()).await.unwrap();
+    for i in 0..20u64 {
+        wal.append(&record(51, i, 1500)).await.unwrap();
+    }
+    wal.close().await.unwrap();
+    let used: Vec<_> = segments(dir.path())
+        .into_iter()
+        .filter(|p| aiowal::format::SegmentHeader::decode(&std::fs::read(p).unwrap()).is_ok())
+        .collect();
+    let (newest, before) = (&used[used.len() - 1], &used[used.len() - 2]);
+    patch(newest, 4096, &[0u8; 4096]); // its first batch torn away
+    let (_, fr) = frames(before);
+    let rec = fr.iter().find(|f| f.kind.is_record()).unwrap();
+    flip_bit(before, rec.offset as usize + 40);
+    match Wal::open(dir.path(), o()).await {
+        Err(Error::Corrupt { segment, .. }) => assert_eq!(&segment, before),
+        other => panic!("expected corruption in {}, got {other:?}", before.display()),
+    }
+}
+
+/// PointInTime cannot keep anything when the first segment's header is
+/// damaged: it refuses rather than restart the log at LSN 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn point_in_time_refuses_to_restart_at_lsn_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, used) = make_log(dir.path()).await;
+    flip_bit(&used[0], 20);
+    assert!(matches!(
+        Wal::open(dir.path(), opts().recovery_mode(RecoveryMode::PointInTime)).await,
+        Err(Error::Corrupt { kind: CorruptKind::Header(_), .. })
+    ));
+}

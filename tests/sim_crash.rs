@@ -145,10 +145,15 @@ async fn open_through_crashes(
     run: &mut SeedRun,
 ) -> Result<Wal, String> {
     for _ in 0..3 {
-        match rng.below(6) {
+        match rng.below(7) {
             0 | 1 => disk.crash_after(1 + rng.below(40)),
             2 => disk.inject(Fault::SyncError { after: rng.below(4) }),
             3 => disk.inject(Fault::WriteError { after: rng.below(6) }),
+            4 => {
+                let kinds = [IoOp::Open, IoOp::Rename, IoOp::Remove, IoOp::SyncDir, IoOp::Read];
+                let op = kinds[rng.below(kinds.len() as u64) as usize];
+                disk.inject(Fault::OpError { op, after: rng.below(4) });
+            }
             _ => break,
         }
         let before = disk.stats();
@@ -692,37 +697,51 @@ fn power_loss_at_every_operation_of_open() {
     assert!(points >= 24, "{points}");
 }
 
-/// The same, with EIO on the k-th write or sync of `open` instead of a
-/// power loss: the open fails (or succeeds), nothing acknowledged is lost.
+/// The same, with EIO at the k-th operation of each kind during `open`
+/// instead of a power loss (a write, a file sync, creating or opening a
+/// file, a rename, a removal, a directory sync, a read): the open fails (or
+/// succeeds), nothing acknowledged is lost.
 #[test]
-fn io_errors_at_every_write_and_sync_of_open() {
+fn io_errors_at_every_operation_of_open() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let kinds = [IoOp::Write, IoOp::Sync, IoOp::Open, IoOp::Rename, IoOp::Remove, IoOp::SyncDir, IoOp::Read];
     let mut faults = 0u64;
-    for seed in 0..8u64 {
-        for (sync, after) in (0..6u64).flat_map(|a| [(false, a), (true, a)]) {
-            rt.block_on(async {
-                let disk = SimDisk::new(seed + 100);
-                let opts = named_opts();
-                let checker = Arc::new(Mutex::new(Checker::new()));
-                let wal = Wal::open(DIR, opts.clone().sim(&disk)).await.unwrap();
-                let never = Arc::new(AtomicBool::new(false));
-                disk.crash_after(150 + seed * 31);
-                workload(&wal, &checker, 48, &never).await;
-                drop(wal);
-                let disk = disk.restart_process();
-                disk.inject(if sync { Fault::SyncError { after } } else { Fault::WriteError { after } });
-                let before = disk.stats().faults_fired;
-                drop(Wal::open(DIR, opts.clone().sim(&disk)).await);
-                faults += disk.stats().faults_fired - before;
-                let disk = disk.restart_process().restart();
-                let wal = Wal::open(DIR, opts.clone().sim(&disk))
-                    .await
-                    .unwrap_or_else(|e| panic!("seed {seed}, fault {sync} {after}: reopen failed: {e}"));
-                let check = checker.lock().unwrap().check(&wal);
-                check.unwrap_or_else(|v| panic!("seed {seed}, fault sync={sync} after {after}: {v}"));
-            });
+    let mut fired_kinds = std::collections::BTreeSet::new();
+    for seed in 0..6u64 {
+        for kind in kinds {
+            for after in 0..5u64 {
+                rt.block_on(async {
+                    let disk = SimDisk::new(seed + 100);
+                    let opts = named_opts();
+                    let checker = Arc::new(Mutex::new(Checker::new()));
+                    let wal = Wal::open(DIR, opts.clone().sim(&disk)).await.unwrap();
+                    let never = Arc::new(AtomicBool::new(false));
+                    disk.crash_after(150 + seed * 31);
+                    workload(&wal, &checker, 48, &never).await;
+                    drop(wal);
+                    let disk = disk.restart_process();
+                    disk.inject(match kind {
+                        IoOp::Write => Fault::WriteError { after },
+                        IoOp::Sync => Fault::SyncError { after },
+                        op => Fault::OpError { op, after },
+                    });
+                    let before = disk.stats().faults_fired;
+                    drop(Wal::open(DIR, opts.clone().sim(&disk)).await);
+                    let fired = disk.stats().faults_fired - before;
+                    faults += fired;
+                    if fired > 0 {
+                        fired_kinds.insert(format!("{kind:?}"));
+                    }
+                    let disk = disk.restart_process().restart();
+                    let wal = Wal::open(DIR, opts.clone().sim(&disk)).await.unwrap_or_else(|e| {
+                        panic!("seed {seed}, fault {kind:?} after {after}: reopen failed: {e}")
+                    });
+                    let check = checker.lock().unwrap().check(&wal);
+                    check.unwrap_or_else(|v| panic!("seed {seed}, fault {kind:?} after {after}: {v}"));
+                });
+            }
         }
     }
-    println!("I/O errors during open: {faults} faults fired");
-    assert!(faults >= 20, "{faults}");
+    println!("I/O errors during open: {faults} faults fired, kinds {fired_kinds:?}");
+    assert!(faults >= 40 && fired_kinds.len() >= 6, "{faults} {fired_kinds:?}");
 }

@@ -146,7 +146,10 @@ pub(crate) struct State {
     next: Next,
     free_bufs: Vec<Vec<u8>>,
     poison: Option<Poison>,
+    /// Set by `close` or the last handle's drop: new work is refused.
     closing: bool,
+    /// Who is shutting the log down.
+    shutdown: Shutdown,
     /// The directory lock; `None` once `close` let go of it. Everything
     /// that may touch the directory holds a clone.
     lock: Option<LockRef>,
@@ -172,12 +175,41 @@ pub(crate) struct Core {
     waiters: Waiters,
     /// Set once `close` has stopped the backend and released the lock.
     closed: watch::Sender<bool>,
+    /// What the shutdown `close` started returned, for that `close`.
+    close_result: Mutex<Option<Result<()>>>,
     space: Notify,
     backend: OnceLock<Box<dyn IoBackend>>,
     /// Segments holding (or about to hold) records, oldest first.
     segments: Mutex<Vec<SegmentMeta>>,
     /// What the process shares about this directory (reader pins).
     entry: Arc<DirEntry>,
+}
+
+/// Who is shutting a log down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shutdown {
+    /// Nobody: the log runs.
+    Running,
+    /// A `close`'s shutdown task.
+    Closing,
+    /// The last handle was dropped: the backend was told to stop.
+    Dropped,
+}
+
+/// Finishes a shutdown whose `close` task was dropped before it ended (its
+/// runtime shut down): the backend is told to stop, and waiting closers
+/// are released.
+struct CloseGuard(Option<Arc<Core>>);
+
+impl Drop for CloseGuard {
+    fn drop(&mut self) {
+        if let Some(core) = self.0.take() {
+            core.stop_backend_now();
+            let error = io::Error::other("the runtime running close() shut down before it finished");
+            *lock(&core.close_result) = Some(Err(Error::io(IoOp::Spawn, core.dir.clone(), error)));
+            core.closed.send_replace(true);
+        }
+    }
 }
 
 /// How `open` leaves the tail for the pipeline.
@@ -252,6 +284,7 @@ impl Core {
                 free_bufs: Vec::new(),
                 poison: None,
                 closing: false,
+                shutdown: Shutdown::Running,
                 lock: Some(start.lock),
                 clean_end: None,
                 stats: stats::Counters::default(),
@@ -260,6 +293,7 @@ impl Core {
             poisoned: OnceLock::new(),
             waiters: Waiters::default(),
             closed: watch::Sender::new(false),
+            close_result: Mutex::new(None),
             space: Notify::new(),
             backend: OnceLock::new(),
             segments: Mutex::new(start.segments),
@@ -336,11 +370,11 @@ impl Core {
     }
 
     fn check_open(st: &State) -> Result<()> {
-        if let Some(p) = &st.poison {
-            return Err(p.error());
-        }
         if st.closing {
             return Err(Error::Closed);
+        }
+        if let Some(p) = &st.poison {
+            return Err(p.error());
         }
         Ok(())
     }
@@ -518,7 +552,7 @@ impl Core {
         );
         let writes = vec![WriteBuf { offset: batch.place.offset, buf: batch.buf, start: batch.start }];
         let guard = BatchGuard::new(self.me.clone());
-        Some(IoBatch { file, writes, meta, guard })
+        Some(IoBatch { file, writes, meta, guard, _lock: st.lock.clone() })
     }
 
     fn depth(&self) -> usize {
@@ -707,23 +741,45 @@ impl Core {
     /// Refuses new appends, waits for staged records to become durable,
     /// writes the clean-end mark, stops the backend and waits until nothing
     /// of this log can touch the directory any more (the lock is released).
-    pub(crate) async fn close(&self) -> Result<()> {
-        let (target, first) = {
+    ///
+    /// The shutdown runs as a task of its own, started by the first `close`:
+    /// it finishes even if that `close` is dropped, and every `close` waits
+    /// for it.
+    pub(crate) async fn close(self: &Arc<Self>) -> Result<()> {
+        let (target, start) = {
             let mut st = lock(&self.state);
-            let first = !std::mem::replace(&mut st.closing, true);
-            (st.next_lsn - 1, first)
+            st.closing = true;
+            let start = st.shutdown == Shutdown::Running;
+            if start {
+                st.shutdown = Shutdown::Closing;
+            }
+            (st.next_lsn - 1, start)
         };
-        let flushed = self.wait_durable(target).await.map(|_| ());
-        if !first {
-            // Another close (or this one, earlier) stops the backend; wait for it.
-            let mut closed = self.closed.subscribe();
-            let _ = closed.wait_for(|c| *c).await;
-            return flushed;
+        if start {
+            let me = Arc::clone(self);
+            let guard = CloseGuard(Some(Arc::clone(self)));
+            tokio::spawn(async move {
+                let mut guard = guard;
+                let result = me.finish_close(target).await;
+                *lock(&me.close_result) = Some(result);
+                me.closed.send_replace(true);
+                guard.0 = None;
+            });
         }
+        let flushed = self.wait_durable(target).await.map(|_| ());
+        let mut closed = self.closed.subscribe();
+        let _ = closed.wait_for(|c| *c).await;
+        let shut = if start { lock(&self.close_result).take() } else { None };
+        flushed.and(shut.unwrap_or(Ok(())))
+    }
+
+    /// The shutdown `close` runs: staged records durable, the clean-end
+    /// mark, the backend stopped, the lock released.
+    async fn finish_close(&self, target: u64) -> Result<()> {
+        let flushed = self.wait_durable(target).await.map(|_| ());
         let marked = if flushed.is_ok() { self.write_clean_end().await } else { Ok(()) };
-        let result = self.shut_down().await;
-        self.closed.send_replace(true);
-        flushed.and(marked).and(result)
+        let stopped = self.shut_down().await;
+        flushed.and(marked).and(stopped)
     }
 
     /// Writes the clean-end mark through the pipeline and waits for it.
@@ -774,18 +830,28 @@ impl Core {
     /// Stops the backend without waiting (the last handle was dropped). The
     /// lock is released once the backend, a preparation or a truncation in
     /// progress let go of it; until then, a reopen in this process gets
-    /// `Locked` saying a dropped handle is still shutting down.
+    /// `Locked` saying a dropped handle is still shutting down. Nothing to
+    /// do if a `close` is shutting the log down already.
     pub(crate) fn shutdown(&self) {
-        let held = {
+        let (held, running) = {
             let mut st = lock(&self.state);
-            if std::mem::replace(&mut st.closing, true) {
-                return; // `close` already stops it
+            st.closing = true;
+            let running = st.shutdown == Shutdown::Running;
+            if running {
+                st.shutdown = Shutdown::Dropped;
             }
-            st.lock.clone()
+            (st.lock.clone(), running)
         };
         if let Some(held) = held {
             held.dropped(&self.entry);
         }
+        if running {
+            self.stop_backend_now();
+        }
+    }
+
+    /// Tells the backend to stop once its batches are done, without waiting.
+    fn stop_backend_now(&self) {
         if let Some(b) = self.backend.get() {
             b.stop(Box::new(|| {}));
         }
@@ -797,6 +863,62 @@ impl Core {
 
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
+    }
+    /// A batch came back: poison on failure, or mark it done, advance the
+    /// synced watermark over the completed prefix and take the next batch.
+    /// Returns the next batch to submit and the new durable LSN.
+    fn settle(
+        &self,
+        batch: &mut IoBatch,
+        result: std::result::Result<(), IoFailure>,
+    ) -> (Option<IoBatch>, Option<u64>) {
+        let mut st = lock(&self.state);
+        let id = batch.meta.id;
+        if let Err(f) = result {
+            // Nothing in flight may count as durable any more, whatever
+            // completes later: with two batches in flight, the other
+            // one's sync can succeed after this one failed, though the
+            // failed sync may have been about its pages (Linux reports a
+            // writeback error once and drops the pages).
+            st.in_flight.clear();
+            st.writing = false;
+            self.poison(&mut st, Poison { op: f.op, cause: Arc::new(f.error) });
+            return (None, None);
+        }
+        if st.poison.is_some() {
+            return (None, None); // completed after the log died: counts for nothing
+        }
+        if let Some(slot) = st.in_flight.iter_mut().find(|(i, _, _)| *i == id) {
+            slot.2 = true;
+        }
+        if st.in_flight.back().is_some_and(|(i, _, _)| *i == id) {
+            st.writing = false;
+        }
+        if st.active.as_ref().is_none_or(|a| a.seq != batch.meta.seq) {
+            if let FileTarget::Open(f) = &batch.file {
+                self.rotated(&mut st, &batch.meta, Arc::clone(f));
+            }
+        }
+        st.stats.record_sync(&batch.meta);
+        self.mark(&st, batch);
+        if let Some(w) = batch.writes.pop() {
+            if st.free_bufs.len() < SEALED_MAX + 2 {
+                st.free_bufs.push(w.buf);
+            }
+        }
+        let mut durable = None;
+        while st.in_flight.front().is_some_and(|(_, _, done)| *done) {
+            durable = st.in_flight.pop_front().map(|(_, l, _)| l);
+        }
+        if let Some(l) = durable {
+            st.synced_lsn = st.synced_lsn.max(l);
+        }
+        if batch.meta.clean_end {
+            if let Some(tx) = st.clean_end.take() {
+                let _ = tx.send(true);
+            }
+        }
+        (self.take_next(&mut st), durable)
     }
 }
 
@@ -850,56 +972,11 @@ impl Completion for Core {
     }
 
     fn complete(&self, mut batch: IoBatch, result: std::result::Result<(), IoFailure>) {
+        // The guard stays armed until the state is updated: a panic in
+        // between drops the batch and so poisons the log.
+        let (next, durable) = self.settle(&mut batch, result);
         batch.guard.disarm();
-        let (next, durable) = {
-            let mut st = lock(&self.state);
-            let id = batch.meta.id;
-            if let Err(f) = result {
-                // Nothing in flight may count as durable any more, whatever
-                // completes later: with two batches in flight, the other
-                // one's sync can succeed after this one failed, though the
-                // failed sync may have been about its pages (Linux reports a
-                // writeback error once and drops the pages).
-                st.in_flight.clear();
-                st.writing = false;
-                self.poison(&mut st, Poison { op: f.op, cause: Arc::new(f.error) });
-                return;
-            }
-            if st.poison.is_some() {
-                return; // completed after the log died: counts for nothing
-            }
-            if let Some(slot) = st.in_flight.iter_mut().find(|(i, _, _)| *i == id) {
-                slot.2 = true;
-            }
-            if st.in_flight.back().is_some_and(|(i, _, _)| *i == id) {
-                st.writing = false;
-            }
-            if st.active.as_ref().is_none_or(|a| a.seq != batch.meta.seq) {
-                if let FileTarget::Open(f) = &batch.file {
-                    self.rotated(&mut st, &batch.meta, Arc::clone(f));
-                }
-            }
-            st.stats.record_sync(&batch.meta);
-            self.mark(&st, &batch);
-            if let Some(w) = batch.writes.pop() {
-                if st.free_bufs.len() < SEALED_MAX + 2 {
-                    st.free_bufs.push(w.buf);
-                }
-            }
-            let mut durable = None;
-            while st.in_flight.front().is_some_and(|(_, _, done)| *done) {
-                durable = st.in_flight.pop_front().map(|(_, l, _)| l);
-            }
-            if let Some(l) = durable {
-                st.synced_lsn = st.synced_lsn.max(l);
-            }
-            if batch.meta.clean_end {
-                if let Some(tx) = st.clean_end.take() {
-                    let _ = tx.send(true);
-                }
-            }
-            (self.take_next(&mut st), durable)
-        };
+        drop(batch);
         self.submit(next);
         if let Some(lsn) = durable {
             self.durable_lsn.fetch_max(lsn, Ordering::Release);

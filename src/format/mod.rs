@@ -26,7 +26,10 @@
 //!                    (written when open copies uncertain records forward, see
 //!                    `recovery`); without it, first_lsn must continue exactly
 //!   bit 1 COMPRESSED reserved: batches may be compressed
-//!   a flag this build does not know makes it refuse the segment
+//!   a flag this build does not know makes it refuse the segment; a writer
+//!   that uses a batch flag or frame kind this build does not know sets the
+//!   matching segment flag, so an older reader refuses the segment instead
+//!   of taking the batch for damage
 //!
 //! Frame (24-byte header, payload, zeroes up to the next multiple of 8)
 //!  offset size field
@@ -130,6 +133,12 @@ pub const BATCH_CLEAN_END: u32 = 1;
 /// Batch flag, reserved: the batch's records are compressed.
 pub const BATCH_COMPRESSED: u32 = 1 << 1;
 const BATCH_FLAGS_KNOWN: u32 = BATCH_CLEAN_END;
+
+/// A segment file that was prepared but never written is zero in its first
+/// this many bytes (or all of it, if smaller): its header block and where
+/// its first batch would be, at any alignment. Preparation zero-fills them
+/// (a recycled file too); recovery tells a never-written file by them.
+pub const UNWRITTEN_PREFIX_BYTES: usize = 2 * ALIGNMENT_MAX as usize;
 
 /// Largest LSN a segment may start at: far beyond any real log, and far
 /// enough below `u64::MAX` that LSN arithmetic cannot overflow.

@@ -177,6 +177,9 @@ pub(crate) struct IoBatch {
     pub meta: BatchMeta,
     /// Poisons the log if the batch is dropped instead of completed.
     pub guard: BatchGuard,
+    /// A share of the directory lock: the lock outlives every batch that
+    /// may still write to the directory's files.
+    pub _lock: Option<crate::segment::LockRef>,
 }
 
 /// Why a batch failed: the operation and the operating system's error.

@@ -63,7 +63,25 @@ fn sync(batch: &mut IoBatch) -> std::result::Result<(), IoFailure> {
     file.sync_data().map_err(|error| IoFailure { op: IoOp::Sync, error })
 }
 
-async fn run(disk: SimDisk, sink: Arc<dyn Completion>, flight: Arc<Mutex<Flight>>, mut batch: IoBatch) {
+/// Counts a batch task out when it ends, even when its runtime drops it
+/// half-way, and finishes a pending stop with the last one.
+struct Running(Arc<Mutex<Flight>>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let done = {
+            let mut f = lock(&self.0);
+            f.running -= 1;
+            if f.running == 0 { f.stop.take() } else { None }
+        };
+        if let Some(done) = done {
+            done();
+        }
+    }
+}
+
+async fn run(disk: SimDisk, sink: Arc<dyn Completion>, running: Running, mut batch: IoBatch) {
+    let _running = running;
     pause(&disk).await;
     let mut result = write(&mut batch);
     if result.is_ok() {
@@ -72,15 +90,7 @@ async fn run(disk: SimDisk, sink: Arc<dyn Completion>, flight: Arc<Mutex<Flight>
         result = sync(&mut batch);
     }
     sink.complete(batch, result);
-    let done = {
-        let mut f = lock(&flight);
-        f.running -= 1;
-        if f.running == 0 { f.stop.take() } else { None }
-    };
-    if let Some(done) = done {
-        drop(sink);
-        done();
-    }
+    drop(sink);
 }
 
 impl IoBackend for Sim {
@@ -97,7 +107,9 @@ impl IoBackend for Sim {
             return; // stopped: the pipeline submits nothing after `stop`
         };
         lock(&self.flight).running += 1;
-        let task = run(self.disk.clone(), sink, Arc::clone(&self.flight), batch);
+        // Counted out when the task ends or is dropped, even unpolled.
+        let running = Running(Arc::clone(&self.flight));
+        let task = run(self.disk.clone(), sink, running, batch);
         drop(self.runtime.spawn(task));
     }
 

@@ -99,6 +99,12 @@ struct Shared {
     /// Taken when the backend stops, breaking the cycle with the pipeline.
     sink: Mutex<Option<Arc<dyn Completion>>>,
     stop: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// Nothing will complete what is in flight any more (the completion
+    /// task is gone, or the kernel refused an enter): the log is poisoned,
+    /// and stopping needs no wait. Buffers in flight stay in the ring's
+    /// table until the ring is dropped, which waits for the kernel or
+    /// leaks them.
+    dead: std::sync::atomic::AtomicBool,
     efd: AsyncFd<EventFd>,
     mode: UringSync,
     rt: tokio::runtime::Handle,
@@ -166,6 +172,7 @@ impl Uring {
             ring: Mutex::new(Ring { ring, flights: HashMap::new(), next_id: 1 }),
             sink: Mutex::new(Some(sink)),
             stop: Mutex::new(None),
+            dead: std::sync::atomic::AtomicBool::new(false),
             efd,
             mode,
             rt: rt.clone(),
@@ -243,10 +250,26 @@ impl Shared {
                 f.result = Err(IoFailure { op: IoOp::Write, error });
             }
             drop(r);
-            if let Some(s) = self.sink() {
-                let error = io::Error::other(format!("io_uring_enter failed: {text}"));
-                s.poison_now(IoFailure { op: IoOp::Write, error });
-            }
+            let error = io::Error::other(format!("io_uring_enter failed: {text}"));
+            self.die(IoFailure { op: IoOp::Write, error });
+        }
+    }
+
+    /// Nothing will complete the batches in flight: poison the log, let go
+    /// of the pipeline and finish a pending stop.
+    fn die(&self, failure: IoFailure) {
+        self.dead.store(true, std::sync::atomic::Ordering::Release);
+        // The batches in flight keep their buffers (the kernel may still
+        // use them) but not their shares of the directory lock: nothing
+        // will complete them, and `close` must not wait for them forever.
+        for f in lock(&self.ring).flights.values_mut() {
+            f.batch._lock = None;
+        }
+        if let Some(sink) = lock(&self.sink).take() {
+            sink.poison_now(failure);
+        }
+        if let Some(stop) = lock(&self.stop).take() {
+            stop();
         }
     }
 
@@ -341,12 +364,9 @@ struct ReapGuard<'a> {
 
 impl Drop for ReapGuard<'_> {
     fn drop(&mut self) {
-        if self.stopped {
-            return;
-        }
-        if let Some(sink) = self.shared.sink() {
+        if !self.stopped {
             let error = io::Error::other("the io_uring completion task ended (its tokio runtime shut down)");
-            sink.poison_now(IoFailure { op: IoOp::Sync, error });
+            self.shared.die(IoFailure { op: IoOp::Sync, error });
         }
     }
 }
@@ -417,11 +437,23 @@ impl IoBackend for Uring {
     }
 
     fn stop(&self, done: Box<dyn FnOnce() + Send>) {
+        if self.shared.dead.load(std::sync::atomic::Ordering::Acquire) {
+            lock(&self.shared.sink).take();
+            return done();
+        }
         let mut stop = lock(&self.shared.stop);
         if stop.is_none() {
             *stop = Some(done);
         }
         drop(stop);
+        if self.shared.dead.load(std::sync::atomic::Ordering::Acquire) {
+            // Died meanwhile, after `die` looked for a stop to finish.
+            if let Some(done) = lock(&self.shared.stop).take() {
+                lock(&self.shared.sink).take();
+                done();
+            }
+            return;
+        }
         // Wake the completion task through the ring's own eventfd so it
         // checks for an idle stop even with nothing in flight.
         let _ = self.shared.efd.get_ref().write(1);

@@ -25,7 +25,7 @@
 //!
 //! The one case that stays undecidable: the newest acknowledged batches
 //! damaged after their acknowledgement (a bad sector, not a crash) with
-//! nothing written after them. Nothing on disk tells that apart from a
+//! nothing intact written after them. Nothing on disk tells that apart from a
 //! crash during their write, so recovery cuts them as a torn tail and says
 //! so in the report; `AbsoluteConsistency` refuses instead.
 //!
@@ -313,6 +313,11 @@ fn classify(data: &[u8], h: &SegmentHeader, s: &SegScan, last: bool, proof: &Pro
         return Class::Corrupt { offset: s.stop_pos, kind: CorruptKind::DamagedBeforeLaterSegment(bad) };
     }
     if h.version == 1 {
+        // A segment set aside after it (a torn v2 segment) may still prove it.
+        if proof.proves(s.next_lsn) {
+            let kind = CorruptKind::DamagedBeforeLaterSegment(bad);
+            return Class::Corrupt { offset: s.stop_pos, kind };
+        }
         return classify_v1(data, h, s);
     }
     if proof.proves(s.next_lsn) {
@@ -356,8 +361,10 @@ pub(crate) enum Tail {
     Rotate,
     /// After a crash: the last segment's records from `from` on are not
     /// proven durable (or stale frames follow them). `open` copies them into
-    /// a new segment that voids the old copies, and syncs it.
-    CopyForward { from: u64 },
+    /// a new segment that voids the old copies, and syncs it. `damaged`:
+    /// the last segment holds damage past them (a cut), so it is set aside,
+    /// never deleted, if the new segment voids all of it.
+    CopyForward { from: u64, damaged: bool },
 }
 
 /// The outcome of the scan: what is there and what to do.
@@ -427,15 +434,14 @@ pub(crate) fn plan(vfs: &Vfs, dir: &Path, mode: RecoveryMode) -> Result<Plan> {
     let mut proven_by_torn = None;
     loop {
         while let Some(m) = mapped.last() {
-            let never_written = matches!(m.header, Err(FormatError::Zeroed)) || m.map.is_empty();
-            if !never_written {
+            if !never_written(m) {
                 break;
             }
             if let Some(m) = mapped.pop() {
                 unused.push((m.seq, m.path));
             }
         }
-        match newest_torn(&mut mapped, mode)? {
+        match newest_torn(&mut mapped, mode, proven_by_torn)? {
             Some((path, cause, proves)) => {
                 torn.push((path, cause));
                 proven_by_torn = proven_by_torn.max(proves);
@@ -445,10 +451,11 @@ pub(crate) fn plan(vfs: &Vfs, dir: &Path, mode: RecoveryMode) -> Result<Plan> {
     }
     unused.reverse();
     for (i, m) in mapped.iter().enumerate() {
-        // (Before a segment that voids what follows it, an unreadable
-        // header is a torn first write an open copied forward: see walk_log.)
+        // (Before a segment that voids what follows it, a segment-shaped
+        // file with an unreadable header is a torn first write an open
+        // copied forward: see walk_log.)
         let cut_later = mapped.iter().skip(i + 1).any(|m| m.header.is_ok_and(|h| h.cuts()));
-        if let (Err(FormatError::BadMagic), false) = (m.header, cut_later) {
+        if m.header == Err(FormatError::BadMagic) && !(cut_later && segment_shaped(&m.map)) {
             return Err(Error::ForeignFile { path: m.path.clone(), reason: FormatError::BadMagic });
         }
     }
@@ -468,34 +475,55 @@ pub(crate) fn plan(vfs: &Vfs, dir: &Path, mode: RecoveryMode) -> Result<Plan> {
     Ok(plan)
 }
 
+/// Whether a segment file was prepared but never written: empty, or zero
+/// where its header and its first batch would be. (A zero header over
+/// written blocks is damage or a torn first write: see `newest_torn`.)
+fn never_written(m: &Segment) -> bool {
+    if m.map.is_empty() {
+        return true;
+    }
+    m.header == Err(FormatError::Zeroed)
+        && m.map
+            .get(..format::UNWRITTEN_PREFIX_BYTES.min(m.map.len()))
+            .is_some_and(|b| b.iter().all(|&x| x == 0))
+}
+
+/// A foreign file rarely has a preallocated segment's shape: a whole number
+/// of (at least two) blocks of the smallest alignment. (Small logs have
+/// segments of a few 512-byte blocks, so nothing stricter.)
+fn segment_shaped(map: &[u8]) -> bool {
+    let block = format::ALIGNMENT_MIN as usize;
+    map.len() >= 2 * block && map.len() % block == 0
+}
+
 /// The newest segment, if a crash tore its first write (its header, or the
 /// batch that went out with it) and nothing proves it held acknowledged
 /// records: taken out of `mapped`, to be set aside, with what its header
 /// still proves (every LSN before its first was durable when it was
-/// written). Errors when its header is damaged although its frames survive
-/// (damage after it was synced).
+/// written). `proven` is what segments already set aside proved. Errors
+/// when its header is damaged although its frames survive, or although a
+/// segment after it proves it was written completely (damage after it was
+/// synced).
 fn newest_torn(
     mapped: &mut Vec<Segment>,
     mode: RecoveryMode,
+    proven: Option<u64>,
 ) -> Result<Option<(PathBuf, FormatError, Option<u64>)>> {
     let Some(m) = mapped.last() else { return Ok(None) };
     let cause = match &m.header {
+        // A segment whose records a later one proves is classified as the
+        // log's last segment, with that proof.
+        Ok(h) if proven.is_some_and(|p| p >= h.first_lsn) => return Ok(None),
         Ok(h) if h.version >= 2 => match first_write_torn(&m.map, h) {
             Some(cause) => cause,
             None => return Ok(None),
         },
         Ok(_) => return Ok(None),
         Err(cause) => {
-            // A foreign file rarely has a preallocated segment's shape: a
-            // whole number of (at least two) blocks of the smallest
-            // alignment. (Small logs have segments of a few 512-byte
-            // blocks, so nothing stricter.)
-            let block = format::ALIGNMENT_MIN as usize;
-            let segment_shaped = m.map.len() >= 2 * block && m.map.len() % block == 0;
-            if !segment_shaped && *cause == FormatError::BadMagic {
+            if !segment_shaped(&m.map) && *cause == FormatError::BadMagic {
                 return Ok(None);
             }
-            if frames_survive(&m.map) {
+            if frames_survive(&m.map) || proven.is_some() {
                 if mode != RecoveryMode::PointInTime {
                     return Err(corrupt(&m.path, 0, 0, CorruptKind::Header(*cause)));
                 }
@@ -594,7 +622,9 @@ fn walk_log(
         let prev = segments.last().map(|s| s.path.clone()).unwrap_or_default();
         let h = match check_header(&m, segments.first().map(|s| &s.header), next_lsn) {
             Ok(h) => h,
-            Err((_, CorruptKind::Header(_))) if cut_later(i) => {
+            Err((_, CorruptKind::Header(e)))
+                if cut_later(i) && (e != FormatError::BadMagic || segment_shaped(&m.map)) =>
+            {
                 // An unreadable header before a segment that voids what
                 // follows its first LSN: the first write of a segment that
                 // an open later copied forward (it never became durable).
@@ -605,7 +635,10 @@ fn walk_log(
                 continue;
             }
             Err((offset, kind)) => {
-                if mode != RecoveryMode::PointInTime {
+                // PointInTime keeps what precedes the damage; with nothing
+                // before it, the log's LSNs could only restart from 1,
+                // reusing the LSNs of what is set aside.
+                if mode != RecoveryMode::PointInTime || segments.is_empty() {
                     return Err(corrupt(&m.path, offset, next_lsn, kind));
                 }
                 // Stop before this segment; it and everything after are set aside.
@@ -617,7 +650,7 @@ fn walk_log(
                     stop,
                 );
                 if !segments.is_empty() {
-                    tail = Tail::CopyForward { from: next_lsn };
+                    tail = Tail::CopyForward { from: next_lsn, damaged: false };
                 }
                 break;
             }
@@ -671,7 +704,7 @@ fn walk_log(
                     // process died), and later batches must not rest on it.
                     Some((offset, _)) if class == Class::Clean => Tail::Continue { offset },
                     Some(_) if s.stop == Some(Stop::Full) => Tail::Rotate,
-                    _ => Tail::CopyForward { from: proven(&s) },
+                    _ => Tail::CopyForward { from: proven(&s), damaged: false },
                 };
             }
             Class::Torn(cause) => {
@@ -687,7 +720,7 @@ fn walk_log(
                     records_cut,
                     cause,
                 };
-                tail = Tail::CopyForward { from: proven(&s) };
+                tail = Tail::CopyForward { from: proven(&s), damaged: true };
             }
             Class::Corrupt { offset, kind } => {
                 if mode != RecoveryMode::PointInTime {
@@ -698,7 +731,7 @@ fn walk_log(
                 point_in_time(&mut report, &mut discard, iter.by_ref().map(|(_, m)| m.path), stop);
                 // Everything before the damage is proven (that is why it is
                 // corruption): a new segment only voids what follows.
-                tail = Tail::CopyForward { from: s.next_lsn };
+                tail = Tail::CopyForward { from: s.next_lsn, damaged: true };
                 break;
             }
         }

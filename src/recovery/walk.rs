@@ -248,18 +248,21 @@ impl Proof {
     }
 }
 
-/// Looks at every block boundary in `(after, segment end)` of a v2
-/// segment for a valid batch header: every block of a segment is written
-/// at most once under its salt, so each one found is a batch its writer
-/// submitted, and its watermarks say what was durable then.
-pub(crate) fn proofs_after(data: &[u8], h: &SegmentHeader, after: u64) -> Proof {
+/// Looks at every block boundary from `from` (rounded up) to the segment's
+/// end of a v2 segment for a valid batch header: each one found is a batch
+/// its writer submitted (a segment is written once under its salt; the one
+/// block written again, a clean-end mark a reopen writes over, holds no
+/// record), and its watermarks say what was durable then. The block at
+/// `from` itself counts: a valid batch there that does not continue the
+/// LSNs is debris of a crash, never the log's clean end.
+pub(crate) fn proofs_after(data: &[u8], h: &SegmentHeader, from: u64) -> Proof {
     let align = u64::from(h.alignment);
     let mut p = Proof::default();
     if h.version == 1 {
         return p;
     }
     let end = h.segment_bytes.min(data.len() as u64);
-    let mut pos = format::align_up(after + 1, align);
+    let mut pos = format::align_up(from, align);
     while pos + BATCH_HEADER_LEN as u64 <= end {
         let found = format::decode_frame(slice_from(data, pos), h.salt, BATCH_HEADER_LEN as u64)
             .and_then(|f| BatchHeader::from_frame(&f));

@@ -198,9 +198,10 @@ pub(crate) fn prepare(
     if direct { open_for_write(vfs, &path, true) } else { Ok(file) }
 }
 
-/// Bytes zeroed at the start of a reused segment: its whole header block at
-/// the largest alignment, so no old header can be read back.
-const SPARE_HEADER_ZERO: usize = 64 << 10;
+/// Bytes zeroed at the start of a reused segment: its header block and
+/// where its first batch goes at the largest alignment, so no old header
+/// can be read back and recovery sees a never-written segment.
+const SPARE_HEADER_ZERO: usize = crate::format::UNWRITTEN_PREFIX_BYTES;
 
 /// Turns a spare into segment `path`: zero its header block durably, then
 /// rename. Returns false (nothing done) if the spare has the wrong size.

@@ -160,7 +160,10 @@ impl Disk {
         match fault {
             Fault::NoSpace { capacity_bytes } => self.capacity_bytes = Some(capacity_bytes),
             Fault::Latency(d) => self.latency = Some(d),
-            Fault::WriteError { after } | Fault::SyncError { after } | Fault::ShortWrite { after } => {
+            Fault::WriteError { after }
+            | Fault::SyncError { after }
+            | Fault::ShortWrite { after }
+            | Fault::OpError { after, .. } => {
                 self.faults.push(Armed { fault, left: after });
             }
         }
@@ -189,6 +192,9 @@ impl Disk {
         if self.step(kind, path)? {
             return Err(power_loss());
         }
+        if kind != IoOp::Sync && self.fire(kind).is_some() {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
         Ok(())
     }
 
@@ -207,6 +213,7 @@ impl Disk {
             let kind = match a.fault {
                 Fault::WriteError { .. } | Fault::ShortWrite { .. } => IoOp::Write,
                 Fault::SyncError { .. } => IoOp::Sync,
+                Fault::OpError { op, .. } => op,
                 _ => continue,
             };
             if kind != op {

@@ -108,6 +108,18 @@ pub enum Fault {
         /// Writes that succeed first.
         after: u64,
     },
+    /// The file or directory operation of kind `op` after the next `after`
+    /// such operations fails with EIO and does nothing: opening or
+    /// creating a file (`IoOp::Open`), `Rename`, `Remove`, a directory sync
+    /// (`SyncDir`), reading a file, its length or a directory (`Read`),
+    /// `Lock`, `CreateDir`. (Writes and syncs of files: `WriteError`,
+    /// `SyncError`.)
+    OpError {
+        /// The kind of operation.
+        op: IoOp,
+        /// Operations of that kind that succeed first.
+        after: u64,
+    },
     /// From now on, a write that would make the files hold more than this
     /// many bytes fails with ENOSPC.
     NoSpace {

@@ -104,7 +104,13 @@ mod tests {
             header: None,
             clean_end: false,
         };
-        IoBatch { file: FileTarget::Open(Arc::clone(file)), writes, meta, guard: BatchGuard::none() }
+        IoBatch {
+            file: FileTarget::Open(Arc::clone(file)),
+            writes,
+            meta,
+            guard: BatchGuard::none(),
+            _lock: None,
+        }
     }
 
     async fn run_one(b: IoBatch) -> std::result::Result<(), crate::io::IoFailure> {

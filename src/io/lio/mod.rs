@@ -272,12 +272,13 @@ impl<K: Kernel> AioBatch<K> {
                 continue;
             }
             let cb = self.write_cb(i);
-            // SAFETY: the write completed (writes_done); aio_return once,
-            // on a control block owned by `self`.
-            let (n, want) = unsafe { (self.kernel.aio_return(cb), (*cb).aio_nbytes) };
+            // SAFETY: the write completed (writes_done); its status, then
+            // aio_return once, on a control block owned by `self`.
+            let (status, n, want) =
+                unsafe { (self.kernel.aio_error(cb), self.kernel.aio_return(cb), (*cb).aio_nbytes) };
             self.reaped[i] = true;
             if result.is_ok() {
-                result = check(n, want, IoOp::Write);
+                result = check(status, n, want, IoOp::Write);
             }
         }
         result
@@ -315,10 +316,12 @@ impl<K: Kernel> AioBatch<K> {
         let Some(cb) = self.sync.filter(|_| !self.sync_reaped) else {
             return Err(IoFailure { op: IoOp::Sync, error: io::Error::other("sync was never queued") });
         };
-        // SAFETY: the sync completed (sync_done); released once.
-        let n = unsafe { self.kernel.aio_return(cb.as_ptr().cast()) };
+        // SAFETY: the sync completed (sync_done); its status, then released once.
+        let (status, n) = unsafe {
+            (self.kernel.aio_error(cb.as_ptr().cast()), self.kernel.aio_return(cb.as_ptr().cast()))
+        };
         self.sync_reaped = true;
-        check(n.map(|n| n.max(0)), 0, IoOp::Sync)
+        check(status, n.map(|n| n.max(0)), 0, IoOp::Sync)
     }
 
     /// Whether the kernel still holds any of this batch's jobs.
@@ -350,8 +353,13 @@ impl<K: Kernel> AioBatch<K> {
     }
 }
 
-/// An operation's outcome from its `aio_return` result.
-fn check(n: Result<isize, i32>, want: usize, op: IoOp) -> Result<(), IoFailure> {
+/// An operation's outcome from its `aio_error` status and `aio_return`
+/// result. The status carries the error (glibc's `aio_return` leaves
+/// `errno` alone; FreeBSD's also returns the job's error).
+fn check(status: i32, n: Result<isize, i32>, want: usize, op: IoOp) -> Result<(), IoFailure> {
+    if status != 0 {
+        return Err(IoFailure { op, error: io::Error::from_raw_os_error(status) });
+    }
     let n = n.map_err(|e| IoFailure { op, error: io::Error::from_raw_os_error(e) })?;
     if op == IoOp::Write && usize::try_from(n).ok() != Some(want) {
         let error = io::Error::new(io::ErrorKind::WriteZero, format!("short write: {n} of {want} bytes"));
