@@ -47,8 +47,10 @@
 //! (`lio_listio`, completion by kqueue) on FreeBSD, and the threaded
 //! backend (`pwrite` + `fdatasync` on one thread per log) elsewhere. Every
 //! backend can be chosen explicitly; an explicit choice that cannot work is
-//! an error. Segments are written with `O_DIRECT` where the file system
-//! takes it ([`DirectIo`]).
+//! an error. The FreeBSD backend has never run on a FreeBSD kernel: CI
+//! compiles, lints and links it for FreeBSD and runs its logic on Linux
+//! over a model of FreeBSD's AIO and kqueue (see the README). Segments are
+//! written with `O_DIRECT` where the file system takes it ([`DirectIo`]).
 //!
 //! # Checkpoints and segment reuse
 //!

@@ -122,6 +122,9 @@ pub struct Options {
     pub(crate) segments_recycled_max: usize,
     /// Resolved at open from `direct_io`: whether segments use O_DIRECT.
     pub(crate) direct: bool,
+    /// Resolved at open where the lio backend may run: whether it can
+    /// work for this log's files (see `io::probe_lio`).
+    pub(crate) lio_probe: Option<std::result::Result<(), String>>,
     /// The file system the log lives on (the real one, or the simulator's).
     pub(crate) vfs: crate::vfs::Vfs,
     /// Tests only: `Backend::Lio` runs the kqueue driver over a model of
@@ -161,6 +164,7 @@ impl Default for Options {
             direct_io: DirectIo::Auto,
             segments_recycled_max: 4,
             direct: false,
+            lio_probe: None,
             vfs: crate::vfs::Vfs::Os,
             #[cfg(all(test, target_os = "linux"))]
             lio_model: None,

@@ -361,6 +361,7 @@ fn recover(dir: &Path, mut opts: Options) -> Result<(Start, RecoveryReport, Opti
     }
     let held = HeldLock::new(segment::lock_dir(vfs, dir)?);
     opts.direct = resolve_direct_io(dir, &opts)?;
+    opts.lio_probe = io::probe_lio(&opts, dir);
     let opts = &opts;
     let mut plan = recovery::plan(vfs, dir, opts.recovery_mode)?;
     // The names recovery saw may be cached only (a process died between a

@@ -12,7 +12,7 @@
 //! | platform | `Backend::Auto` picks | why |
 //! |----------|-----------------------|-----|
 //! | Linux    | `uring`, else `threaded` with the reason logged | one `io_uring_enter` per batch, completion via eventfd in tokio's reactor, write N+1 overlapping sync N |
-//! | FreeBSD  | `lio`                 | one `lio_listio` per batch, completion by kqueue through tokio's `Aio` (LIO interest), then `aio_fsync(O_DSYNC)` |
+//! | FreeBSD  | `lio` if the probe passes (local file system, `aio_fsync(O_DSYNC)`), else `threaded` with the reason logged | one `lio_listio` per batch, completion by kqueue through a long-lived tokio `Aio` registration, then `aio_fsync(O_DSYNC)` |
 //! | Linux, explicit `Backend::Lio` | — | the same AIO code over glibc, driven by one thread in `aio_suspend` |
 //! | other    | `threaded`            | `pwrite` + `fdatasync` on one thread per log: portable, one hand-off per batch |
 //!
@@ -249,6 +249,37 @@ pub(crate) enum Inline {
     Declined(IoBatch),
 }
 
+/// Where the lio backend may run (explicitly chosen, or `Auto` on
+/// FreeBSD): whether it can work for the log in `dir`, tried on its lock
+/// file (a local file system, `aio_fsync(O_DSYNC)` supported). Blocks
+/// briefly: runs on `open`'s blocking thread.
+pub(crate) fn probe_lio(opts: &Options, dir: &std::path::Path) -> Option<std::result::Result<(), String>> {
+    let wanted =
+        opts.backend == Backend::Lio || (opts.backend == Backend::Auto && cfg!(target_os = "freebsd"));
+    if !wanted || opts.vfs != crate::vfs::Vfs::Os {
+        return None;
+    }
+    #[cfg(any(target_os = "linux", target_os = "freebsd"))]
+    {
+        use std::os::fd::AsRawFd;
+        let lock = dir.join("LOCK");
+        let file = match std::fs::OpenOptions::new().read(true).write(true).open(&lock) {
+            Ok(f) => f,
+            Err(e) => return Some(Err(format!("cannot open {} to try AIO on it: {e}", lock.display()))),
+        };
+        #[cfg(all(test, target_os = "linux"))]
+        if let Some(m) = &opts.lio_model {
+            return Some(lio::probe(&*m.0.kernel(), file.as_raw_fd()));
+        }
+        Some(lio::probe(&lio::Libc, file.as_raw_fd()))
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "freebsd")))]
+    {
+        let _ = dir;
+        Some(Err("POSIX AIO is supported on Linux and FreeBSD only".into()))
+    }
+}
+
 /// Starts the backend `which` for one log.
 ///
 /// # Errors
@@ -258,6 +289,9 @@ pub(crate) fn start(which: Backend, sink: Arc<dyn Completion>, opts: &Options) -
     #[cfg(feature = "sim")]
     if let crate::vfs::Vfs::Sim(disk) = &opts.vfs {
         return Ok(Box::new(sim::Sim::start(disk.clone(), sink)?));
+    }
+    if let (Backend::Lio, Some(Err(reason))) = (which, &opts.lio_probe) {
+        return Err(Error::BackendUnavailable { backend: "lio", reason: reason.clone() });
     }
     #[cfg(all(test, target_os = "linux"))]
     if let (Backend::Lio, Some(m)) = (which, &opts.lio_model) {
@@ -271,7 +305,16 @@ pub(crate) fn start(which: Backend, sink: Arc<dyn Completion>, opts: &Options) -
         Backend::Uring => {
             start_uring(sink, opts).map_err(|reason| Error::BackendUnavailable { backend: "uring", reason })
         }
-        Backend::Auto if cfg!(target_os = "freebsd") => start_lio(sink),
+        Backend::Auto if cfg!(target_os = "freebsd") => {
+            let probed = opts.lio_probe.clone().unwrap_or(Ok(()));
+            match probed.and_then(|()| start_lio(Arc::clone(&sink)).map_err(|e| e.to_string())) {
+                Ok(b) => Ok(b),
+                Err(reason) => {
+                    tracing::warn!("aiowal: POSIX AIO unusable here, using the threaded backend: {reason}");
+                    Ok(Box::new(threaded::Threaded::start(sink)?))
+                }
+            }
+        }
         Backend::Auto => match start_uring(Arc::clone(&sink), opts) {
             Ok(b) => Ok(b),
             Err(reason) => {

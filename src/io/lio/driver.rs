@@ -3,11 +3,24 @@
 //! calls and tokio's `Aio` registrations (`freebsd.rs`), in tests on Linux
 //! over a model of FreeBSD's AIO and kqueue (`model.rs`).
 //!
-//! Each batch runs as a tokio task. Its write list is submitted with a
-//! sigevent naming a readiness registration's kqueue and token; kqueue posts
-//! one event per list when the list completes. Each wake-up is re-checked
-//! and the readiness cleared before waiting again. The `aio_fsync(O_DSYNC)`
-//! that follows is registered the same way. No thread waits.
+//! Each batch runs as a tokio task. Its writes go to the kernel as one
+//! `lio_listio` (more if the kernel's queue is full or the batch has more
+//! buffers than `AIO_LISTIO_MAX`), each list with a sigevent naming a
+//! readiness registration's kqueue and token, then `aio_fsync(O_DSYNC)`
+//! with the same registration. FreeBSD posts a list's kevent once every job
+//! it queued finished (`aio_bio_done_notify`: `lioj_count ==
+//! lioj_finished_count`) and keeps it active until the list is freed by the
+//! last `aio_return` (`filt_lio`; no EV_CLEAR). A wake-up can still find
+//! work undone — another list of the same batch, or readiness left from the
+//! registration's previous use — so each is checked, and readiness cleared
+//! before waiting again. No thread waits.
+//!
+//! Registrations are long-lived: tokio's `Aio` never deregisters (it has
+//! no `Drop`; a dropped one stays registered until the runtime ends), so
+//! the backend creates one per batch that can be in flight at once, at
+//! start, and reuses it (tokio's own `reuse` test clears readiness between
+//! uses). A registration goes back to the pool only once every job that
+//! named it was reaped, so no kevent of an old batch reaches a new one.
 
 use std::future::poll_fn;
 use std::io;
@@ -33,14 +46,18 @@ pub(crate) trait Readiness: Send + Sync + 'static {
     fn clear_ready(&self, ev: Self::Event);
 }
 
-/// Creates readiness registrations (tokio's `Aio::new_for_lio` / `new_for_aio`).
+/// Creates readiness registrations (tokio's `Aio::new_for_lio`). Both the
+/// lists' `EVFILT_LIO` and the sync's `EVFILT_AIO` events reach one
+/// registration: tokio reports either as readable (`Ready::from_mio`).
 pub(crate) trait Reactor: Send + Sync + 'static {
     type Reg: Readiness;
-    /// A registration for a list's `EVFILT_LIO` event.
-    fn register_lio(&self) -> io::Result<Self::Reg>;
-    /// A registration for one control block's `EVFILT_AIO` event.
-    fn register_aio(&self) -> io::Result<Self::Reg>;
+    /// A new registration. May panic where tokio's does (no I/O driver):
+    /// the backend creates them at start, where that is caught.
+    fn register(&self) -> io::Result<Self::Reg>;
 }
+
+/// Most batches in flight at once: the lio backend runs one at a time.
+const DEPTH: usize = 1;
 
 #[derive(Default)]
 struct State {
@@ -50,8 +67,9 @@ struct State {
 
 struct Shared<K: Kernel, R: Reactor> {
     kernel: Arc<K>,
-    reactor: R,
     rt: tokio::runtime::Handle,
+    /// Registrations not in use; one per batch that can be in flight.
+    regs: Mutex<Vec<R::Reg>>,
     /// Taken when the backend stops, breaking the cycle with the pipeline.
     sink: Mutex<Option<Arc<dyn Completion>>>,
     state: Mutex<State>,
@@ -63,31 +81,83 @@ pub(crate) struct Lio<K: Kernel, R: Reactor> {
 }
 
 impl<K: Kernel, R: Reactor> Lio<K, R> {
-    /// Starts the backend on the current tokio runtime.
+    /// Starts the backend on the current tokio runtime, with its
+    /// registrations.
     ///
     /// # Errors
-    /// When called outside a tokio runtime.
+    /// Outside a tokio runtime, or on one without the I/O driver
+    /// (`enable_io`), which tokio's `Aio` needs.
     pub(crate) fn start(kernel: Arc<K>, reactor: R, sink: Arc<dyn Completion>) -> Result<Self, String> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| {
             "the lio backend needs a tokio runtime (open the log from async code)".to_string()
         })?;
-        let shared =
-            Arc::new(Shared { kernel, reactor, rt, sink: Mutex::new(Some(sink)), state: Mutex::default() });
+        let mut regs = Vec::with_capacity(DEPTH);
+        for _ in 0..DEPTH {
+            let _enter = rt.enter();
+            // tokio panics instead of failing without an I/O driver.
+            let reg = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reactor.register()))
+                .map_err(|_| {
+                    "the tokio runtime has no I/O driver: build it with enable_io() (or enable_all())"
+                        .to_string()
+                })?
+                .map_err(|e| format!("registering with tokio's reactor failed: {e}"))?;
+            regs.push(reg);
+        }
+        let shared = Arc::new(Shared {
+            kernel,
+            rt,
+            regs: Mutex::new(regs),
+            sink: Mutex::new(Some(sink)),
+            state: Mutex::default(),
+        });
         Ok(Lio { shared })
     }
 }
 
-impl<K: Kernel, R: Reactor> Shared<K, R> {
-    /// A batch task ended: stop if asked to and nothing is left.
-    fn finished(&self) {
+/// Counts a batch task out when it ends — also when its runtime drops it,
+/// polled or not — and finishes a pending stop with the last one.
+struct Running<K: Kernel, R: Reactor>(Arc<Shared<K, R>>);
+
+impl<K: Kernel, R: Reactor> Drop for Running<K, R> {
+    fn drop(&mut self) {
         let done = {
-            let mut st = lock(&self.state);
+            let mut st = lock(&self.0.state);
             st.in_flight -= 1;
             if st.in_flight == 0 { st.stop.take() } else { None }
         };
         if let Some(done) = done {
-            lock(&self.sink).take();
+            lock(&self.0.sink).take();
             done();
+        }
+    }
+}
+
+/// A batch's control blocks and buffers while the kernel may use them.
+/// Dropped with jobs still in flight (its task was dropped), it hands them
+/// to a thread that waits for the kernel and reaps them, so no runtime
+/// worker blocks and no memory the kernel uses is freed; the batch's guard
+/// then poisons the log.
+struct InFlight<K: Kernel> {
+    aio: Option<AioBatch<K>>,
+    batch: Option<IoBatch>,
+}
+
+impl<K: Kernel> Drop for InFlight<K> {
+    fn drop(&mut self) {
+        let Some(aio) = self.aio.take() else { return };
+        if !aio.outstanding() {
+            return;
+        }
+        let batch = self.batch.take();
+        let reaper = move || {
+            let mut aio = aio;
+            aio.release();
+            drop(aio);
+            drop(batch);
+        };
+        if std::thread::Builder::new().name("aiowal-lio-reaper".into()).spawn(reaper).is_err() {
+            // No thread to wait on: leak rather than free what the kernel may use.
+            tracing::error!("aiowal: cannot start a thread to reap AIO in flight; leaking its buffers");
         }
     }
 }
@@ -97,33 +167,67 @@ impl<K: Kernel, R: Reactor> IoBackend for Lio<K, R> {
         "lio"
     }
 
-    fn submit(&self, mut batch: IoBatch) {
+    fn submit(&self, batch: IoBatch) {
         lock(&self.shared.state).in_flight += 1;
+        let running = Running(Arc::clone(&self.shared));
         let shared = Arc::clone(&self.shared);
         self.shared.rt.spawn(async move {
-            let result = run(&shared, &mut batch).await;
-            let sink = lock(&shared.sink).clone();
-            if let Some(sink) = sink {
-                sink.complete(batch, result);
+            let reg = lock(&shared.regs).pop();
+            let Some(reg) = reg else {
+                // More batches than DEPTH at once: a pipeline bug. Fail the
+                // batch rather than register (and leak) one per batch.
+                let error = io::Error::other("lio: no free readiness registration");
+                complete(&shared, batch, Err(IoFailure { op: IoOp::Write, error }));
+                drop(running);
+                return;
+            };
+            let mut flight = InFlight { aio: None, batch: Some(batch) };
+            let result = run(&shared, &reg, &mut flight).await;
+            let (aio, batch) = (flight.aio.take(), flight.batch.take());
+            if aio.as_ref().is_some_and(AioBatch::outstanding) {
+                // A failure left jobs with the kernel: reap them on a thread
+                // (no runtime worker blocks), then hand the batch back. The
+                // registration is not reused (the log is poisoned anyway).
+                let reaper = move || {
+                    let mut aio = aio;
+                    if let Some(a) = aio.as_mut() {
+                        a.release();
+                    }
+                    drop(aio);
+                    if let Some(batch) = batch {
+                        complete(&shared, batch, result);
+                    }
+                    drop(running);
+                };
+                let _ = std::thread::Builder::new().name("aiowal-lio-reaper".into()).spawn(reaper);
+                return;
             }
-            shared.finished();
+            // Everything that named the registration is reaped: reuse it.
+            lock(&shared.regs).push(reg);
+            drop(aio);
+            if let Some(batch) = batch {
+                complete(&shared, batch, result);
+            }
+            drop(running);
         });
     }
 
     fn stop(&self, done: Box<dyn FnOnce() + Send>) {
-        let idle = {
-            let mut st = lock(&self.shared.state);
-            if st.in_flight == 0 {
-                true
-            } else {
-                st.stop = Some(done);
-                return;
-            }
-        };
-        if idle {
-            lock(&self.shared.sink).take();
-            done();
+        let mut st = lock(&self.shared.state);
+        if st.in_flight > 0 {
+            st.stop = Some(done);
+            return;
         }
+        drop(st);
+        lock(&self.shared.sink).take();
+        done();
+    }
+}
+
+fn complete<K: Kernel, R: Reactor>(sh: &Shared<K, R>, batch: IoBatch, result: Result<(), IoFailure>) {
+    let sink = lock(&sh.sink).clone();
+    if let Some(sink) = sink {
+        sink.complete(batch, result);
     }
 }
 
@@ -131,8 +235,14 @@ fn reactor_failure(op: IoOp, error: io::Error) -> IoFailure {
     IoFailure { op, error }
 }
 
-/// Writes the batch with one `lio_listio` per list and syncs it.
-async fn run<K: Kernel, R: Reactor>(sh: &Shared<K, R>, batch: &mut IoBatch) -> Result<(), IoFailure> {
+/// Writes the batch with one `lio_listio` per list and syncs it; on
+/// return, nothing of it is left with the kernel.
+async fn run<K: Kernel, R: Reactor>(
+    sh: &Shared<K, R>,
+    reg: &R::Reg,
+    flight: &mut InFlight<K>,
+) -> Result<(), IoFailure> {
+    let Some(batch) = flight.batch.as_mut() else { return Ok(()) };
     if batch.file.is_new() {
         // A new segment may still be being zero-filled: wait off the runtime.
         let mut target = std::mem::replace(&mut batch.file, FileTarget::New(None));
@@ -146,20 +256,21 @@ async fn run<K: Kernel, R: Reactor>(sh: &Shared<K, R>, batch: &mut IoBatch) -> R
         r?;
     }
     let file = batch.file.resolve()?;
-    // SAFETY: `batch` outlives `aio`, whose Drop waits for the kernel.
-    let mut aio = unsafe { AioBatch::new(Arc::clone(&sh.kernel), batch, file)? };
+    // SAFETY: the batch's buffers live in `flight` beside the control blocks:
+    // both are released together, after the kernel is done (InFlight::drop).
+    let aio = unsafe { AioBatch::new(Arc::clone(&sh.kernel), batch, file)? };
+    phases(flight.aio.insert(aio), reg).await
+}
 
-    let list = sh.reactor.register_lio().map_err(|e| reactor_failure(IoOp::Write, e))?;
-    phase(&mut aio, &list, IoOp::Write, AioBatch::submit_writes, AioBatch::writes_done).await?;
+async fn phases<K: Kernel, G: Readiness>(aio: &mut AioBatch<K>, reg: &G) -> Result<(), IoFailure> {
+    phase(aio, reg, IoOp::Write, AioBatch::submit_writes, AioBatch::writes_done).await?;
     aio.reap_writes()?;
-    let sync = sh.reactor.register_aio().map_err(|e| reactor_failure(IoOp::Sync, e))?;
-    phase(&mut aio, &sync, IoOp::Sync, AioBatch::submit_sync, AioBatch::sync_done).await?;
+    phase(aio, reg, IoOp::Sync, AioBatch::submit_sync, AioBatch::sync_done).await?;
     aio.reap_sync()
 }
 
-/// Submits through `reg`'s kevent and waits until `done`: a wake-up may
-/// come before every operation finished, so readiness is cleared and
-/// awaited again until they all have.
+/// Submits through `reg`'s kevent and waits until `done`, re-checking
+/// every wake-up and clearing readiness before waiting again.
 async fn phase<K: Kernel, G: Readiness>(
     aio: &mut AioBatch<K>,
     reg: &G,
@@ -167,11 +278,16 @@ async fn phase<K: Kernel, G: Readiness>(
     submit: fn(&mut AioBatch<K>, Notify) -> Result<(), Submit>,
     done: fn(&AioBatch<K>) -> bool,
 ) -> Result<(), IoFailure> {
+    let mut tries = 0u32;
     loop {
         match submit(aio, reg.notify()) {
             Ok(()) => break,
-            // The kernel's AIO queue is full: retry what it did not take.
-            Err(Submit::Again) => tokio::time::sleep(Duration::from_micros(100)).await,
+            // The kernel's AIO queue is full: let what was queued finish,
+            // back off, retry what it did not take.
+            Err(Submit::Again) => {
+                tries += 1;
+                back_off(tries).await;
+            }
             Err(Submit::Failed(f)) => return Err(f),
         }
     }
@@ -182,4 +298,16 @@ async fn phase<K: Kernel, G: Readiness>(
         }
     }
     Ok(())
+}
+
+/// Waits a little before resubmitting after EAGAIN, without tokio's timer
+/// (a runtime may run without it): a few yields first, then a short sleep
+/// on a blocking thread.
+async fn back_off(tries: u32) {
+    if tries < 8 {
+        tokio::task::yield_now().await;
+        return;
+    }
+    let nap = Duration::from_micros(50 * u64::from(tries.min(40)));
+    let _ = tokio::task::spawn_blocking(move || std::thread::sleep(nap)).await;
 }

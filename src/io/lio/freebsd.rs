@@ -34,12 +34,10 @@ pub(crate) struct Tokio;
 impl Reactor for Tokio {
     type Reg = Registration;
 
-    fn register_lio(&self) -> io::Result<Registration> {
+    /// With LIO interest; tokio reports a list's and a single control
+    /// block's kevent alike (readable).
+    fn register(&self) -> io::Result<Registration> {
         Aio::new_for_lio(Kevent::default()).map(Registration)
-    }
-
-    fn register_aio(&self) -> io::Result<Registration> {
-        Aio::new_for_aio(Kevent::default()).map(Registration)
     }
 }
 

@@ -38,6 +38,7 @@ mod sys;
 pub(crate) use freebsd::start;
 #[cfg(target_os = "linux")]
 pub(crate) use linux::start;
+pub(crate) use sys::Libc;
 
 use std::cell::UnsafeCell;
 use std::io;
@@ -109,6 +110,54 @@ pub(crate) trait Kernel: Send + Sync + 'static {
 
     /// Most control blocks one `lio_listio` may carry.
     fn listio_max(&self) -> usize;
+
+    /// Whether the file system holding `fd` is local: FreeBSD refuses AIO on
+    /// one without MNT_LOCAL (NFS, fusefs, smbfs: `aio_queue_file` returns
+    /// EOPNOTSUPP unless `vfs.aio.enable_unsafe=1`). `Err(errno)` if it
+    /// cannot tell.
+    fn local_file_system(&self, fd: RawFd) -> Result<bool, i32>;
+}
+
+/// Whether the lio backend can work for files like `fd` (the log's lock
+/// file): a local file system, and `aio_fsync(O_DSYNC)` accepted and
+/// completed (FreeBSD 13.0 added O_DSYNC: `kern_aio_fsync` returns EINVAL
+/// before). The reason, in words, when it cannot.
+pub(crate) fn probe<K: Kernel>(kernel: &K, fd: RawFd) -> Result<(), String> {
+    match kernel.local_file_system(fd) {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err("the log's file system is not local (no MNT_LOCAL): FreeBSD refuses AIO on it \
+                 (EOPNOTSUPP) unless vfs.aio.enable_unsafe=1"
+                .into());
+        }
+        Err(e) => return Err(format!("fstatfs failed: {}", io::Error::from_raw_os_error(e))),
+    }
+    let mut raw = zeroed_aiocb();
+    raw.aio_fildes = fd;
+    raw.aio_sigevent.sigev_notify = libc::SIGEV_NONE;
+    let cb = UnsafeCell::new(raw);
+    // SAFETY: `cb` lives on this frame until the job is reaped below.
+    let r = unsafe { kernel.aio_fsync(cb.get(), Notify::None) };
+    let why = |e: i32| match e {
+        libc::EINVAL => "aio_fsync(O_DSYNC) is not supported (FreeBSD before 13.0)".to_string(),
+        libc::EOPNOTSUPP => "the file system refuses AIO (EOPNOTSUPP)".to_string(),
+        libc::ENOSYS => "POSIX AIO is not available (the aio kernel module is not loaded?)".to_string(),
+        e => format!("a test aio_fsync(O_DSYNC) failed: {}", io::Error::from_raw_os_error(e)),
+    };
+    if r != 0 {
+        return Err(why(r));
+    }
+    loop {
+        // SAFETY: as above: the job is queued and `cb` is alive.
+        let status = unsafe { kernel.aio_error(cb.get()) };
+        if status != libc::EINPROGRESS {
+            // SAFETY: finished: release it once.
+            let _ = unsafe { kernel.aio_return(cb.get()) };
+            return if status == 0 { Ok(()) } else { Err(why(status)) };
+        }
+        // SAFETY: as above.
+        unsafe { kernel.aio_suspend(&[cb.get().cast_const()]) };
+    }
 }
 
 /// A control block with every field zero (null pointers, zero lengths).
@@ -133,7 +182,7 @@ pub(crate) enum Submit {
 /// through raw pointers: the kernel (or glibc's helper threads) writes
 /// their status fields while this struct's methods run, so no Rust
 /// reference may cover them. The list arrays given to `lio_listio` are kept
-/// only for the duration of the call.
+/// here, unmoved, until every job is reaped.
 pub(crate) struct AioBatch<K: Kernel> {
     kernel: Arc<K>,
     /// Keeps the descriptor open while the kernel uses it.
@@ -145,6 +194,8 @@ pub(crate) struct AioBatch<K: Kernel> {
     queued: Vec<bool>,
     /// Whether each write was reaped (its job released).
     reaped: Vec<bool>,
+    /// Every list array submitted, kept until the batch is reaped.
+    lists: Vec<Box<[*mut libc::aiocb]>>,
     /// The sync's control block, once queued; and whether it was reaped.
     sync: Option<NonNull<UnsafeCell<libc::aiocb>>>,
     sync_reaped: bool,
@@ -188,6 +239,7 @@ impl<K: Kernel> AioBatch<K> {
             writes,
             queued: vec![false; n],
             reaped: vec![false; n],
+            lists: Vec::new(),
             sync: None,
             sync_reaped: false,
         })
@@ -212,33 +264,59 @@ impl<K: Kernel> AioBatch<K> {
     pub(crate) fn submit_writes(&mut self, notify: Notify) -> Result<(), Submit> {
         let pending: Vec<usize> = (0..self.writes_len()).filter(|&i| !self.queued[i]).collect();
         for chunk in pending.chunks(self.kernel.listio_max()) {
-            let list: Vec<*mut libc::aiocb> = chunk.iter().map(|&i| self.write_cb(i)).collect();
+            let list: Box<[*mut libc::aiocb]> = chunk.iter().map(|&i| self.write_cb(i)).collect();
             // SAFETY: the control blocks and their buffers live until reaped
-            // (Drop waits). The list array itself is only read during the call.
+            // (Drop waits). The list array is kept in `self.lists`, unmoved
+            // (a boxed slice), until every job is reaped: FreeBSD keys the
+            // list's kevent by its address, and a new list at that address
+            // with this one's jobs unreaped would share its knote
+            // (`kqueue_register` reuses a knote of the same ident and filter).
             let r = unsafe { self.kernel.lio_listio(&list, notify) };
+            self.lists.push(list);
             if r == 0 {
                 for &i in chunk {
                     self.queued[i] = true;
                 }
                 continue;
             }
-            // Which of the list the kernel took: the others report EAGAIN.
-            for &i in chunk {
-                // SAFETY: a valid control block owned by `self`.
-                let status = unsafe { self.kernel.aio_error(self.write_cb(i)) };
-                self.queued[i] = status != libc::EAGAIN && status != -1;
-            }
-            return match r {
-                libc::EAGAIN => Err(Submit::Again),
-                // EIO: some request failed to start; its aio_error tells which,
-                // read when the batch completes.
-                libc::EIO if self.queued.iter().all(|q| *q) => Ok(()),
-                _ => {
-                    Err(Submit::Failed(IoFailure { op: IoOp::Write, error: io::Error::from_raw_os_error(r) }))
-                }
-            };
+            return self.sort_out(chunk, r);
         }
         Ok(())
+    }
+
+    /// After a `lio_listio` that failed with `r`: which of `chunk` the
+    /// kernel queued. `kern_lio_listio` tries every entry; each one it
+    /// refused holds its error (`aio_aqueue` stores it; `kern_aio_error`
+    /// reads it back), EAGAIN for a full queue; one it never saw reads
+    /// EINVAL. A queued job reads EINPROGRESS, or its result if it already
+    /// finished.
+    fn sort_out(&mut self, chunk: &[usize], r: i32) -> Result<(), Submit> {
+        let mut hard = None;
+        for &i in chunk {
+            let cb = self.write_cb(i);
+            // SAFETY: a valid control block owned by `self`.
+            match unsafe { self.kernel.aio_error(cb) } {
+                libc::EINPROGRESS | 0 => self.queued[i] = true,
+                libc::EAGAIN => {}
+                e => {
+                    // Refused, or queued and already failed: release it if
+                    // the kernel holds it (EINVAL if not: harmless).
+                    // SAFETY: as above.
+                    let _ = unsafe { self.kernel.aio_return(cb) };
+                    hard.get_or_insert(e);
+                }
+            }
+        }
+        match (hard, r) {
+            (Some(e), _) => {
+                Err(Submit::Failed(IoFailure { op: IoOp::Write, error: io::Error::from_raw_os_error(e) }))
+            }
+            (None, libc::EAGAIN) => Err(Submit::Again),
+            (None, libc::EIO) if self.queued.iter().all(|q| *q) => Ok(()),
+            (None, r) => {
+                Err(Submit::Failed(IoFailure { op: IoOp::Write, error: io::Error::from_raw_os_error(r) }))
+            }
+        }
     }
 
     /// Control blocks the kernel holds that have not completed yet.
@@ -344,7 +422,7 @@ impl<K: Kernel> AioBatch<K> {
     }
 
     /// Waits for and reaps whatever the kernel still holds.
-    fn release(&mut self) {
+    pub(crate) fn release(&mut self) {
         self.wait_all();
         let _ = self.reap_writes();
         if self.sync.is_some() && !self.sync_reaped {

@@ -130,6 +130,8 @@ struct State {
     writes_run: u64,
     syncs_run: u64,
     spurious_wakeups: u64,
+    /// Jobs refused with EAGAIN (the queue was full).
+    eagain: u64,
     violations: Vec<String>,
     shutdown: bool,
 }
@@ -342,6 +344,7 @@ impl State {
         // max_queue_count / max_aio_queue_per_proc; finished, unreaped jobs count.
         if self.jobs.len() >= self.config.queue_limit {
             self.refused.insert(cb, libc::EAGAIN);
+            self.eagain += 1;
             return Err(libc::EAGAIN);
         }
         // aio_queue_file: no AIO on a file system without MNT_LOCAL
@@ -550,30 +553,25 @@ impl Kernel for ModelKernel {
         // AIO_LISTIO_MAX in sys/sys/aio.h (not enforced by the kernel).
         16
     }
+
+    /// `fstatfs`'s MNT_LOCAL.
+    fn local_file_system(&self, _fd: i32) -> Result<bool, i32> {
+        Ok(lock(&self.0.state).config.local)
+    }
 }
 
 /// Registrations standing for tokio's `Aio`.
 pub(crate) struct ModelReactor(Arc<Inner>);
 
-impl ModelReactor {
+impl Reactor for ModelReactor {
+    type Reg = ModelReg;
+
     fn register(&self) -> std::io::Result<ModelReg> {
         let mut s = lock(&self.0.state);
         s.registrations += 1;
         let token = usize::try_from(s.registrations).unwrap_or(usize::MAX);
         s.regs.insert(token, Reg::default());
         Ok(ModelReg { inner: Arc::clone(&self.0), token })
-    }
-}
-
-impl Reactor for ModelReactor {
-    type Reg = ModelReg;
-
-    fn register_lio(&self) -> std::io::Result<ModelReg> {
-        self.register()
-    }
-
-    fn register_aio(&self) -> std::io::Result<ModelReg> {
-        self.register()
     }
 }
 
@@ -757,7 +755,7 @@ mod tests {
         let model = Model::new(Config { queue_limit: 2, ..Config::default() });
         let n = append_concurrently(&model, 8, 2, 50, true).unwrap();
         assert_eq!(n, 8 * 2 * 50);
-        assert!(lock(&model.inner.state).refused.values().any(|&e| e == libc::EAGAIN));
+        assert!(lock(&model.inner.state).eagain > 0, "no submission found the queue full");
         assert_clean(&model);
     }
 
@@ -830,6 +828,62 @@ mod tests {
             matches!(&e, Error::Poisoned { op: IoOp::Write, cause } if cause.raw_os_error() == Some(libc::EOPNOTSUPP)),
             "{e}"
         );
+    }
+
+    /// A file system without MNT_LOCAL (NFS, fusefs): FreeBSD refuses AIO
+    /// on it. An explicit `Backend::Lio` is refused at open with the reason;
+    /// nothing is written.
+    #[test]
+    fn non_local_file_system_is_refused_at_open() {
+        let model = Model::new(Config { local: false, ..Config::default() });
+        let runtime = rt(true);
+        runtime.block_on(async {
+            let d = tempfile::tempdir().unwrap();
+            match Wal::open(d.path(), opts(&model)).await {
+                Err(e @ Error::BackendUnavailable { backend: "lio", .. }) => {
+                    assert!(
+                        e.to_string().contains("MNT_LOCAL") && e.to_string().contains("enable_unsafe"),
+                        "{e}"
+                    );
+                }
+                other => panic!("expected BackendUnavailable, got {other:?}"),
+            }
+        });
+        assert_eq!(model.jobs_run(), (0, 0));
+    }
+
+    /// FreeBSD before 13.0 rejects aio_fsync(O_DSYNC) (EINVAL): refused at
+    /// open, not at the first append.
+    #[test]
+    fn no_dsync_is_refused_at_open() {
+        let model = Model::new(Config { no_dsync: true, ..Config::default() });
+        let runtime = rt(true);
+        runtime.block_on(async {
+            let d = tempfile::tempdir().unwrap();
+            match Wal::open(d.path(), opts(&model)).await {
+                Err(e @ Error::BackendUnavailable { backend: "lio", .. }) => {
+                    assert!(e.to_string().contains("O_DSYNC"), "{e}");
+                }
+                other => panic!("expected BackendUnavailable, got {other:?}"),
+            }
+        });
+    }
+
+    /// The probe itself, as `Backend::Auto` on FreeBSD uses it to fall back
+    /// to the threaded backend.
+    #[test]
+    fn probe_names_the_cause() {
+        let d = tempfile::tempdir().unwrap();
+        let f = std::fs::File::create(d.path().join("probe")).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+        assert_eq!(super::super::probe(&*Model::new(Config::default()).kernel(), fd), Ok(()));
+        let e = super::super::probe(&*Model::new(Config { local: false, ..Config::default() }).kernel(), fd);
+        assert!(e.unwrap_err().contains("not local"));
+        let e =
+            super::super::probe(&*Model::new(Config { no_dsync: true, ..Config::default() }).kernel(), fd);
+        assert!(e.unwrap_err().contains("FreeBSD before 13.0"));
+        // The real kernel's (glibc's) answer on this machine.
+        assert_eq!(super::super::probe(&super::super::Libc, fd), Ok(()));
     }
 
     /// Dropping the runtime with a batch in flight must not block the

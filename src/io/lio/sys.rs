@@ -77,4 +77,22 @@ impl Kernel for Libc {
         // FreeBSD's AIO_LISTIO_MAX. Our batches carry one or a few buffers.
         if n > 0 { usize::try_from(n).unwrap_or(16).min(1024) } else { 16 }
     }
+
+    #[cfg(target_os = "freebsd")]
+    fn local_file_system(&self, fd: std::os::fd::RawFd) -> Result<bool, i32> {
+        // SAFETY: statfs is a plain C struct; fstatfs fills it.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `fd` is an open descriptor; `st` is a valid out pointer.
+        if unsafe { libc::fstatfs(fd, &mut st) } != 0 {
+            return Err(errno());
+        }
+        Ok(st.f_flags & libc::MNT_LOCAL != 0)
+    }
+
+    /// glibc runs AIO on its own threads with ordinary system calls: any
+    /// file system will do.
+    #[cfg(not(target_os = "freebsd"))]
+    fn local_file_system(&self, _fd: std::os::fd::RawFd) -> Result<bool, i32> {
+        Ok(true)
+    }
 }
