@@ -523,7 +523,7 @@ fn newest_torn(
             if !segment_shaped(&m.map) && *cause == FormatError::BadMagic {
                 return Ok(None);
             }
-            if frames_survive(&m.map) || proven.is_some() {
+            if frames_survive(&m.map) || holds_proven(mapped, proven) {
                 if mode != RecoveryMode::PointInTime {
                     return Err(corrupt(&m.path, 0, 0, CorruptKind::Header(*cause)));
                 }
@@ -536,8 +536,20 @@ fn newest_torn(
     if mode == RecoveryMode::AbsoluteConsistency {
         return Err(corrupt(&m.path, 0, 0, CorruptKind::TornTail(cause)));
     }
-    let proves = m.header.ok().map(|h| h.first_lsn - 1);
+    // (A segment starting at LSN 1 proves nothing.)
+    let proves = m.header.ok().map(|h| h.first_lsn - 1).filter(|&p| p > 0);
     Ok(mapped.pop().map(|m| (m.path, cause, proves)))
+}
+
+/// Whether the newest segment of `mapped` (whose header cannot be read)
+/// holds records that `proven` (from a segment set aside after it) proves
+/// durable: whether the segment before it ends at or before `proven`. Yes
+/// when that cannot be told.
+fn holds_proven(mapped: &[Segment], proven: Option<u64>) -> bool {
+    let Some(p) = proven else { return false };
+    let Some(prev) = mapped.len().checked_sub(2).and_then(|i| mapped.get(i)) else { return true };
+    let Ok(h) = prev.header else { return true };
+    scan(&prev.map, &h, None).next_lsn <= p
 }
 
 /// For a v2 segment: why its first batch is incomplete, if it is, while no
