@@ -362,6 +362,11 @@ fn recover(dir: &Path, mut opts: Options) -> Result<(Start, RecoveryReport, Opti
     let held = HeldLock::new(segment::lock_dir(vfs, dir)?);
     opts.direct = resolve_direct_io(dir, &opts)?;
     opts.lio_probe = io::probe_lio(&opts, dir);
+    // An explicit lio that cannot work is refused before recovery writes
+    // anything (copy-forward, removals).
+    if let (crate::Backend::Lio, Some(Err(reason))) = (opts.backend, &opts.lio_probe) {
+        return Err(Error::BackendUnavailable { backend: "lio", reason: reason.clone() });
+    }
     let opts = &opts;
     let mut plan = recovery::plan(vfs, dir, opts.recovery_mode)?;
     // The names recovery saw may be cached only (a process died between a

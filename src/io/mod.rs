@@ -99,7 +99,7 @@ impl BatchGuard {
     }
 
     /// A guard that poisons nothing (for tests of a backend alone).
-    #[cfg(all(test, target_os = "freebsd"))]
+    #[cfg(all(test, any(target_os = "freebsd", target_os = "linux")))]
     pub(crate) fn none() -> BatchGuard {
         BatchGuard { sink: None }
     }
@@ -254,8 +254,11 @@ pub(crate) enum Inline {
 /// file (a local file system, `aio_fsync(O_DSYNC)` supported). Blocks
 /// briefly: runs on `open`'s blocking thread.
 pub(crate) fn probe_lio(opts: &Options, dir: &std::path::Path) -> Option<std::result::Result<(), String>> {
-    let wanted =
-        opts.backend == Backend::Lio || (opts.backend == Backend::Auto && cfg!(target_os = "freebsd"));
+    #[cfg(all(test, target_os = "linux"))]
+    let lio_is_default = opts.lio_model.is_some();
+    #[cfg(not(all(test, target_os = "linux")))]
+    let lio_is_default = cfg!(target_os = "freebsd");
+    let wanted = opts.backend == Backend::Lio || (opts.backend == Backend::Auto && lio_is_default);
     if !wanted || opts.vfs != crate::vfs::Vfs::Os {
         return None;
     }
@@ -293,11 +296,19 @@ pub(crate) fn start(which: Backend, sink: Arc<dyn Completion>, opts: &Options) -
     if let (Backend::Lio, Some(Err(reason))) = (which, &opts.lio_probe) {
         return Err(Error::BackendUnavailable { backend: "lio", reason: reason.clone() });
     }
+    // In tests on Linux, the FreeBSD path over the model of its kernel.
     #[cfg(all(test, target_os = "linux"))]
-    if let (Backend::Lio, Some(m)) = (which, &opts.lio_model) {
-        return lio::driver::Lio::start(m.0.kernel(), m.0.reactor(), sink)
-            .map(|l| Box::new(l) as Box<dyn IoBackend>)
-            .map_err(|reason| Error::BackendUnavailable { backend: "lio", reason });
+    if let Some(m) = &opts.lio_model {
+        let model = |sink| {
+            lio::driver::Lio::start(m.0.kernel(), m.0.reactor(), sink)
+                .map(|l| Box::new(l) as Box<dyn IoBackend>)
+                .map_err(|reason| Error::BackendUnavailable { backend: "lio", reason })
+        };
+        match which {
+            Backend::Lio => return model(sink),
+            Backend::Auto => return auto_lio(opts, sink, model),
+            _ => {}
+        }
     }
     match which {
         Backend::Threaded => Ok(Box::new(threaded::Threaded::start(sink)?)),
@@ -305,16 +316,7 @@ pub(crate) fn start(which: Backend, sink: Arc<dyn Completion>, opts: &Options) -
         Backend::Uring => {
             start_uring(sink, opts).map_err(|reason| Error::BackendUnavailable { backend: "uring", reason })
         }
-        Backend::Auto if cfg!(target_os = "freebsd") => {
-            let probed = opts.lio_probe.clone().unwrap_or(Ok(()));
-            match probed.and_then(|()| start_lio(Arc::clone(&sink)).map_err(|e| e.to_string())) {
-                Ok(b) => Ok(b),
-                Err(reason) => {
-                    tracing::warn!("aiowal: POSIX AIO unusable here, using the threaded backend: {reason}");
-                    Ok(Box::new(threaded::Threaded::start(sink)?))
-                }
-            }
-        }
+        Backend::Auto if cfg!(target_os = "freebsd") => auto_lio(opts, sink, start_lio),
         Backend::Auto => match start_uring(Arc::clone(&sink), opts) {
             Ok(b) => Ok(b),
             Err(reason) => {
@@ -322,6 +324,23 @@ pub(crate) fn start(which: Backend, sink: Arc<dyn Completion>, opts: &Options) -
                 Ok(Box::new(threaded::Threaded::start(sink)?))
             }
         },
+    }
+}
+
+/// `Backend::Auto` where lio is the default (FreeBSD): lio if the probe
+/// passed and it starts, else the threaded backend, with the reason logged.
+fn auto_lio(
+    opts: &Options,
+    sink: Arc<dyn Completion>,
+    start_lio: impl FnOnce(Arc<dyn Completion>) -> Result<Box<dyn IoBackend>>,
+) -> Result<Box<dyn IoBackend>> {
+    let probed = opts.lio_probe.clone().unwrap_or(Ok(()));
+    match probed.and_then(|()| start_lio(Arc::clone(&sink)).map_err(|e| e.to_string())) {
+        Ok(b) => Ok(b),
+        Err(reason) => {
+            tracing::warn!("aiowal: POSIX AIO unusable here, using the threaded backend: {reason}");
+            Ok(Box::new(threaded::Threaded::start(sink)?))
+        }
     }
 }
 

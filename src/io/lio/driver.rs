@@ -38,8 +38,9 @@ use crate::sync::lock;
 pub(crate) trait Readiness: Send + Sync + 'static {
     /// What a wake-up delivered, to clear it with.
     type Event: Send;
-    /// The sigevent target of this registration: its kqueue and token.
-    fn notify(&self) -> Notify;
+    /// The sigevent target of this registration: its kqueue and token; an
+    /// error if the reactor did not give it one.
+    fn notify(&self) -> io::Result<Notify>;
     /// Ready once an event for this registration arrived.
     fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Event>>;
     /// Forgets `ev`: the next `poll_ready` waits for a new event.
@@ -101,6 +102,7 @@ impl<K: Kernel, R: Reactor> Lio<K, R> {
                         .to_string()
                 })?
                 .map_err(|e| format!("registering with tokio's reactor failed: {e}"))?;
+            reg.notify().map_err(|e| format!("registering with tokio's reactor failed: {e}"))?;
             regs.push(reg);
         }
         let shared = Arc::new(Shared {
@@ -149,15 +151,32 @@ impl<K: Kernel> Drop for InFlight<K> {
             return;
         }
         let batch = self.batch.take();
-        let reaper = move || {
+        off_the_runtime(move || {
             let mut aio = aio;
             aio.release();
             drop(aio);
             drop(batch);
-        };
-        if std::thread::Builder::new().name("aiowal-lio-reaper".into()).spawn(reaper).is_err() {
-            // No thread to wait on: leak rather than free what the kernel may use.
-            tracing::error!("aiowal: cannot start a thread to reap AIO in flight; leaking its buffers");
+        });
+    }
+}
+
+/// Runs `reap` (which waits for the kernel) on a thread of its own, so no
+/// runtime worker blocks. If no thread can be started, runs it here
+/// instead: a blocked worker for as long as the I/O takes is better than
+/// freeing memory the kernel uses, or leaking a batch whose waiters would
+/// then wait forever.
+fn off_the_runtime(reap: impl FnOnce() + Send + 'static) {
+    let slot = Arc::new(Mutex::new(Some(reap)));
+    let theirs = Arc::clone(&slot);
+    let spawned = std::thread::Builder::new().name("aiowal-lio-reaper".into()).spawn(move || {
+        if let Some(reap) = lock(&theirs).take() {
+            reap();
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!("aiowal: cannot start a thread to reap AIO in flight ({e}); waiting on this one");
+        if let Some(reap) = lock(&slot).take() {
+            reap();
         }
     }
 }
@@ -199,7 +218,7 @@ impl<K: Kernel, R: Reactor> IoBackend for Lio<K, R> {
                     }
                     drop(running);
                 };
-                let _ = std::thread::Builder::new().name("aiowal-lio-reaper".into()).spawn(reaper);
+                off_the_runtime(reaper);
                 return;
             }
             // Everything that named the registration is reaped: reuse it.
@@ -270,21 +289,25 @@ async fn phases<K: Kernel, G: Readiness>(aio: &mut AioBatch<K>, reg: &G) -> Resu
 }
 
 /// Submits through `reg`'s kevent and waits until `done`, re-checking
-/// every wake-up and clearing readiness before waiting again.
+/// every wake-up and clearing readiness before waiting again. `done` also
+/// reaps what finished (see [`AioBatch::reap_finished_writes`]).
 async fn phase<K: Kernel, G: Readiness>(
     aio: &mut AioBatch<K>,
     reg: &G,
     op: IoOp,
     submit: fn(&mut AioBatch<K>, Notify) -> Result<(), Submit>,
-    done: fn(&AioBatch<K>) -> bool,
+    done: fn(&mut AioBatch<K>) -> bool,
 ) -> Result<(), IoFailure> {
+    let notify = reg.notify().map_err(|e| reactor_failure(op, e))?;
     let mut tries = 0u32;
     loop {
-        match submit(aio, reg.notify()) {
+        match submit(aio, notify) {
             Ok(()) => break,
-            // The kernel's AIO queue is full: let what was queued finish,
-            // back off, retry what it did not take.
+            // The kernel's AIO queue is full: reap what of ours finished
+            // (finished jobs count against the queue until reaped), back
+            // off, retry what it did not take.
             Err(Submit::Again) => {
+                done(aio);
                 tries += 1;
                 back_off(tries).await;
             }

@@ -47,11 +47,13 @@ pub(crate) struct Registration(Aio<Kevent>);
 impl Readiness for Registration {
     type Event = AioEvent;
 
-    fn notify(&self) -> Notify {
+    /// An error if tokio never registered the source: a list submitted
+    /// without a kevent would never wake its task.
+    fn notify(&self) -> io::Result<Notify> {
         let source: &Kevent = &self.0;
         match source.0 {
-            Some((kq, token)) => Notify::Kevent { kq, token },
-            None => Notify::None,
+            Some((kq, token)) => Ok(Notify::Kevent { kq, token }),
+            None => Err(io::Error::other("tokio did not register the AIO source with its kqueue")),
         }
     }
 

@@ -35,13 +35,17 @@ fn run(aio: &mut AioBatch<Libc>) -> std::result::Result<(), IoFailure> {
     loop {
         match aio.submit_writes(Notify::None) {
             Ok(()) => break,
-            // The queue is full: let what was queued finish, then resubmit the rest.
-            Err(Submit::Again) => wait_some(aio),
+            // The queue is full: let what was queued finish and reap it
+            // (finished jobs count against the queue until reaped), then
+            // resubmit the rest.
+            Err(Submit::Again) => {
+                wait_some(aio);
+                aio.reap_finished_writes();
+            }
             Err(Submit::Failed(f)) => return Err(f),
         }
     }
     aio.wait_all();
-    debug_assert!(aio.writes_done());
     aio.reap_writes()?;
     loop {
         match aio.submit_sync(Notify::None) {
@@ -51,7 +55,6 @@ fn run(aio: &mut AioBatch<Libc>) -> std::result::Result<(), IoFailure> {
         }
     }
     aio.wait_all();
-    debug_assert!(aio.sync_done());
     aio.reap_sync()
 }
 

@@ -196,6 +196,11 @@ pub(crate) struct AioBatch<K: Kernel> {
     reaped: Vec<bool>,
     /// Every list array submitted, kept until the batch is reaped.
     lists: Vec<Box<[*mut libc::aiocb]>>,
+    /// The longest list to submit: `AIO_LISTIO_MAX`, less if the kernel
+    /// refused a list for its length.
+    list_max: usize,
+    /// The first failure among the writes reaped so far.
+    failure: Option<IoFailure>,
     /// The sync's control block, once queued; and whether it was reaped.
     sync: Option<NonNull<UnsafeCell<libc::aiocb>>>,
     sync_reaped: bool,
@@ -232,6 +237,7 @@ impl<K: Kernel> AioBatch<K> {
         }
         let n = cbs.len();
         let writes = NonNull::from(Box::leak(cbs.into_boxed_slice()));
+        let list_max = kernel.listio_max().max(1);
         Ok(AioBatch {
             kernel,
             _file: file,
@@ -240,6 +246,8 @@ impl<K: Kernel> AioBatch<K> {
             queued: vec![false; n],
             reaped: vec![false; n],
             lists: Vec::new(),
+            list_max,
+            failure: None,
             sync: None,
             sync_reaped: false,
         })
@@ -261,27 +269,41 @@ impl<K: Kernel> AioBatch<K> {
 
     /// Submits the writes not yet queued, in lists of at most
     /// `AIO_LISTIO_MAX`, each list asking for `notify` when it completes.
+    /// A list the kernel refuses whole for its length (FreeBSD: EINVAL when
+    /// it is longer than `vfs.aio.max_aio_queue_per_proc`, `sys_lio_listio`)
+    /// is split in halves.
     pub(crate) fn submit_writes(&mut self, notify: Notify) -> Result<(), Submit> {
-        let pending: Vec<usize> = (0..self.writes_len()).filter(|&i| !self.queued[i]).collect();
-        for chunk in pending.chunks(self.kernel.listio_max()) {
-            let list: Box<[*mut libc::aiocb]> = chunk.iter().map(|&i| self.write_cb(i)).collect();
-            // SAFETY: the control blocks and their buffers live until reaped
-            // (Drop waits). The list array is kept in `self.lists`, unmoved
-            // (a boxed slice), until every job is reaped: FreeBSD keys the
-            // list's kevent by its address, and a new list at that address
-            // with this one's jobs unreaped would share its knote
-            // (`kqueue_register` reuses a knote of the same ident and filter).
-            let r = unsafe { self.kernel.lio_listio(&list, notify) };
-            self.lists.push(list);
-            if r == 0 {
-                for &i in chunk {
-                    self.queued[i] = true;
+        'again: loop {
+            let pending: Vec<usize> = (0..self.writes_len()).filter(|&i| !self.queued[i]).collect();
+            for chunk in pending.chunks(self.list_max) {
+                let list: Box<[*mut libc::aiocb]> = chunk.iter().map(|&i| self.write_cb(i)).collect();
+                // SAFETY: the control blocks and their buffers live until
+                // reaped (Drop waits). The list array is kept in
+                // `self.lists`, unmoved (a boxed slice), until every job is
+                // reaped: FreeBSD keys the list's kevent by its address, and
+                // a new list at that address with this one's jobs unreaped
+                // would share its knote (`kqueue_register` reuses a knote of
+                // the same ident and filter).
+                let r = unsafe { self.kernel.lio_listio(&list, notify) };
+                self.lists.push(list);
+                if r == 0 {
+                    for &i in chunk {
+                        self.queued[i] = true;
+                    }
+                    continue;
                 }
-                continue;
+                // SAFETY: valid control blocks owned by `self`.
+                let untouched = || {
+                    chunk.iter().all(|&i| unsafe { self.kernel.aio_error(self.write_cb(i)) } == libc::EINVAL)
+                };
+                if r == libc::EINVAL && chunk.len() > 1 && untouched() {
+                    self.list_max = chunk.len() / 2;
+                    continue 'again;
+                }
+                return self.sort_out(chunk, r);
             }
-            return self.sort_out(chunk, r);
+            return Ok(());
         }
-        Ok(())
     }
 
     /// After a `lio_listio` that failed with `r`: which of `chunk` the
@@ -332,34 +354,52 @@ impl<K: Kernel> AioBatch<K> {
             .collect()
     }
 
-    /// Whether every write was queued and has completed.
-    pub(crate) fn writes_done(&self) -> bool {
-        self.queued.iter().all(|q| *q)
-            && (0..self.writes_len()).all(|i| {
-                // SAFETY: a live control block owned by `self`.
-                self.reaped[i] || unsafe { self.kernel.aio_error(self.write_cb(i)) } != libc::EINPROGRESS
-            })
-    }
-
-    /// Reads every write's result once (releasing the kernel's record of it);
-    /// the first error, or a short write, is the batch's failure.
-    pub(crate) fn reap_writes(&mut self) -> Result<(), IoFailure> {
-        let mut result = Ok(());
+    /// Reaps every write that has finished: reads its result once,
+    /// releasing the kernel's record of it, and keeps the first failure (or
+    /// short write) as the batch's. Called at every wake-up and before
+    /// resubmitting after EAGAIN: FreeBSD counts finished, unreaped jobs
+    /// against the process's queue (`aio_aqueue`: `max_aio_queue_per_proc`),
+    /// and keeps a finished list's level-triggered kevent active until its
+    /// last job is reaped (`filt_lio`), so leaving them would refuse the
+    /// resubmission forever and wake the reactor at every turn.
+    pub(crate) fn reap_finished_writes(&mut self) {
         for i in 0..self.writes_len() {
             if !self.queued[i] || self.reaped[i] {
                 continue;
             }
             let cb = self.write_cb(i);
-            // SAFETY: the write completed (writes_done); its status, then
-            // aio_return once, on a control block owned by `self`.
-            let (status, n, want) =
-                unsafe { (self.kernel.aio_error(cb), self.kernel.aio_return(cb), (*cb).aio_nbytes) };
+            // SAFETY: a live control block owned by `self`.
+            let status = unsafe { self.kernel.aio_error(cb) };
+            if status == libc::EINPROGRESS {
+                continue;
+            }
+            // SAFETY: finished: released once (`reaped` records it); the
+            // length is read through the raw pointer, no reference formed.
+            let (n, want) = unsafe { (self.kernel.aio_return(cb), (*cb).aio_nbytes) };
             self.reaped[i] = true;
-            if result.is_ok() {
-                result = check(status, n, want, IoOp::Write);
+            if self.failure.is_none() {
+                self.failure = check(status, n, want, IoOp::Write).err();
             }
         }
-        result
+    }
+
+    /// Whether every write was queued, has completed and was reaped
+    #[cfg_attr(not(any(test, target_os = "freebsd")), allow(dead_code))]
+    /// (reaping whatever finished since the last call).
+    pub(crate) fn writes_done(&mut self) -> bool {
+        self.reap_finished_writes();
+        self.queued.iter().all(|q| *q) && self.reaped.iter().all(|r| *r)
+    }
+
+    /// The writes' outcome once they are all done: the first error, or a
+    /// short write, is the batch's failure.
+    pub(crate) fn reap_writes(&mut self) -> Result<(), IoFailure> {
+        self.reap_finished_writes();
+        match self.failure.take() {
+            Some(f) => Err(f),
+            None if self.reaped.iter().all(|r| *r) => Ok(()),
+            None => Err(IoFailure { op: IoOp::Write, error: io::Error::other("writes still in flight") }),
+        }
     }
 
     /// Queues `aio_fsync(O_DSYNC)` for the file, after all writes completed.
@@ -384,7 +424,8 @@ impl<K: Kernel> AioBatch<K> {
     }
 
     /// Whether the sync was queued and has completed.
-    pub(crate) fn sync_done(&self) -> bool {
+    #[cfg_attr(not(any(test, target_os = "freebsd")), allow(dead_code))]
+    pub(crate) fn sync_done(&mut self) -> bool {
         // SAFETY: a live control block owned by `self`.
         self.sync.is_some_and(|cb| unsafe { self.kernel.aio_error(cb.as_ptr().cast()) } != libc::EINPROGRESS)
     }
@@ -424,7 +465,7 @@ impl<K: Kernel> AioBatch<K> {
     /// Waits for and reaps whatever the kernel still holds.
     pub(crate) fn release(&mut self) {
         self.wait_all();
-        let _ = self.reap_writes();
+        self.reap_finished_writes();
         if self.sync.is_some() && !self.sync_reaped {
             let _ = self.reap_sync();
         }

@@ -4,10 +4,26 @@
 //! tokio's io/bsd/poll_aio.rs for the registrations).
 //!
 //! Jobs run on a model "AIO daemon" thread that really writes (`pwrite`)
-//! and syncs (`fdatasync`) the files, after a delay that keeps jobs of
-//! several lists in flight at once. Readiness registrations stand for
-//! tokio's `Aio`: like it, they are never deregistered (`Aio` "doesn't
-//! implement Drop"), so the model counts every one ever created.
+//! and syncs (`fdatasync`) the files, in a seeded random order among those
+//! runnable, after a delay that keeps jobs of several lists in flight at
+//! once. Like FreeBSD, the model writes a job's status and error into the
+//! user's control block (`store_status`/`store_error`) when it queues,
+//! refuses or returns it, and `aio_error` reads a refused or returned
+//! job's error back from there: a control block freed too early is a
+//! use-after-free that AddressSanitizer (CI runs these tests under it)
+//! reports. Each list array is read back while its jobs are unreaped, so
+//! an array freed or reused early is seen whatever the allocator does.
+//!
+//! Readiness registrations stand for tokio's `Aio`: like it, they are
+//! never deregistered (`Aio` "doesn't implement Drop"), so the model counts
+//! every one ever created; they need the runtime's I/O driver, as tokio's
+//! do; and their readiness is tokio's: set by an event, sticky until
+//! `clear_ready` with the tick of the event that was seen (a newer event
+//! keeps it set), so readiness left from a registration's previous use
+//! wakes the next batch early, as it does on FreeBSD. A knote still active
+//! is delivered again at every reactor turn (each `poll_ready` is one):
+//! that is how a finished, unreaped list makes the reactor spin, which
+//! [`Model::ready_answers`] shows.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, Weak};
@@ -41,6 +57,12 @@ pub(crate) struct Config {
     pub refuse_writes: Vec<(u64, i32)>,
     /// `aio_fsync(O_DSYNC)` unsupported (FreeBSD before 13.0: EINVAL).
     pub no_dsync: bool,
+    /// What the driver is told `AIO_LISTIO_MAX` is (16 in FreeBSD's
+    /// sys/aio.h; the kernel itself refuses only a list longer than
+    /// `max_aio_queue_per_proc`, `sys_lio_listio`).
+    pub listio_max: usize,
+    /// Seeds the order in which runnable jobs complete.
+    pub seed: u64,
 }
 
 impl Default for Config {
@@ -53,6 +75,8 @@ impl Default for Config {
             fail_syncs: Vec::new(),
             refuse_writes: Vec::new(),
             no_dsync: false,
+            listio_max: 16,
+            seed: 1,
         }
     }
 }
@@ -86,6 +110,8 @@ struct Job {
 struct ListJob {
     /// The user's list array address: the list's kevent ident.
     ident: usize,
+    /// The array's first entry, read back to see that it is still there.
+    first: usize,
     /// Queued jobs, plus one while `kern_lio_listio` runs.
     count: usize,
     finished: usize,
@@ -105,6 +131,11 @@ struct Knote {
 #[derive(Debug, Default)]
 struct Reg {
     waker: Option<Waker>,
+    /// tokio's readiness: set by an event, kept until cleared.
+    ready: bool,
+    /// Bumped by every event (tokio's tick): a clear with an older tick
+    /// leaves the readiness of a newer event alone.
+    tick: u64,
     /// Consecutive ready answers without a pause (tokio's coop budget).
     streak: u32,
 }
@@ -114,11 +145,6 @@ struct State {
     config: Config,
     /// Jobs the kernel knows (queued or finished, not reaped): `kaio_all`.
     jobs: HashMap<usize, Job>,
-    /// Control blocks `aio_aqueue` refused: status -1 and the error stored
-    /// in the block (read back by `kern_aio_error`'s fallback).
-    refused: HashMap<usize, i32>,
-    /// Control blocks `aio_return` released: (status, error) written back.
-    reaped: HashMap<usize, (isize, i32)>,
     lists: HashMap<u64, ListJob>,
     next_list: u64,
     knotes: HashMap<(usize, Filter), Knote>,
@@ -130,6 +156,10 @@ struct State {
     writes_run: u64,
     syncs_run: u64,
     spurious_wakeups: u64,
+    /// Ready answers given by every registration.
+    ready_answers: u64,
+    /// The daemon's random state.
+    rng: u64,
     /// Jobs refused with EAGAIN (the queue was full).
     eagain: u64,
     violations: Vec<String>,
@@ -156,7 +186,7 @@ impl std::fmt::Debug for Model {
 impl Model {
     pub(crate) fn new(config: Config) -> Arc<Model> {
         let inner = Arc::new(Inner {
-            state: Mutex::new(State { config, next_list: 1, ..State::default() }),
+            state: Mutex::new(State { rng: config.seed | 1, config, next_list: 1, ..State::default() }),
             changed: Condvar::new(),
         });
         let weak = Arc::downgrade(&inner);
@@ -182,6 +212,22 @@ impl Model {
     /// Wake-ups that found the operation not done (readiness cleared again).
     pub(crate) fn spurious_wakeups(&self) -> u64 {
         lock(&self.inner.state).spurious_wakeups
+    }
+
+    /// Ready answers every registration gave: a driver that leaves a
+    /// finished list unreaped is woken at every reactor turn.
+    pub(crate) fn ready_answers(&self) -> u64 {
+        lock(&self.inner.state).ready_answers
+    }
+
+    /// Jobs the kernel still holds (queued, or finished and not reaped).
+    pub(crate) fn jobs_held(&self) -> usize {
+        lock(&self.inner.state).jobs.len()
+    }
+
+    /// Jobs refused with EAGAIN.
+    pub(crate) fn eagain(&self) -> u64 {
+        lock(&self.inner.state).eagain
     }
 
     /// Write and sync jobs the daemon ran.
@@ -214,10 +260,17 @@ fn daemon(inner: &Weak<Inner>) {
                     return;
                 }
                 // A sync runs once the writes before it are done
-                // (`aio_queue_file`: LIO_SYNC jobs wait on `pending`).
-                let runnable =
-                    s.run_queue.iter().position(|cb| s.jobs.get(cb).is_some_and(|j| j.pending == 0));
-                if let Some(i) = runnable {
+                // (`aio_queue_file`: LIO_SYNC jobs wait on `pending`);
+                // other jobs run in any order (several AIO daemons, disks
+                // that reorder).
+                let runnable: Vec<usize> = (0..s.run_queue.len())
+                    .filter(|&i| s.jobs.get(&s.run_queue[i]).is_some_and(|j| j.pending == 0))
+                    .collect();
+                if !runnable.is_empty() {
+                    s.rng ^= s.rng << 13;
+                    s.rng ^= s.rng >> 7;
+                    s.rng ^= s.rng << 17;
+                    let i = runnable[(s.rng % runnable.len() as u64) as usize];
                     let cb = s.run_queue.remove(i).unwrap_or_default();
                     let op = s.jobs.get(&cb).map(|j| j.op);
                     if let Some(op) = op {
@@ -316,19 +369,85 @@ fn finish(inner: &Inner, cb: usize, outcome: (isize, i32)) {
                 wake.push(k.udata);
             }
         }
-        for token in wake.iter() {
-            if let Some(w) = s.regs.get_mut(token).and_then(|r| r.waker.take()) {
-                w.wake();
-            }
+        for token in wake {
+            s.deliver(token);
         }
     }
     inner.changed.notify_all();
 }
 
+/// `store_status` / `store_error`: the kernel writes a job's status and
+/// error into the user's control block (`_aiocb_private` on FreeBSD; here
+/// glibc's private `__return_value` and `__error_code`, which sit just
+/// before `aio_offset`).
+///
+/// # Safety
+/// `cb` must be a live control block: a freed one is the bug this exposes.
+unsafe fn store(cb: usize, status: isize, error: i32) {
+    let status_at = std::mem::offset_of!(libc::aiocb, aio_offset) - std::mem::size_of::<isize>();
+    let error_at = status_at - std::mem::size_of::<isize>();
+    let base = cb as *mut u8;
+    // SAFETY: both offsets lie inside the control block (checked below for
+    // this layout); writes through raw pointers, no reference formed.
+    unsafe {
+        std::ptr::write_volatile(base.add(status_at).cast::<isize>(), status);
+        std::ptr::write_volatile(base.add(error_at).cast::<i32>(), error);
+    }
+}
+
+/// `fetch_status` / `fetch_error`: what [`store`] wrote.
+///
+/// # Safety
+/// As for [`store`].
+unsafe fn fetch(cb: usize) -> (isize, i32) {
+    let status_at = std::mem::offset_of!(libc::aiocb, aio_offset) - std::mem::size_of::<isize>();
+    let error_at = status_at - std::mem::size_of::<isize>();
+    let base = cb as *const u8;
+    // SAFETY: as in `store`.
+    unsafe {
+        (
+            std::ptr::read_volatile(base.add(status_at).cast::<isize>()),
+            std::ptr::read_volatile(base.add(error_at).cast::<i32>()),
+        )
+    }
+}
+
+// glibc's layout on 64-bit targets: __error_code at 112, __return_value at
+// 120, aio_offset at 128.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::offset_of!(libc::aiocb, aio_offset) == 128);
+
 /// The kernel calls, as FreeBSD 14 answers them.
 pub(crate) struct ModelKernel(Arc<Inner>);
 
 impl State {
+    /// A kevent for the registration `token`: tokio sets its readiness
+    /// with a new tick and wakes its task.
+    fn deliver(&mut self, token: usize) {
+        if let Some(r) = self.regs.get_mut(&token) {
+            r.ready = true;
+            r.tick += 1;
+            if let Some(w) = r.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Reads the first entry of list `id`'s array back: it must still be
+    /// what was submitted until the list's last job is reaped.
+    fn check_list_array(&mut self, id: u64) {
+        let Some(l) = self.lists.get(&id) else { return };
+        let (ident, first) = (l.ident, l.first);
+        // SAFETY: the driver promised the array lives, unmoved, until every
+        // job it queued is reaped (a freed array is the bug this exposes).
+        let now = unsafe { std::ptr::read_volatile(ident as *const usize) };
+        if now != first {
+            self.violation(format!(
+                "list array {ident:#x} changed or freed while its jobs were unreaped (entry 0 was {first:#x}, now {now:#x})"
+            ));
+        }
+    }
+
     /// Notes a broken rule (the first few in full).
     fn violation(&mut self, msg: String) {
         if self.violations.len() < 5 {
@@ -341,26 +460,33 @@ impl State {
     /// `aio_aqueue`'s checks for one job, then queueing it. The error for
     /// a refused job is stored in its control block (`err1: store_error`).
     fn aqueue(&mut self, cb: usize, op: Op, lio: Option<u64>) -> Result<(), i32> {
+        let refuse = |s: &mut State, e: i32| {
+            // SAFETY: the caller's control block (`err1: store_error`).
+            unsafe { store(cb, -1, e) };
+            if e == libc::EAGAIN {
+                s.eagain += 1;
+            }
+            Err(e)
+        };
         // max_queue_count / max_aio_queue_per_proc; finished, unreaped jobs count.
         if self.jobs.len() >= self.config.queue_limit {
-            self.refused.insert(cb, libc::EAGAIN);
-            self.eagain += 1;
-            return Err(libc::EAGAIN);
+            return refuse(self, libc::EAGAIN);
         }
         // aio_queue_file: no AIO on a file system without MNT_LOCAL
         // (unless vfs.aio.enable_unsafe).
         if !self.config.local {
-            self.refused.insert(cb, libc::EOPNOTSUPP);
-            return Err(libc::EOPNOTSUPP);
+            return refuse(self, libc::EOPNOTSUPP);
         }
         if let Op::Write { .. } = op {
             self.writes_queued += 1;
             let n = self.writes_queued;
             if let Some(&(_, e)) = self.config.refuse_writes.iter().find(|(k, _)| *k == n) {
-                self.refused.insert(cb, e);
-                return Err(e);
+                return refuse(self, e);
             }
         }
+        // aio_aqueue: store_status(-1), store_error(0) on a queued job.
+        // SAFETY: the caller's control block.
+        unsafe { store(cb, -1, 0) };
         if self.jobs.contains_key(&cb) {
             self.violation(format!("control block {cb:#x} submitted again before it was reaped"));
         }
@@ -374,8 +500,6 @@ impl State {
                 .count(),
             Op::Write { .. } => 0,
         };
-        self.refused.remove(&cb);
-        self.reaped.remove(&cb);
         self.jobs.insert(cb, Job { op, seqno: self.seqno, finished: None, lio, pending });
         self.run_queue.push_back(cb);
         Ok(())
@@ -412,9 +536,16 @@ impl State {
 }
 
 fn cb_op(cb: *const libc::aiocb) -> Op {
-    // SAFETY: the driver passes valid control blocks.
-    let c = unsafe { &*cb };
-    Op::Write { fd: c.aio_fildes, buf: c.aio_buf as usize, len: c.aio_nbytes, off: c.aio_offset }
+    // SAFETY: the driver passes valid control blocks; fields are read
+    // through the raw pointer (the kernel copies the block in, `copyin`).
+    unsafe {
+        Op::Write {
+            fd: (*cb).aio_fildes,
+            buf: (*cb).aio_buf as usize,
+            len: (*cb).aio_nbytes,
+            off: (*cb).aio_offset,
+        }
+    }
 }
 
 impl Kernel for ModelKernel {
@@ -422,6 +553,18 @@ impl Kernel for ModelKernel {
     unsafe fn lio_listio(&self, list: &[*mut libc::aiocb], notify: Notify) -> i32 {
         let ident = list.as_ptr() as usize;
         let mut s = lock(&self.0.state);
+        // sys_lio_listio: nent > max_aio_queue_per_proc is EINVAL, nothing queued.
+        if list.len() > s.config.queue_limit {
+            return libc::EINVAL;
+        }
+        if list.len() > s.config.listio_max {
+            let msg = format!(
+                "a list of {} entries, more than the {} the driver was told",
+                list.len(),
+                s.config.listio_max
+            );
+            s.violation(msg);
+        }
         if let Some(old) = s.lists.values().find(|l| l.ident == ident) {
             let msg = format!(
                 "list array {ident:#x} reused while the list submitted from it still has {} unreaped jobs (kqueue_register would reuse its knote)",
@@ -432,7 +575,8 @@ impl Kernel for ModelKernel {
         let id = s.next_list;
         s.next_list += 1;
         // lj->lioj_count = 1: an extra count while queueing.
-        s.lists.insert(id, ListJob { ident, count: 1, finished: 0, posted: false });
+        let first = list.first().map_or(0, |&cb| cb as usize);
+        s.lists.insert(id, ListJob { ident, first, count: 1, finished: 0, posted: false });
         if let Notify::Kevent { token, .. } = notify {
             s.kqueue_register(ident, Filter::Lio, token, Some(id), None);
         }
@@ -462,8 +606,8 @@ impl Kernel for ModelKernel {
         if free {
             s.free_list(id);
         }
-        if let Some(w) = wake.and_then(|t| s.regs.get_mut(&t)).and_then(|r| r.waker.take()) {
-            w.wake();
+        if let Some(token) = wake {
+            s.deliver(token);
         }
         drop(s);
         self.0.changed.notify_all();
@@ -483,12 +627,11 @@ impl Kernel for ModelKernel {
         if let Some(j) = s.jobs.get(&cb) {
             return j.finished.map_or(libc::EINPROGRESS, |(_, e)| e);
         }
-        // The fallback reads status and error back from the control block.
-        if let Some(&e) = s.refused.get(&cb) {
-            return e;
-        }
-        match s.reaped.get(&cb) {
-            Some(&(-1, e)) => e,
+        // The fallback ("hack for failure of aio_aqueue") reads status and
+        // error back from the control block: a refused or returned job.
+        // SAFETY: the driver passes valid control blocks.
+        match unsafe { fetch(cb) } {
+            (-1, e) => e,
             _ => libc::EINVAL,
         }
     }
@@ -501,9 +644,12 @@ impl Kernel for ModelKernel {
             return Err(libc::EINVAL);
         };
         let job = s.jobs.remove(&cb);
-        s.reaped.insert(cb, (status, error));
+        // After aio_free_entry: store_error, store_status.
+        // SAFETY: the driver passes valid control blocks.
+        unsafe { store(cb, status, error) };
         s.knotes.retain(|_, k| k.job != Some(cb));
         if let Some(id) = job.and_then(|j| j.lio) {
+            s.check_list_array(id);
             let free = s.lists.get_mut(&id).is_some_and(|l| {
                 l.count -= 1;
                 l.finished -= 1;
@@ -537,6 +683,8 @@ impl Kernel for ModelKernel {
         0
     }
 
+    /// `kern_aio_suspend`: returns once one of the listed jobs finished,
+    /// or none of them is known any more ("all tasks were finished").
     unsafe fn aio_suspend(&self, list: &[*const libc::aiocb]) {
         let mut s = lock(&self.0.state);
         loop {
@@ -550,8 +698,7 @@ impl Kernel for ModelKernel {
     }
 
     fn listio_max(&self) -> usize {
-        // AIO_LISTIO_MAX in sys/sys/aio.h (not enforced by the kernel).
-        16
+        lock(&self.0.state).config.listio_max
     }
 
     /// `fstatfs`'s MNT_LOCAL.
@@ -566,7 +713,10 @@ pub(crate) struct ModelReactor(Arc<Inner>);
 impl Reactor for ModelReactor {
     type Reg = ModelReg;
 
+    /// Like tokio's `Aio::new_for_lio`, panics on a runtime without the
+    /// I/O driver (here by registering a socket with the same driver).
     fn register(&self) -> std::io::Result<ModelReg> {
+        drop(tokio::net::UnixDatagram::unbound()?);
         let mut s = lock(&self.0.state);
         s.registrations += 1;
         let token = usize::try_from(s.registrations).unwrap_or(usize::MAX);
@@ -582,16 +732,18 @@ pub(crate) struct ModelReg {
 }
 
 impl Readiness for ModelReg {
-    type Event = ();
+    type Event = u64;
 
-    fn notify(&self) -> Notify {
-        Notify::Kevent { kq: MODEL_KQ, token: self.token }
+    fn notify(&self) -> std::io::Result<Notify> {
+        Ok(Notify::Kevent { kq: MODEL_KQ, token: self.token })
     }
 
-    /// Level-triggered knotes (`filt_lio` reports LIOJ_KEVENT_POSTED until
-    /// the list is freed; no EV_CLEAR) report again at every reactor turn;
-    /// like tokio's cooperative budget, a long run of ready answers yields.
-    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    /// One reactor turn, then tokio's answer. Knotes still active are
+    /// delivered again (level-triggered: `filt_lio` reports
+    /// LIOJ_KEVENT_POSTED until the list is freed, `filt_aio` a finished job
+    /// until it is reaped; neither uses EV_CLEAR). Like tokio's cooperative
+    /// budget, a long run of ready answers yields.
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<u64>> {
         let mut s = lock(&self.inner.state);
         let token = self.token;
         let active = s.knotes.values().any(|k| {
@@ -602,11 +754,16 @@ impl Readiness for ModelReg {
                     _ => false,
                 }
         });
-        let Some(reg) = s.regs.get_mut(&token) else { return Poll::Pending };
         if active {
+            s.deliver(token);
+        }
+        let Some(reg) = s.regs.get_mut(&token) else { return Poll::Pending };
+        if reg.ready {
             reg.streak += 1;
             if reg.streak < 32 {
-                return Poll::Ready(Ok(()));
+                let tick = reg.tick;
+                s.ready_answers += 1;
+                return Poll::Ready(Ok(tick));
             }
             reg.streak = 0;
             cx.waker().wake_by_ref();
@@ -617,8 +774,15 @@ impl Readiness for ModelReg {
         Poll::Pending
     }
 
-    fn clear_ready(&self, _ev: ()) {
-        lock(&self.inner.state).spurious_wakeups += 1;
+    /// tokio's `clear_ready`: only if no event arrived since `tick`.
+    fn clear_ready(&self, tick: u64) {
+        let mut s = lock(&self.inner.state);
+        s.spurious_wakeups += 1;
+        if let Some(r) = s.regs.get_mut(&self.token) {
+            if r.tick == tick {
+                r.ready = false;
+            }
+        }
     }
 }
 
@@ -645,8 +809,11 @@ mod tests {
         o
     }
 
+    /// A current-thread runtime with the I/O driver (tokio's `Aio` needs
+    /// it), and the timer if `time`.
     fn rt(time: bool) -> tokio::runtime::Runtime {
         let mut b = tokio::runtime::Builder::new_current_thread();
+        b.enable_io();
         if time {
             b.enable_time();
         }
@@ -701,8 +868,8 @@ mod tests {
                 Ok::<_, String>(total)
             });
             let _ = tx.send(out);
-            // A hung runtime is leaked with its thread rather than joined.
-            std::mem::forget(runtime);
+            // (A hung driver never gets here: its thread stays in block_on.)
+            drop(runtime);
         });
         match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(r) => r,
@@ -909,5 +1076,273 @@ mod tests {
             let r = tokio::time::timeout(Duration::from_secs(10), wal.sync()).await.expect("sync hung");
             assert!(matches!(r, Err(Error::Poisoned { .. })), "{r:?}");
         });
+    }
+
+    /// tokio's `Aio` needs the runtime's I/O driver: without it the log is
+    /// refused at open with the reason (tokio panics; the driver catches
+    /// that at start), and nothing is left behind.
+    #[test]
+    fn runtime_without_the_io_driver_is_refused_at_open() {
+        let model = Model::new(Config::default());
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        runtime.block_on(async {
+            let d = tempfile::tempdir().unwrap();
+            match Wal::open(d.path(), opts(&model)).await {
+                Err(e @ Error::BackendUnavailable { backend: "lio", .. }) => {
+                    assert!(e.to_string().contains("enable_io"), "{e}");
+                }
+                other => panic!("expected BackendUnavailable, got {other:?}"),
+            }
+        });
+        assert_eq!(model.registrations(), 0);
+    }
+
+    /// `Backend::Auto` where the lio path is the default (FreeBSD): the
+    /// probe decides, and a failed probe falls back to the threaded
+    /// backend instead of failing the open or the first append.
+    #[test]
+    fn auto_falls_back_to_threaded_when_the_probe_fails() {
+        for (config, want) in [
+            (Config::default(), "lio"),
+            (Config { local: false, ..Config::default() }, "threaded"),
+            (Config { no_dsync: true, ..Config::default() }, "threaded"),
+        ] {
+            let model = Model::new(config);
+            rt(true).block_on(async {
+                let d = tempfile::tempdir().unwrap();
+                let wal = Wal::open(d.path(), opts(&model).backend(Backend::Auto)).await.unwrap();
+                assert_eq!(wal.backend_name(), want);
+                wal.append(b"one").await.unwrap();
+                wal.close().await.unwrap();
+            });
+        }
+    }
+
+    /// The bytes of every file under `dir` but the lock file.
+    fn snapshot(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let mut out: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| !p.ends_with("LOCK"))
+            .map(|p| {
+                let bytes = std::fs::read(&p).unwrap();
+                (p, bytes)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// An explicit `Backend::Lio` that cannot work is refused before
+    /// recovery writes anything: a log left by a crash (a torn tail to copy
+    /// forward) is not touched.
+    #[test]
+    fn refused_lio_leaves_a_crashed_log_untouched() {
+        let healthy = Model::new(Config::default());
+        let live = tempfile::tempdir().unwrap();
+        // The files of a log still open are what a crash leaves.
+        let image = rt(true).block_on(async {
+            let wal = Wal::open(live.path(), opts(&healthy)).await.unwrap();
+            for i in 0..50 {
+                wal.append(format!("r{i}").as_bytes()).await.unwrap();
+            }
+            let image = snapshot(live.path());
+            wal.close().await.unwrap();
+            image
+        });
+        let restore = |dir: &std::path::Path| {
+            for (path, bytes) in &image {
+                std::fs::write(dir.join(path.file_name().unwrap()), bytes).unwrap();
+            }
+        };
+        // An open that may write does write to this image (copy-forward)...
+        let a = tempfile::tempdir().unwrap();
+        restore(a.path());
+        rt(true).block_on(async {
+            let wal = Wal::open(a.path(), opts(&healthy).backend(Backend::Threaded)).await.unwrap();
+            assert!(wal.recovery_report().copied_forward > 0, "{:?}", wal.recovery_report());
+            wal.close().await.unwrap();
+        });
+        // ...the refused one does not.
+        let b = tempfile::tempdir().unwrap();
+        restore(b.path());
+        let before = snapshot(b.path());
+        let model = Model::new(Config { local: false, ..Config::default() });
+        rt(true).block_on(async {
+            match Wal::open(b.path(), opts(&model)).await {
+                Err(Error::BackendUnavailable { backend: "lio", .. }) => {}
+                other => panic!("expected BackendUnavailable, got {other:?}"),
+            }
+        });
+        assert!(before == snapshot(b.path()), "the refused open changed the log's files");
+    }
+
+    use crate::io::{BatchGuard, BatchMeta, Completion, FileTarget, IoBackend, IoBatch, IoFailure, WriteBuf};
+    use crate::vfs::SegFile;
+
+    /// A batch of `n` 4 KiB writes, the `i`-th filled with `fill + i`.
+    fn io_batch(file: &Arc<SegFile>, n: usize, fill: u8) -> IoBatch {
+        let writes = (0..n)
+            .map(|i| WriteBuf {
+                offset: i as u64 * 4096,
+                buf: vec![fill.wrapping_add(i as u8); 4096],
+                start: 0,
+            })
+            .collect();
+        let meta = BatchMeta {
+            id: 1,
+            first_lsn: 1,
+            last_lsn: n as u64,
+            bytes: n as u64 * 4096,
+            submitted: Instant::now(),
+            seq: 1,
+            header: None,
+            clean_end: false,
+        };
+        IoBatch {
+            file: FileTarget::Open(Arc::clone(file)),
+            writes,
+            meta,
+            guard: BatchGuard::none(),
+            _lock: None,
+        }
+    }
+
+    struct Sink(tokio::sync::mpsc::UnboundedSender<Result<(), IoFailure>>);
+
+    impl Completion for Sink {
+        fn complete(&self, mut batch: IoBatch, result: Result<(), IoFailure>) {
+            batch.guard.disarm();
+            let _ = self.0.send(result);
+        }
+        fn poison_now(&self, _f: IoFailure) {}
+    }
+
+    /// Runs `batches` of `n` writes each, one after another, through the
+    /// driver over the model (on its own thread, so a hang is a timeout).
+    /// Returns each batch's outcome (as text) and whether the file holds
+    /// the last batch's bytes.
+    fn run_driver(model: &Arc<Model>, batches: usize, n: usize) -> Result<Vec<Result<(), String>>, String> {
+        let m = Arc::clone(model);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let model = m;
+            let runtime = rt(true);
+            let out = runtime.block_on(async {
+                let tmp = tempfile::tempfile().unwrap();
+                let reader = tmp.try_clone().unwrap();
+                let file = Arc::new(SegFile::Os(tmp));
+                let (ctx, mut crx) = tokio::sync::mpsc::unbounded_channel();
+                let lio =
+                    super::super::driver::Lio::start(model.kernel(), model.reactor(), Arc::new(Sink(ctx)))?;
+                let mut results = Vec::new();
+                for b in 0..batches {
+                    let fill = (b * 31) as u8;
+                    lio.submit(io_batch(&file, n, fill));
+                    let r = crx.recv().await.ok_or("the driver dropped the batch")?;
+                    let ok = r.is_ok();
+                    results.push(r.map_err(|f| format!("{:?}: {}", f.op, f.error)));
+                    if ok {
+                        let mut back = vec![0u8; n * 4096];
+                        std::os::unix::fs::FileExt::read_exact_at(&reader, &mut back, 0).unwrap();
+                        for i in 0..n {
+                            let want = fill.wrapping_add(i as u8);
+                            if back[i * 4096..(i + 1) * 4096].iter().any(|&x| x != want) {
+                                return Err(format!("batch {b}: write {i} not on disk"));
+                            }
+                        }
+                    }
+                }
+                Ok::<_, String>(results)
+            });
+            let _ = tx.send(out);
+            drop(runtime);
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "hung: {} jobs held, {} EAGAIN, {} ready answers, violations {:?}",
+                model.jobs_held(),
+                model.eagain(),
+                model.ready_answers(),
+                model.violations()
+            )),
+        }
+    }
+
+    /// A batch with more writes than the kernel's queue has room for: the
+    /// part that was queued must be reaped before the rest is resubmitted
+    /// (finished, unreaped jobs count against `max_aio_queue_per_proc`),
+    /// or every resubmission gets EAGAIN forever.
+    #[test]
+    fn batch_larger_than_the_queue() {
+        let model = Model::new(Config { queue_limit: 8, listio_max: 4, ..Config::default() });
+        let results = run_driver(&model, 3, 20).unwrap();
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert!(model.eagain() > 0, "the queue never filled up");
+        assert_eq!(model.jobs_held(), 0);
+        assert_clean(&model);
+    }
+
+    /// Several lists per batch, completing out of order: a finished list's
+    /// kevent stays active until its jobs are reaped, so the driver must
+    /// reap each list as it finishes, or the reactor is woken at every
+    /// turn while the other lists run.
+    #[test]
+    fn many_lists_complete_out_of_order_without_spinning() {
+        for seed in 1..=4 {
+            let model = Model::new(Config {
+                listio_max: 3,
+                delay: Duration::from_micros(300),
+                seed,
+                ..Config::default()
+            });
+            let results = run_driver(&model, 5, 24).unwrap();
+            assert!(results.iter().all(Result::is_ok), "{results:?}");
+            // 8 lists per batch: at most one wake-up per list, plus the
+            // readiness left from the registration's previous use.
+            let lists = 5 * 8;
+            let answers = model.ready_answers();
+            assert!(answers <= 2 * lists + 5, "seed {seed}: {answers} ready answers for {lists} lists");
+            assert_eq!(model.jobs_held(), 0);
+            assert_clean(&model);
+        }
+    }
+
+    /// A list the kernel takes in part: one entry refused (EOPNOTSUPP),
+    /// the others queued. The batch fails with the refused entry's error,
+    /// and every queued job is still waited for and reaped.
+    #[test]
+    fn list_with_a_refused_entry() {
+        let model = Model::new(Config {
+            listio_max: 8,
+            refuse_writes: vec![(3, libc::EOPNOTSUPP)],
+            ..Config::default()
+        });
+        let results = run_driver(&model, 1, 8).unwrap();
+        let e = results[0].as_ref().unwrap_err();
+        assert!(
+            e.contains("Write")
+                && e.contains(&std::io::Error::from_raw_os_error(libc::EOPNOTSUPP).to_string()),
+            "{e}"
+        );
+        // The driver hands what is still queued to a reaper thread.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while model.jobs_held() > 0 {
+            assert!(Instant::now() < deadline, "{} jobs never reaped", model.jobs_held());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_clean(&model);
+    }
+
+    /// A list longer than the kernel's per-process queue: FreeBSD refuses
+    /// the whole list (EINVAL, `sys_lio_listio`). The driver splits it
+    /// instead of failing the batch.
+    #[test]
+    fn list_longer_than_the_kernel_takes() {
+        let model = Model::new(Config { queue_limit: 4, listio_max: 16, ..Config::default() });
+        let results = run_driver(&model, 2, 10).unwrap();
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(model.jobs_held(), 0);
     }
 }
