@@ -47,14 +47,24 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
 }
 
 /// Takes the directory's exclusive lock, failing at once if it is held.
+///
+/// Whether a handle of this process dropped without `close` holds it is
+/// read before and after trying: a dropped handle releases the lock, then
+/// clears its mark, so a lock found held with the mark set before or after
+/// was that handle's (and if the mark went away meanwhile, the lock is
+/// tried once more: it was just released).
 pub(crate) fn lock_dir(vfs: &Vfs, dir: &Path) -> Result<DirLock> {
     let path = dir.join(LOCK_NAME);
-    match vfs.try_lock(&path) {
+    let entry = DirEntry::of(vfs, dir);
+    let before = entry.dropping();
+    let mut lock = vfs.try_lock(&path);
+    let after = entry.dropping();
+    if matches!(lock, Ok(None)) && before && !after {
+        lock = vfs.try_lock(&path);
+    }
+    match lock {
         Ok(Some(lock)) => Ok(lock),
-        Ok(None) => {
-            let shutting_down = DirEntry::of(vfs, dir).dropping();
-            Err(Error::Locked { path, shutting_down })
-        }
+        Ok(None) => Err(Error::Locked { path, shutting_down: before || after || entry.dropping() }),
         Err(e) => Err(Error::io(IoOp::Lock, &path, e)),
     }
 }
