@@ -1,4 +1,4 @@
-//! `cargo bench`: the same benchmark as `aiowal bench`, default settings.
+//! `cargo bench --features cli`: the same benchmark as `aiowal bench`, default settings.
 //! Set AIOWAL_BENCH_SECS to change the duration of each run.
 
 fn main() {
@@ -12,8 +12,16 @@ fn main() {
     }
     println!("{}", aiowal::bench::environment(&cfg.dir));
     println!("{}", aiowal::bench::header());
-    if let Err(e) = aiowal::bench::run(&cfg, |row| println!("{}", aiowal::bench::format_row(row))) {
-        eprintln!("bench failed: {e}");
-        std::process::exit(1);
+    match aiowal::bench::run(&cfg, |row| println!("{}", aiowal::bench::format_row(row))) {
+        Ok(rows) => {
+            println!("\n{}", aiowal::bench::legend());
+            for w in aiowal::bench::warnings(&rows) {
+                println!("WARNING: {w}");
+            }
+        }
+        Err(e) => {
+            eprintln!("bench failed: {e}");
+            std::process::exit(1);
+        }
     }
 }

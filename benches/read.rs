@@ -1,4 +1,4 @@
-//! `cargo bench --bench read`: how long `read_from(lsn)` takes to yield its
+//! `cargo bench --features cli --bench read`: how long `read_from(lsn)` takes to yield its
 //! first record, for LSNs spread over one full 64 MiB segment of 100-byte
 //! records, against the raw baseline of the same run: reading that segment's
 //! bytes once (a `read` of the file from the page cache), which is what

@@ -1,7 +1,8 @@
 //! A Redis-protocol (RESP2) server over the aiowal key-value store: every
-//! write is acknowledged only once its log record is durable, pipelined
-//! writes on a connection and writes from concurrent clients share group
-//! commits.
+//! write is acknowledged only once its log record is durable. A connection's
+//! commands take effect in the order they were sent, pipelined or not;
+//! writes from concurrent connections share group commits, and a run of
+//! pipelined SETs on one connection is logged as one batch.
 //!
 //! ```sh
 //! cargo run --release --example kv_server -- --port 6380 --dir /tmp/kv-data
@@ -12,10 +13,17 @@
 //! GET, DEL, EXISTS, INCR, INCRBY, MSET (atomic), MGET, DBSIZE, FLUSHALL,
 //! SAVE (checkpoint: snapshot + log truncation), INFO (store and log
 //! stats), CONFIG GET (answered for the parameters redis-benchmark asks
-//! about). Requests are parsed with the `redis-protocol` crate; inline
-//! commands (plain text lines) are accepted too. Unknown commands get an
-//! error reply; malformed or oversized input gets an error reply and the
-//! connection is closed, as Redis does.
+//! about). Unknown commands get an error reply.
+//!
+//! Hostile input is bounded the way Redis bounds it: a request is an array
+//! of bulk strings (or an inline line), parsed without recursion, so a
+//! nested array is a protocol error however deep; array lengths, bulk
+//! lengths and the bytes buffered per connection are capped; malformed or
+//! oversized input gets an error reply and the connection is closed. The
+//! number of clients is capped below the process's open-file limit
+//! (`RLIMIT_NOFILE`): a client beyond it gets "-ERR max number of clients
+//! reached" and is closed, and if `accept` still runs out of descriptors
+//! the server backs off and keeps serving those it has.
 #![forbid(unsafe_code)]
 
 #[path = "kv/store.rs"]
@@ -23,17 +31,23 @@ mod store;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use redis_protocol::resp2::decode::decode;
-use redis_protocol::resp2::encode::encode;
-use redis_protocol::resp2::types::{OwnedFrame as Frame, Resp2Frame};
 use store::{Op, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::RwLock;
+use tokio::sync::{RwLock, Semaphore};
 
 /// Largest request buffered from one connection before it is refused.
 const REQUEST_BYTES_MAX: usize = 4 << 20;
+/// Most arguments in one request (Redis allows 1024 * 1024).
+const ARGS_MAX: usize = 1 << 20;
+/// Most bytes of SETs from one pipeline logged as one batch (well inside
+/// the log's 2 MiB `batch_bytes_max`).
+const GROUP_BYTES_MAX: usize = 1 << 20;
+/// Descriptors kept for the log, the snapshot and the runtime when the
+/// client limit is derived from `RLIMIT_NOFILE`.
+const RESERVED_FDS: u64 = 64;
 /// Largest value accepted (the log's record limit, less the op header).
 const VALUE_BYTES_MAX: usize = (1 << 20) - 4096;
 /// Per-key locks (striped). Blind writes (SET, MSET) take their keys'
@@ -63,10 +77,45 @@ fn stripe(key: &[u8]) -> usize {
     (crc32fast::hash(key) as usize) % STRIPES
 }
 
-enum Reply {
-    Frame(Frame),
-    /// Send the error, then close the connection.
-    Fatal(String),
+/// A RESP2 reply.
+#[derive(Debug, Clone)]
+enum Frame {
+    SimpleString(Vec<u8>),
+    Error(String),
+    Integer(i64),
+    BulkString(Vec<u8>),
+    Null,
+    Array(Vec<Frame>),
+}
+
+impl Frame {
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Frame::SimpleString(s) => {
+                out.push(b'+');
+                out.extend_from_slice(s);
+            }
+            // An error line must not hold a line break.
+            Frame::Error(e) => {
+                out.push(b'-');
+                out.extend(e.bytes().map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
+            }
+            Frame::Integer(n) => out.extend_from_slice(format!(":{n}").as_bytes()),
+            Frame::BulkString(b) => {
+                out.extend_from_slice(format!("${}\r\n", b.len()).as_bytes());
+                out.extend_from_slice(b);
+            }
+            Frame::Null => out.extend_from_slice(b"$-1"),
+            Frame::Array(items) => {
+                out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
+                for f in items {
+                    f.encode(out);
+                }
+                return;
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 fn ok() -> Frame {
@@ -292,54 +341,156 @@ impl Server {
     }
 }
 
-/// The arguments of a request frame: an array of bulk strings.
-fn args_of(frame: Frame) -> Result<Vec<Vec<u8>>, String> {
-    let Frame::Array(items) = frame else {
-        return Err("ERR Protocol error: expected an array of bulk strings".into());
-    };
-    items
-        .into_iter()
-        .map(|f| match f {
-            Frame::BulkString(b) | Frame::SimpleString(b) => Ok(b),
-            _ => Err("ERR Protocol error: expected bulk strings".to_string()),
-        })
-        .collect()
-}
-
 /// A parsed request: its arguments and how many bytes it took.
 type Request = (Vec<Vec<u8>>, usize);
 
+/// Why a request is refused; the connection is closed after the reply.
+fn protocol_error(what: impl std::fmt::Display) -> String {
+    format!("ERR Protocol error: {what}")
+}
+
+/// The number on a `*<n>\r\n` or `$<n>\r\n` line starting at `at`, and
+/// where the line ends; `None` if the line is incomplete.
+fn length_line(buf: &[u8], at: usize, what: &str) -> Result<Option<(i64, usize)>, String> {
+    let Some(rel) = buf[at..].iter().position(|&b| b == b'\n') else {
+        if buf.len() - at > 32 {
+            return Err(protocol_error(format!("invalid {what} length")));
+        }
+        return Ok(None);
+    };
+    let line = &buf[at + 1..at + rel];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let n = std::str::from_utf8(line)
+        .ok()
+        .and_then(|t| t.parse::<i64>().ok())
+        .ok_or_else(|| protocol_error(format!("invalid {what} length")))?;
+    Ok(Some((n, at + rel + 1)))
+}
+
 /// One request from the front of `buf`: its arguments and length, `None`
-/// if incomplete, or a fatal protocol error.
+/// if incomplete, or a protocol error (the connection is then closed).
+///
+/// A request is an array of bulk strings, as Redis requires: the parser
+/// walks it in one loop, without recursion, so no nesting or length in the
+/// input can exhaust the stack, and checks every length before allocating.
 fn next_request(buf: &[u8]) -> Result<Option<Request>, String> {
-    if buf.first() == Some(&b'*') {
-        return match decode(buf) {
-            Ok(Some((frame, used))) => args_of(frame).map(|a| Some((a, used))),
-            Ok(None) => Ok(None),
-            Err(e) => Err(format!("ERR Protocol error: {e}")),
-        };
+    if buf.first() != Some(&b'*') {
+        return inline_request(buf);
     }
-    // Inline command: one text line, arguments separated by blanks.
+    let Some((n, mut at)) = length_line(buf, 0, "multibulk")? else { return Ok(None) };
+    if n <= 0 {
+        return Ok(Some((Vec::new(), at)));
+    }
+    let n = usize::try_from(n).unwrap_or(usize::MAX);
+    if n > ARGS_MAX {
+        return Err(protocol_error("invalid multibulk length"));
+    }
+    let mut args = Vec::with_capacity(n.min(64));
+    for _ in 0..n {
+        match buf.get(at) {
+            None => return Ok(None),
+            Some(b'$') => {}
+            Some(&c) => return Err(protocol_error(format!("expected '$', got '{}'", c as char))),
+        }
+        let Some((len, start)) = length_line(buf, at, "bulk")? else { return Ok(None) };
+        let len = usize::try_from(len).map_err(|_| protocol_error("invalid bulk length"))?;
+        if len > REQUEST_BYTES_MAX {
+            return Err(format!("ERR request larger than {REQUEST_BYTES_MAX} bytes"));
+        }
+        let end = start + len;
+        if buf.len() < end + 2 {
+            return Ok(None);
+        }
+        if &buf[end..end + 2] != b"\r\n" {
+            return Err(protocol_error("bulk string not followed by CRLF"));
+        }
+        args.push(buf[start..end].to_vec());
+        at = end + 2;
+    }
+    Ok(Some((args, at)))
+}
+
+/// An inline command: one text line, arguments separated by blanks.
+fn inline_request(buf: &[u8]) -> Result<Option<Request>, String> {
     let Some(end) = buf.iter().position(|&b| b == b'\n') else { return Ok(None) };
     let line = &buf[..end];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.iter().any(|&b| b == 0 || b == b'"' || b == b'\'') {
-        return Err(
-            "ERR Protocol error: malformed inline command (quotes and NUL bytes are not accepted)".into()
-        );
+        return Err(protocol_error("malformed inline command (quotes and NUL bytes are not accepted)"));
     }
     let args =
         line.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()).map(<[u8]>::to_vec).collect();
     Ok(Some((args, end + 1)))
 }
 
-fn frame_bytes(f: &Frame, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.resize(start + f.encode_len(false), 0);
-    if encode(&mut out[start..], f, false).is_err() {
-        out.truncate(start);
-        out.extend_from_slice(b"-ERR could not encode reply\r\n");
+/// A SET without options or an MSET: a write whose reply does not depend
+/// on what is stored, which may share a batch with its neighbours.
+fn blind_write(args: &[Vec<u8>]) -> Option<(Vec<Vec<u8>>, Vec<Op>)> {
+    let name = String::from_utf8_lossy(args.first()?).to_ascii_uppercase();
+    let a = &args[1..];
+    let fits = a.iter().all(|v| v.len() <= VALUE_BYTES_MAX);
+    match name.as_str() {
+        "SET" if a.len() == 2 && fits => {
+            Some((vec![a[0].clone()], vec![Op::Put(a[0].clone(), a[1].clone())]))
+        }
+        "MSET" if !a.is_empty() && a.len() % 2 == 0 && fits => {
+            let keys = a.chunks(2).map(|kv| kv[0].clone()).collect();
+            let ops = a.chunks(2).map(|kv| Op::Put(kv[0].clone(), kv[1].clone())).collect();
+            Some((keys, ops))
+        }
+        _ => None,
     }
+}
+
+/// Blind writes from one pipeline waiting to be logged as one batch.
+#[derive(Default)]
+struct Group {
+    keys: Vec<Vec<u8>>,
+    ops: Vec<Op>,
+    commands: usize,
+    bytes: usize,
+}
+
+impl Group {
+    /// Logs the group as one atomic batch, and answers each of its commands.
+    async fn flush(&mut self, server: &Server, out: &mut Vec<u8>) {
+        if self.commands == 0 {
+            return;
+        }
+        let keys: Vec<&[u8]> = self.keys.iter().map(Vec::as_slice).collect();
+        let reply = match server.write(&keys, std::mem::take(&mut self.ops)).await {
+            Ok(()) => ok(),
+            Err(e) => err(e),
+        };
+        for _ in 0..self.commands {
+            reply.encode(out);
+        }
+        *self = Group::default();
+    }
+}
+
+/// Runs the requests of one pipeline in order and appends their replies to
+/// `out`. Each command takes effect before the next one runs; a run of
+/// blind writes (SET, MSET) is logged as one batch, so a pipeline of SETs
+/// costs one sync.
+async fn execute_pipeline(server: &Server, requests: Vec<Vec<Vec<u8>>>, out: &mut Vec<u8>) {
+    let mut group = Group::default();
+    for args in requests {
+        if let Some((keys, ops)) = blind_write(&args) {
+            let bytes: usize = args.iter().map(Vec::len).sum();
+            if group.commands > 0 && group.bytes + bytes > GROUP_BYTES_MAX {
+                group.flush(server, out).await;
+            }
+            group.keys.extend(keys);
+            group.ops.extend(ops);
+            group.commands += 1;
+            group.bytes += bytes;
+            continue;
+        }
+        group.flush(server, out).await;
+        server.execute(args).await.encode(out);
+    }
+    group.flush(server, out).await;
 }
 
 async fn serve(server: Arc<Server>, mut sock: TcpStream) {
@@ -352,48 +503,91 @@ async fn serve(server: Arc<Server>, mut sock: TcpStream) {
             Ok(n) => n,
         };
         buf.extend_from_slice(&chunk[..n]);
-        // Everything complete in the buffer is one pipeline: runs of writes
-        // execute concurrently (sharing group commits), replies stay in order.
-        let mut replies = Vec::new();
+        // Everything complete in the buffer is one pipeline.
+        let mut requests = Vec::new();
         let mut used = 0;
+        let mut fatal = None;
         loop {
             match next_request(&buf[used..]) {
                 Ok(Some((args, len))) => {
                     used += len;
-                    if args.is_empty() {
-                        continue;
+                    if !args.is_empty() {
+                        requests.push(args);
                     }
-                    let s = Arc::clone(&server);
-                    replies.push(tokio::spawn(async move { Reply::Frame(s.execute(args).await) }));
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    replies.push(tokio::spawn(async move { Reply::Fatal(e) }));
+                    fatal = Some(e);
                     used = buf.len();
                     break;
                 }
             }
         }
         buf.drain(..used);
-        let mut fatal = false;
-        for r in replies {
-            match r.await {
-                Ok(Reply::Frame(f)) => frame_bytes(&f, &mut out),
-                Ok(Reply::Fatal(e)) => {
-                    frame_bytes(&err(e), &mut out);
-                    fatal = true;
-                }
-                Err(_) => frame_bytes(&err("ERR internal error"), &mut out),
-            }
+        execute_pipeline(&server, requests, &mut out).await;
+        if fatal.is_none() && buf.len() > REQUEST_BYTES_MAX {
+            fatal = Some(format!("ERR request larger than {REQUEST_BYTES_MAX} bytes"));
         }
-        if buf.len() > REQUEST_BYTES_MAX {
-            frame_bytes(&err(format!("ERR request larger than {REQUEST_BYTES_MAX} bytes")), &mut out);
-            fatal = true;
+        if let Some(e) = &fatal {
+            err(e.clone()).encode(&mut out);
         }
-        if sock.write_all(&out).await.is_err() || fatal {
+        if sock.write_all(&out).await.is_err() || fatal.is_some() {
             return;
         }
         out.clear();
+    }
+}
+
+/// How many clients may be connected at once: below the process's
+/// open-file limit, leaving room for the log's own files.
+fn max_clients() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    let n = if soft > 2 * RESERVED_FDS { soft - RESERVED_FDS } else { soft / 2 };
+    usize::try_from(n.clamp(1, 100_000)).unwrap_or(100_000)
+}
+
+/// Accepts clients for ever. A client beyond the limit is told so and
+/// closed; when `accept` itself fails (out of descriptors or memory), the
+/// server waits a little and goes on serving the clients it has.
+async fn accept_loop(listener: TcpListener, server: Arc<Server>) {
+    let limit = max_clients();
+    let slots = Arc::new(Semaphore::new(limit));
+    let mut warned = false;
+    loop {
+        match listener.accept().await {
+            Ok((mut sock, _)) => {
+                let _ = sock.set_nodelay(true);
+                match Arc::clone(&slots).try_acquire_owned() {
+                    Ok(slot) => {
+                        let server = Arc::clone(&server);
+                        tokio::spawn(async move {
+                            serve(server, sock).await;
+                            drop(slot);
+                        });
+                    }
+                    Err(_) => {
+                        // As Redis does: say why, then close.
+                        tokio::spawn(async move {
+                            let msg = b"-ERR max number of clients reached\r\n";
+                            let _ = tokio::time::timeout(Duration::from_secs(1), sock.write_all(msg)).await;
+                        });
+                    }
+                }
+                warned = false;
+            }
+            Err(e) => {
+                if !warned {
+                    eprintln!(
+                        "kv_server: accept failed ({e}); backing off, still serving {} clients",
+                        limit - slots.available_permits()
+                    );
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 }
 
@@ -420,10 +614,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     // With --port 0 the system picks the port: say which.
     let port = listener.local_addr()?.port();
-    println!("listening on 127.0.0.1:{port}, data in {}", dir.display());
-    loop {
-        let (sock, _) = listener.accept().await?;
-        let _ = sock.set_nodelay(true);
-        tokio::spawn(serve(Arc::clone(&server), sock));
-    }
+    println!("listening on 127.0.0.1:{port}, data in {}, at most {} clients", dir.display(), max_clients());
+    accept_loop(listener, server).await;
+    Ok(())
 }

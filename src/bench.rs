@@ -5,8 +5,20 @@
 //! aiowal's throughput and latency as ratios to the baseline.
 //!
 //! aiowal runs as a database would use it: N tasks append and await each
-//! ack, and a checkpointer calls `truncate_before(durable_lsn)` every 100 ms,
-//! so retired segments are recycled (the baseline reuses its file too).
+//! ack. Two workloads: `ckpt`, a checkpointer calls
+//! `truncate_before(durable_lsn)` every 100 ms, so retired segments are
+//! recycled (the steady state between checkpoints; the baseline reuses its
+//! file too); `grow`, no checkpoints, so the log grows and every new
+//! segment is prepared from scratch (a log between two distant
+//! checkpoints).
+//!
+//! Each point runs `repeat` times, the baseline and aiowal interleaved, so
+//! a machine that gets busier part way affects both; the table gives
+//! medians and the spread of the per-run ratios, and warns when the spread
+//! is wide or the machine was busy.
+//!
+//! Not a stable API: public for the `aiowal` binary, `cargo bench` and the
+//! examples.
 //!
 //! The baseline is the simplest correct group commit: N threads hand records
 //! to one writer thread, which writes everything staged (padded to 4 KiB) with
@@ -46,6 +58,29 @@ pub struct Config {
     pub uring_sync: crate::UringSync,
     /// Whether the log writes with O_DIRECT.
     pub direct_io: crate::DirectIo,
+    /// Runs of each point (baseline and aiowal interleaved).
+    pub repeat: usize,
+    /// Which workloads to run.
+    pub workloads: Vec<Workload>,
+}
+
+/// How the log is used during a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// A checkpoint (`truncate_before`) every 100 ms: segments recycled.
+    Checkpointed,
+    /// No checkpoints: the log grows, new segments are prepared.
+    Growing,
+}
+
+impl Workload {
+    /// The workload's name in the table.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Checkpointed => "ckpt",
+            Workload::Growing => "grow",
+        }
+    }
 }
 
 impl Default for Config {
@@ -60,6 +95,8 @@ impl Default for Config {
             progress: true,
             uring_sync: crate::UringSync::Fsync,
             direct_io: crate::DirectIo::Auto,
+            repeat: 3,
+            workloads: vec![Workload::Checkpointed, Workload::Growing],
         }
     }
 }
@@ -92,7 +129,7 @@ impl Measurement {
     }
 }
 
-/// A baseline and an aiowal run of one configuration.
+/// The runs of one configuration: baseline and aiowal, interleaved.
 #[derive(Debug, Clone)]
 pub struct Row {
     /// Record size in bytes.
@@ -101,10 +138,81 @@ pub struct Row {
     pub concurrency: usize,
     /// The backend aiowal used.
     pub backend: &'static str,
-    /// The raw write+fdatasync baseline.
-    pub baseline: Measurement,
-    /// aiowal.
-    pub wal: Measurement,
+    /// How the log was used.
+    pub workload: Workload,
+    /// The raw write+fdatasync baseline, one per run.
+    pub baseline: Vec<Measurement>,
+    /// aiowal, one per run.
+    pub wal: Vec<Measurement>,
+    /// The share of the machine's CPU time that other processes used
+    /// during these runs (0 to 1).
+    pub others_cpu: f64,
+}
+
+impl Row {
+    /// The median run of `runs` by throughput.
+    fn median(runs: &[Measurement]) -> &Measurement {
+        let mut idx: Vec<usize> = (0..runs.len()).collect();
+        idx.sort_by(|&a, &b| runs[a].per_sec().total_cmp(&runs[b].per_sec()));
+        &runs[idx[idx.len() / 2]]
+    }
+
+    /// The per-run throughput ratios aiowal / baseline, sorted.
+    pub fn ratios(&self) -> Vec<f64> {
+        let mut r: Vec<f64> =
+            self.wal.iter().zip(&self.baseline).map(|(w, b)| w.per_sec() / b.per_sec()).collect();
+        r.sort_by(f64::total_cmp);
+        r
+    }
+
+    /// Median of the per-run ratios and their spread (max - min) / median.
+    pub fn ratio(&self) -> (f64, f64) {
+        let r = self.ratios();
+        let median = r[r.len() / 2];
+        let spread = (r[r.len() - 1] - r[0]) / median;
+        (median, spread)
+    }
+}
+
+/// CPU time so far, in clock ticks: the machine's total and busy time
+/// (`/proc/stat`), and this process's (`/proc/self/stat`).
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuTicks {
+    total: u64,
+    busy: u64,
+    ours: u64,
+}
+
+impl CpuTicks {
+    fn now() -> CpuTicks {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let total: u64 = fields.iter().take(8).sum();
+        // user nice system idle iowait irq softirq steal
+        let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+        let me = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        // Fields after the command name (which may hold spaces): utime is
+        // the 14th field of the line, stime the 15th.
+        let rest = me.rsplit(')').next().unwrap_or("");
+        let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        let ours = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+        CpuTicks { total, busy: total.saturating_sub(idle), ours }
+    }
+
+    /// The share of the machine's time others kept busy since `earlier`.
+    fn others_since(&self, earlier: &CpuTicks) -> f64 {
+        let total = self.total.saturating_sub(earlier.total);
+        let others =
+            self.busy.saturating_sub(earlier.busy).saturating_sub(self.ours.saturating_sub(earlier.ours));
+        if total == 0 { 0.0 } else { others as f64 / total as f64 }
+    }
 }
 
 fn histogram() -> Histogram<u64> {
@@ -245,6 +353,7 @@ pub fn wal(
     backend: Backend,
     size: usize,
     n: usize,
+    workload: Workload,
     cfg: &Config,
 ) -> Result<(Measurement, &'static str)> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -275,7 +384,7 @@ pub fn wal(
         let checkpointer = {
             let wal = wal.clone();
             tokio::spawn(async move {
-                while Instant::now() < deadline {
+                while workload == Workload::Checkpointed && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     wal.truncate_before(wal.durable_lsn()).await?;
                 }
@@ -354,7 +463,8 @@ fn filesystem(dir: &Path) -> String {
     best.map_or_else(|| format!("unknown, bench dir {}", dir.display()), |(_, s)| s)
 }
 
-/// Runs every configuration; calls `on_row` as each finishes.
+/// Runs every configuration, `repeat` times with baseline and aiowal
+/// interleaved; calls `on_row` as each finishes.
 ///
 /// # Errors
 /// Any I/O failure of the baseline or the log.
@@ -364,24 +474,79 @@ pub fn run(cfg: &Config, mut on_row: impl FnMut(&Row)) -> Result<Vec<Row>> {
         .tempdir_in(&cfg.dir)
         .map_err(|e| Error::io(crate::IoOp::CreateDir, &cfg.dir, e))?;
     let mut rows = Vec::new();
-    let total = cfg.sizes.len() * cfg.concurrency.len() * cfg.backends.len();
+    let repeat = cfg.repeat.max(1);
+    let total = cfg.workloads.len() * cfg.sizes.len() * cfg.concurrency.len() * cfg.backends.len() * repeat;
     let bar = progress_bar(cfg, total);
-    for &size in &cfg.sizes {
-        for &n in &cfg.concurrency {
-            for &backend in &cfg.backends {
-                bar.set_message(format!("{size} B x {n}: baseline"));
-                let baseline = baseline(tmp.path(), size, n, cfg.duration)?;
-                bar.set_message(format!("{size} B x {n}: aiowal {}", backend.name()));
-                let (wal, name) = wal(tmp.path(), backend, size, n, cfg)?;
-                let row = Row { size, concurrency: n, backend: name, baseline, wal };
-                bar.suspend(|| on_row(&row));
-                rows.push(row);
-                bar.inc(1);
+    for &workload in &cfg.workloads {
+        for &size in &cfg.sizes {
+            for &n in &cfg.concurrency {
+                for &backend in &cfg.backends {
+                    let mut row = Row {
+                        size,
+                        concurrency: n,
+                        backend: backend.name(),
+                        workload,
+                        baseline: Vec::new(),
+                        wal: Vec::new(),
+                        others_cpu: 0.0,
+                    };
+                    let before = CpuTicks::now();
+                    for rep in 1..=repeat {
+                        let what = format!("{} {size} B x {n}, run {rep}/{repeat}", workload.name());
+                        bar.set_message(format!("{what}: baseline"));
+                        row.baseline.push(baseline(tmp.path(), size, n, cfg.duration)?);
+                        bar.set_message(format!("{what}: aiowal {}", backend.name()));
+                        let (m, name) = wal(tmp.path(), backend, size, n, workload, cfg)?;
+                        row.wal.push(m);
+                        row.backend = name;
+                        bar.inc(1);
+                    }
+                    row.others_cpu = CpuTicks::now().others_since(&before);
+                    bar.suspend(|| on_row(&row));
+                    rows.push(row);
+                }
             }
         }
     }
     bar.finish_and_clear();
     Ok(rows)
+}
+
+/// Warnings about the runs: a busy machine or a wide spread.
+pub fn warnings(rows: &[Row]) -> Vec<String> {
+    let mut out = Vec::new();
+    let busiest = rows.iter().map(|r| r.others_cpu).fold(0.0, f64::max);
+    if busiest > 0.35 {
+        out.push(format!(
+            "the machine was busy: others used up to {:.0}% of its CPU time during a point (oth%); rerun on a quiet machine",
+            busiest * 100.0
+        ));
+    }
+    for r in rows {
+        let (median, spread) = r.ratio();
+        if r.wal.len() > 1 && spread > 0.25 {
+            out.push(format!(
+                "{} {} B x {} {}: the runs' ratios spread {:.0}% around {median:.2}x; treat that row as noisy",
+                r.workload.name(),
+                r.size,
+                r.concurrency,
+                r.backend,
+                spread * 100.0
+            ));
+        }
+    }
+    out
+}
+
+/// What the columns mean.
+pub fn legend() -> &'static str {
+    "columns: base = the raw write+fdatasync group commit, aiowal = this log, both measured in this run;\n\
+     /s = durable records per second (median run); p50us/p99us/p999us = append latency in microseconds;\n\
+     MB/s = payload throughput; rec/syn = records per data sync;\n\
+     x thru = aiowal/s divided by base/s (higher is better), median of the runs, with the runs' spread;\n\
+     x p50 = aiowal p50 divided by base p50 (lower is better);\n\
+     oth% = CPU time others (other processes, the kernel's own threads) used during the point.\n\
+     workload: ckpt = checkpoint every 100 ms (segments recycled), grow = no checkpoints (the log grows)."
 }
 
 fn progress_bar(cfg: &Config, total: usize) -> indicatif::ProgressBar {
@@ -400,7 +565,8 @@ fn progress_bar(cfg: &Config, total: usize) -> indicatif::ProgressBar {
 /// The table's header line.
 pub fn header() -> String {
     format!(
-        "{:>6} {:>4} {:>10} | {:>10} {:>8} {:>8} | {:>10} {:>7} {:>7} {:>8} {:>8} {:>8} | {:>7} {:>7}",
+        "{:>4} {:>6} {:>4} {:>10} | {:>10} {:>8} {:>8} | {:>10} {:>7} {:>7} {:>8} {:>8} {:>8} | {:>13} {:>7} {:>5}",
+        "wkld",
         "size",
         "N",
         "backend",
@@ -413,19 +579,24 @@ pub fn header() -> String {
         "p50us",
         "p99us",
         "p999us",
-        "x thru",
-        "x p50"
+        "x thru (sprd)",
+        "x p50",
+        "oth%"
     )
 }
 
-/// One formatted table row, ratios to the baseline at the end.
+/// One formatted table row: medians, then ratios to the baseline.
 pub fn format_row(r: &Row) -> String {
     let mut s = String::new();
-    let (b, w) = (&r.baseline, &r.wal);
+    let (b, w) = (Row::median(&r.baseline), Row::median(&r.wal));
     let mb = w.per_sec() * r.size as f64 / 1e6;
+    let mb = if mb < 10.0 { format!("{mb:.2}") } else { format!("{mb:.1}") };
+    let (ratio, spread) = r.ratio();
+    let ratio = format!("{ratio:.2}x ({:.0}%)", spread * 100.0);
     let _ = write!(
         s,
-        "{:>6} {:>4} {:>10} | {:>10.0} {:>8.1} {:>8.1} | {:>10.0} {:>7.1} {:>7.1} {:>8.1} {:>8.1} {:>8.1} | {:>6.2}x {:>6.2}x",
+        "{:>4} {:>6} {:>4} {:>10} | {:>10.0} {:>8.1} {:>8.1} | {:>10.0} {:>7} {:>7.1} {:>8.1} {:>8.1} {:>8.1} | {:>13} {:>6.2}x {:>5.0}",
+        r.workload.name(),
         r.size,
         r.concurrency,
         r.backend,
@@ -438,8 +609,9 @@ pub fn format_row(r: &Row) -> String {
         w.us(0.5),
         w.us(0.99),
         w.us(0.999),
-        w.per_sec() / b.per_sec(),
+        ratio,
         w.us(0.5) / b.us(0.5),
+        r.others_cpu * 100.0,
     );
     s
 }

@@ -66,6 +66,39 @@ impl Wal {
         self.rt.block_on(self.inner.append_batch(records))
     }
 
+    /// Stages one record without waiting for durability; see
+    /// [`crate::Wal::stage`]. Wait with [`Staged::durable`].
+    ///
+    /// # Errors
+    /// As [`crate::Wal::stage`].
+    pub fn stage(&self, record: &[u8]) -> Result<Staged> {
+        let inner = self.rt.block_on(self.inner.stage(record))?;
+        Ok(Staged { inner, rt: Arc::clone(&self.rt) })
+    }
+
+    /// Stages an atomic batch without waiting; see [`crate::Wal::stage_batch`].
+    ///
+    /// # Errors
+    /// As [`crate::Wal::stage_batch`].
+    pub fn stage_batch<I, R>(&self, records: I) -> Result<Staged>
+    where
+        I: IntoIterator<Item = R>,
+        R: AsRef<[u8]>,
+    {
+        let inner = self.rt.block_on(self.inner.stage_batch(records))?;
+        Ok(Staged { inner, rt: Arc::clone(&self.rt) })
+    }
+
+    /// The highest durable LSN; see [`crate::Wal::durable_lsn`].
+    pub fn durable_lsn(&self) -> Lsn {
+        self.inner.durable_lsn()
+    }
+
+    /// The oldest LSN still in the log; see [`crate::Wal::first_lsn`].
+    pub fn first_lsn(&self) -> Lsn {
+        self.inner.first_lsn()
+    }
+
     /// Blocks until everything appended so far is durable; see [`crate::Wal::sync`].
     ///
     /// # Errors
@@ -111,5 +144,28 @@ impl Wal {
     /// As [`crate::Wal::close`].
     pub fn close(&self) -> Result<()> {
         self.rt.block_on(self.inner.close())
+    }
+}
+
+/// Records staged by [`Wal::stage`]: LSNs assigned, durability pending.
+#[derive(Debug)]
+#[must_use = "a staged record is not durable until `durable()` returns"]
+pub struct Staged {
+    inner: crate::Staged,
+    rt: Arc<tokio::runtime::Runtime>,
+}
+
+impl Staged {
+    /// The LSNs the staged records got.
+    pub fn lsns(&self) -> LsnRange {
+        self.inner.lsns()
+    }
+
+    /// Blocks until the staged records (and everything before them) are durable.
+    ///
+    /// # Errors
+    /// As [`crate::Staged::durable`].
+    pub fn durable(self) -> Result<LsnRange> {
+        self.rt.block_on(self.inner.durable())
     }
 }

@@ -161,6 +161,9 @@ pub enum Error {
     /// The log was closed.
     #[error("the log is closed")]
     Closed,
+    /// Called outside a tokio runtime (or on one that cannot run the log).
+    #[error("{0}")]
+    Runtime(&'static str),
 }
 
 /// What kind of damage [`Error::Corrupt`] found.

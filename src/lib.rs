@@ -77,22 +77,28 @@
 //! openraft 0.9: entries, votes and the committed id are records of one log.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "cli")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cli")))]
+#[doc(hidden)]
 pub mod bench;
 pub mod blocking;
 mod commit;
 mod error;
+#[doc(hidden)]
 pub mod format;
 mod io;
 mod lsn;
 mod options;
 #[cfg(feature = "openraft")]
+#[cfg_attr(docsrs, doc(cfg(feature = "openraft")))]
 pub mod raft;
 mod recovery;
 mod registry;
 mod segment;
 #[cfg(feature = "sim")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
 mod sync;
 mod vfs;
@@ -104,6 +110,9 @@ pub use lsn::{Lsn, LsnRange};
 pub use options::{Backend, DirectIo, Options, RecoveryMode, UringSync};
 pub use recovery::{ReadIter, Record, RecoveryReport, StopReason};
 pub use wal::{Staged, Wal, dump, verify};
+
+#[cfg(not(unix))]
+compile_error!("aiowal supports Unix systems only (Linux, FreeBSD; others with the threaded backend)");
 
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

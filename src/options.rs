@@ -178,6 +178,7 @@ impl Options {
     /// `backend` option is ignored), and nothing runs on threads of aiowal's
     /// own, so a seed replays exactly on a current-thread runtime.
     #[cfg(feature = "sim")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
     pub fn sim(mut self, disk: &crate::sim::SimDisk) -> Self {
         self.vfs = crate::vfs::Vfs::Sim(disk.clone());
         self

@@ -69,13 +69,29 @@ impl Wal {
     /// Recovery verifies every frame, cuts a torn tail left by a crash and
     /// reports what it found in [`Wal::recovery_report`].
     ///
+    /// Call it from within a tokio runtime: the log's background work (the
+    /// I/O backend's completions, file preparation) runs on it. io_uring and
+    /// FreeBSD's AIO also need the runtime's I/O driver (`enable_io`);
+    /// without it `Backend::Auto` uses the threaded backend and an explicit
+    /// `Backend::Uring` or `Backend::Lio` is an error. (tokio reports a
+    /// missing I/O driver by panicking, which `open` catches; in a program
+    /// built with `panic = "abort"` that panic aborts the process instead,
+    /// so give such a program's runtime the I/O driver.)
+    ///
     /// # Errors
     /// [`Error::Locked`] if another handle has the directory open,
     /// [`Error::Corrupt`] if acknowledged data is damaged (see
     /// [`crate::RecoveryMode`]), [`Error::ForeignFile`] for a segment-named file
     /// that is not a segment, [`Error::InvalidOption`] for inconsistent
-    /// options, and [`Error::Io`] / [`Error::NoSpace`] for failing file calls.
+    /// options, [`Error::BackendUnavailable`] for an explicit backend that
+    /// cannot run here, [`Error::Runtime`] outside a tokio runtime, and
+    /// [`Error::Io`] / [`Error::NoSpace`] for failing file calls.
     pub async fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Wal> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::Runtime(
+                "Wal::open must be called from within a tokio runtime (or use aiowal::blocking::Wal)",
+            ));
+        }
         let dir = dir.as_ref().to_path_buf();
         let (o, d) = (opts.clone(), dir.clone());
         let started = std::time::Instant::now();
@@ -206,6 +222,12 @@ impl Wal {
     /// or the iterator lives: segments they may map are never recycled
     /// (`truncate_before` deletes them instead, and a deleted file keeps
     /// its bytes for whoever maps it).
+    ///
+    /// The iterator is synchronous: it reads memory-mapped segments, and a
+    /// page not in memory is read from disk on the calling thread. In async
+    /// code, move a long scan of a cold log to a blocking thread:
+    /// `tokio::task::spawn_blocking(move || iter.count())` (the iterator is
+    /// `Send + 'static`).
     ///
     /// # Errors
     /// [`Error::Closed`] after `close` (or once the last handle was

@@ -145,6 +145,48 @@ async fn large_valid_records_are_never_cut() {
     assert!(String::from_utf8_lossy(&j.stdout).starts_with(r#"{"lsn":2,"len":3145728,"#));
 }
 
+/// A directory that holds no log is an error, not an "empty log" that
+/// passes: a mistyped path must not verify.
+#[test]
+fn verify_of_a_directory_without_a_log_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"hello").unwrap();
+    let o = aiowal(&["verify", dir.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("holds no aiowal log"), "{}", text(&o));
+}
+
+/// `dump --text` shows text payloads as text, escaping what is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dump_text_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), small(Backend::Threaded)).await.unwrap();
+    wal.append("put k1 héllo".as_bytes()).await.unwrap();
+    wal.append(b"bin\x00\xff\n").await.unwrap();
+    wal.close().await.unwrap();
+    let o = aiowal(&["dump", dir.path().to_str().unwrap(), "--text"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["1 put k1 héllo", r"2 bin\u{0}\xff\n"], "{out}");
+}
+
+/// The CLI names its own commands for damage, not a library enum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corruption_errors_name_cli_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    make_log(dir.path(), 300).await;
+    let first = segments(dir.path())[0].clone();
+    let (_, fr) = frames(&first);
+    let victim = fr.iter().find(|f| f.kind.is_record()).unwrap();
+    let mut b = std::fs::read(&first).unwrap();
+    b[victim.offset as usize + 40] ^= 1;
+    std::fs::write(&first, b).unwrap();
+    let o = aiowal(&["dump", dir.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let t = text(&o);
+    assert!(t.contains("aiowal repair DIR --force") && !t.contains("RecoveryMode"), "{t}");
+}
+
 #[test]
 fn bad_usage_and_missing_directory_fail_clearly() {
     let o = aiowal(&["verify"]);

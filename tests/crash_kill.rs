@@ -33,17 +33,57 @@ fn backend_from(name: &str) -> Backend {
     }
 }
 
-/// The child's body; a no-op unless started by `kill_and_recover`.
+/// The child's body. Started by `kill_and_recover` (with `AIOWAL_CRASH_CHILD_DIR`
+/// set) it appends until it is killed, printing every acknowledged LSN. Run on
+/// its own it is a test of the same workload without the kill: it appends for
+/// a short while on each backend, closes, reopens and checks every ack.
 #[test]
-#[ignore = "run by the crash tests in a child process"]
 fn crash_child() {
-    let Some(dir) = std::env::var_os(CHILD_ENV) else { return };
-    let backend = backend_from(&std::env::var("AIOWAL_CRASH_CHILD_BACKEND").unwrap_or_default());
+    let Some(dir) = std::env::var_os(CHILD_ENV) else {
+        for backend in BACKENDS {
+            let dir = tempfile::tempdir().unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_millis(300);
+            let acks = run_workload(dir.path(), backend, 0, Some(deadline));
+            let mut acked = HashMap::new();
+            for (lsn, task, i, len) in acks {
+                note_ack(&mut acked, lsn, task, i, len);
+            }
+            assert!(acked.len() > 50, "{backend}: only {} records acknowledged in 300 ms", acked.len());
+            check(dir.path(), backend, 0, &acked);
+        }
+        return;
+    };
+    let backend = std::env::var("AIOWAL_CRASH_CHILD_BACKEND").unwrap_or_default();
     let round: u64 = std::env::var("AIOWAL_CRASH_CHILD_ROUND").ok().and_then(|r| r.parse().ok()).unwrap_or(0);
+    run_workload(std::path::Path::new(&dir), &backend, round, None);
+}
+
+/// The backends this platform runs.
+const BACKENDS: &[&str] = &[
+    "threaded",
+    #[cfg(any(target_os = "linux", target_os = "freebsd"))]
+    "lio",
+    #[cfg(target_os = "linux")]
+    "uring",
+];
+
+/// 16 tasks append records and atomic pairs while a checkpointer truncates.
+/// Without a deadline every ack is printed (`ACK lsn task i len`) and the
+/// workload runs until the process is killed; with one, the acks are
+/// returned and the log is closed.
+fn run_workload(
+    dir: &std::path::Path,
+    backend: &str,
+    round: u64,
+    deadline: Option<std::time::Instant>,
+) -> Vec<(u64, u64, u64, usize)> {
+    let backend = backend_from(backend);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
-        let wal = Wal::open(&dir, options(backend)).await.unwrap();
-        println!("OPEN {}", wal.recovery_report().records);
+        let wal = Wal::open(dir, options(backend)).await.unwrap();
+        if deadline.is_none() {
+            println!("OPEN {}", wal.recovery_report().records);
+        }
         // Checkpoint like a database, so crashes also hit recycled segments.
         let checkpointer = {
             let wal = wal.clone();
@@ -61,7 +101,11 @@ fn crash_child() {
                 tokio::spawn(async move {
                     let task = round * 100 + t;
                     let mut rng = Rng(task + 1);
+                    let mut acks = Vec::new();
                     for i in 0u64.. {
+                        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                            break;
+                        }
                         let len = rng.below(3000) as usize;
                         let lsn = if i % 7 == 3 {
                             let recs = [record(task, i, len), record(task, i + 1_000_000, len / 2)];
@@ -69,18 +113,35 @@ fn crash_child() {
                         } else {
                             wal.append(&record(task, i, len)).await.unwrap()
                         };
-                        let mut out = std::io::stdout().lock();
-                        writeln!(out, "ACK {} {task} {i} {len}", lsn.get()).unwrap();
-                        out.flush().unwrap();
+                        if deadline.is_some() {
+                            acks.push((lsn.get(), task, i, len));
+                        } else {
+                            let mut out = std::io::stdout().lock();
+                            writeln!(out, "ACK {} {task} {i} {len}", lsn.get()).unwrap();
+                            out.flush().unwrap();
+                        }
                     }
+                    acks
                 })
             })
             .collect();
+        let mut acks = Vec::new();
         for t in tasks {
-            t.await.unwrap();
+            acks.extend(t.await.unwrap());
         }
         checkpointer.abort();
-    });
+        let _ = checkpointer.await;
+        wal.close().await.unwrap();
+        acks
+    })
+}
+
+/// Records an acknowledged append (and its atomic partner, for every 7th).
+fn note_ack(acked: &mut HashMap<u64, Vec<u8>>, lsn: u64, task: u64, i: u64, len: usize) {
+    acked.insert(lsn, record(task, i, len));
+    if i % 7 == 3 {
+        acked.insert(lsn + 1, record(task, i + 1_000_000, len / 2));
+    }
 }
 
 fn kill_and_recover(backend: &str) {
@@ -91,7 +152,7 @@ fn kill_and_recover(backend: &str) {
     let mut acked: HashMap<u64, Vec<u8>> = HashMap::new();
     for round in 0..ROUNDS {
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child", "--ignored", "--nocapture", "--test-threads=1"])
+            .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, dir.path())
             .env("AIOWAL_CRASH_CHILD_BACKEND", backend)
             .env("AIOWAL_CRASH_CHILD_ROUND", round.to_string())
@@ -126,10 +187,7 @@ fn kill_and_recover(backend: &str) {
                         i.parse().unwrap(),
                         len.parse().unwrap(),
                     );
-                    acked.insert(lsn, record(task, i, len));
-                    if i % 7 == 3 {
-                        acked.insert(lsn + 1, record(task, i + 1_000_000, len / 2));
-                    }
+                    note_ack(&mut acked, lsn, task, i, len);
                 }
                 _ => {}
             }

@@ -8,7 +8,7 @@
 //! its map rebuilt from the committed entries) and reads both keys there.
 //!
 //! ```sh
-//! cargo run --release --features openraft --example raft_kv [-- DIR]
+//! cargo run --release --features openraft,cli --example raft_kv [-- DIR]
 //! ```
 //!
 //! Its burst of concurrent writes shows where group commit helps Raft:

@@ -27,6 +27,13 @@ enum BackendArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum WorkloadArg {
+    Ckpt,
+    Grow,
+    Both,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum DirectArg {
     Auto,
     On,
@@ -52,10 +59,18 @@ enum Cmd {
     /// raw write+fdatasync group-commit baseline measured in the same run.
     Bench {
         /// Seconds each run appends.
-        #[arg(long, default_value_t = 2.0)]
+        #[arg(long, default_value_t = 1.0)]
         duration_secs: f64,
+        /// Runs of each point, baseline and aiowal interleaved (the table
+        /// shows medians and the spread).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// ckpt: a checkpoint every 100 ms, segments recycled; grow: no
+        /// checkpoints, the log grows; both.
+        #[arg(long, value_enum, default_value = "both")]
+        workload: WorkloadArg,
         /// Concurrent appenders, comma separated.
-        #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+        #[arg(long, value_delimiter = ',', default_value = "1,64,256")]
         concurrency: Vec<usize>,
         /// Record sizes in bytes, comma separated.
         #[arg(long, value_delimiter = ',', default_value = "100,4096")]
@@ -101,8 +116,12 @@ enum Cmd {
         #[arg(long, conflicts_with = "json")]
         hex: bool,
         /// One JSON object per record: lsn, len, crc32, data_hex.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "text")]
         json: bool,
+        /// Each record's bytes as text (UTF-8; other bytes and control
+        /// characters escaped).
+        #[arg(long, conflicts_with = "hex")]
+        text: bool,
     },
     /// Makes a log openable: cuts a torn tail (what open would do); with
     /// --force, also cuts at a corruption after copying the damaged segment
@@ -120,10 +139,52 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("aiowal: {e}");
+            eprintln!("aiowal: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error in a command-line user's terms: damage is followed by the
+/// commands that deal with it, not by a library enum.
+fn describe(e: &aiowal::Error) -> String {
+    match e {
+        aiowal::Error::Corrupt { segment, offset, lsn, kind } => format!(
+            "corrupt log: segment {}, offset {offset}, near LSN {lsn}: {kind}\n\
+             `aiowal verify DIR --mode point-in-time` shows what would remain; \
+             `aiowal repair DIR --force` cuts there (after copying the damaged segment aside)",
+            segment.display()
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// A record's bytes as one line of text: UTF-8 shown as is, control
+/// characters and bytes that are not UTF-8 escaped (`\n`, `\x00`).
+fn as_text_line(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len());
+    for chunk in data.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
+}
+
+/// Whether `dir` holds any segment file.
+fn holds_a_log(dir: &std::path::Path) -> std::io::Result<bool> {
+    Ok(std::fs::read_dir(dir)?.filter_map(|e| e.ok()).any(|e| {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        name.len() == 24 && name.ends_with(".wal") && name[..20].bytes().all(|b| b.is_ascii_digit())
+    }))
 }
 
 /// Options that fit the log in `dir`: its newest segment's alignment,
@@ -173,6 +234,8 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
     match cli.cmd {
         Cmd::Bench {
             duration_secs,
+            repeat,
+            workload,
             concurrency,
             sizes,
             backend,
@@ -214,13 +277,23 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
                     DirectArg::On => aiowal::DirectIo::On,
                     DirectArg::Off => aiowal::DirectIo::Off,
                 },
+                repeat,
+                workloads: match workload {
+                    WorkloadArg::Ckpt => vec![bench::Workload::Checkpointed],
+                    WorkloadArg::Grow => vec![bench::Workload::Growing],
+                    WorkloadArg::Both => vec![bench::Workload::Checkpointed, bench::Workload::Growing],
+                },
             };
             println!("{}", bench::environment(&cfg.dir));
             println!(
-                "each run {duration_secs} s, checkpoint (truncate_before) every 100 ms; ratios are aiowal / baseline from the same run\n"
+                "{repeat} runs of {duration_secs} s per point, baseline and aiowal interleaved; ratios are aiowal / baseline of the same runs\n"
             );
             println!("{}", bench::header());
-            bench::run(&cfg, |row| println!("{}", bench::format_row(row)))?;
+            let rows = bench::run(&cfg, |row| println!("{}", bench::format_row(row)))?;
+            println!("\n{}", bench::legend());
+            for w in bench::warnings(&rows) {
+                println!("WARNING: {w}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Verify { dir, mode } => {
@@ -229,6 +302,17 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
                 ModeArg::AbsoluteConsistency => RecoveryMode::AbsoluteConsistency,
                 ModeArg::PointInTime => RecoveryMode::PointInTime,
             };
+            match holds_a_log(&dir) {
+                Ok(true) => {}
+                Ok(false) => {
+                    eprintln!("aiowal: {} holds no aiowal log (no segment files)", dir.display());
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) => {
+                    eprintln!("aiowal: cannot read {}: {e}", dir.display());
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
             let opts = Options::default().recovery_mode(mode);
             let r = aiowal::verify(&dir, &opts)?;
             println!(
@@ -257,13 +341,20 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Dump { dir, from, limit, hex, json } => {
+        Cmd::Dump { dir, from, limit, hex, json, text: as_text } => {
             let opts = Options::default();
             let (_, iter) = aiowal::dump(&dir, &opts, Lsn::new(from))?;
             let mut out = std::io::stdout().lock();
             for rec in iter.take(limit.unwrap_or(usize::MAX)) {
                 let rec = rec?;
                 let data = rec.data();
+                if as_text {
+                    let line = format!("{} {}", rec.lsn(), as_text_line(data));
+                    if writeln!(out, "{line}").is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 let shown = if hex || json { data.len() } else { 32 };
                 let text = data.iter().take(shown).fold(String::new(), |mut s, b| {
                     let _ = write!(s, "{b:02x}");
@@ -291,9 +382,10 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
             let opts = options_for(&dir).recovery_mode(mode);
             let before = match aiowal::verify(&dir, &opts) {
                 Ok(r) => r,
-                Err(e @ aiowal::Error::Corrupt { .. }) => {
+                Err(aiowal::Error::Corrupt { segment, offset, lsn, kind }) => {
                     eprintln!(
-                        "aiowal: {e}\nrepair refuses to cut acknowledged data; rerun with --force to cut there (the damaged segment is copied aside first)"
+                        "aiowal: corrupt log: segment {}, offset {offset}, near LSN {lsn}: {kind}\nrepair refuses to cut acknowledged data; rerun with --force to cut there (the damaged segment is copied aside first)",
+                        segment.display()
                     );
                     return Ok(ExitCode::FAILURE);
                 }

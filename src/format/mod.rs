@@ -1,5 +1,10 @@
 //! The on-disk format: a pure codec, bytes in and values out, no I/O.
 //!
+//! Not part of the crate's stable API: it is public (and hidden from the
+//! docs) for aiowal's own tools, fuzz targets and tests. It follows the
+//! on-disk format's version, not the crate's, and may change in any
+//! release.
+//!
 //! A log is a directory of segment files. Every segment starts with a header
 //! block (`alignment` bytes, normally 4096) followed by write batches. Every
 //! batch starts on a fresh block with a batch header frame, holds record

@@ -160,13 +160,20 @@ impl Uring {
         ring.submitter()
             .register_eventfd(efd.as_raw_fd())
             .map_err(|e| format!("registering the eventfd: {e}"))?;
-        // AsyncFd must be created inside the runtime (it registers with its reactor).
+        // AsyncFd must be created inside the runtime (it registers with its
+        // reactor); tokio panics instead of failing when the runtime has no
+        // I/O driver.
         let efd = {
             let _enter = rt.enter();
-            // SAFETY: the EventFd owns its descriptor and moves into the
-            // AsyncFd, so the fd stays open and unchanged for its lifetime.
-            unsafe { AsyncFd::register_with_interest(efd, Interest::READABLE) }
-                .map_err(|e| format!("registering the eventfd with tokio: {e}"))?
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                // SAFETY: the EventFd owns its descriptor and moves into the
+                // AsyncFd, so the fd stays open and unchanged for its lifetime.
+                unsafe { AsyncFd::register_with_interest(efd, Interest::READABLE) }
+            }))
+            .map_err(|_| {
+                "the tokio runtime has no I/O driver: build it with enable_io() (or enable_all())".to_string()
+            })?
+            .map_err(|e| format!("registering the eventfd with tokio: {e}"))?
         };
         let shared = Arc::new(Shared {
             ring: Mutex::new(Ring { ring, flights: HashMap::new(), next_id: 1 }),

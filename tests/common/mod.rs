@@ -9,69 +9,80 @@ use std::path::{Path, PathBuf};
 use aiowal::format::{self, FrameKind, SegmentHeader};
 use aiowal::{Lsn, Options, Wal};
 
-/// Instantiates each listed case for every backend.
+/// Instantiates each listed case for every backend. Attributes written
+/// before the cases go on every instance, e.g. `per_backend!(#[ignore =
+/// "needs ...: run by scripts/test"] case)` for a case that needs what a
+/// plain `cargo test` machine may lack: it then shows as ignored, with the
+/// reason, instead of passing without testing.
 #[macro_export]
 macro_rules! per_backend {
-    ($($case:ident),* $(,)?) => {
+    ($(#[$attr:meta])* $($case:ident),* $(,)?) => {
+        $crate::per_backend!(@modules [$(#[$attr])*] $($case),*);
+    };
+    (@with [$($attr:tt)*] $item:item) => {
+        $($attr)*
+        $item
+    };
+    (@modules $attrs:tt $($case:ident),*) => {
         /// On a multi-thread runtime: a lone appender writes inline.
         mod threaded {
-            $(
+            $($crate::per_backend!(@with $attrs
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     super::$case(aiowal::Backend::Threaded).await
                 }
-            )*
+            );)*
         }
         /// Linux io_uring, on both runtime flavors.
         #[cfg(target_os = "linux")]
         mod uring {
-            $(
+            $($crate::per_backend!(@with $attrs
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     super::$case(aiowal::Backend::Uring).await
                 }
-            )*
+            );)*
         }
         /// io_uring with writes linked to fdatasync: two batches in flight,
         /// the next batch's write overlapping the previous sync.
         #[cfg(target_os = "linux")]
         mod uring_fsync {
-            $(
+            $($crate::per_backend!(@with $attrs
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     $crate::common::URING_SYNC
                         .scope(aiowal::UringSync::Fsync, super::$case(aiowal::Backend::Uring))
                         .await
                 }
-            )*
+            );)*
         }
         #[cfg(target_os = "linux")]
         mod uring_current_thread {
-            $(
+            $($crate::per_backend!(@with $attrs
                 #[tokio::test(flavor = "current_thread")]
                 async fn $case() {
                     super::$case(aiowal::Backend::Uring).await
                 }
-            )*
+            );)*
         }
         /// POSIX AIO (glibc's on Linux, kqueue-driven on FreeBSD).
         #[cfg(any(target_os = "linux", target_os = "freebsd"))]
         mod lio {
-            $(
+            $($crate::per_backend!(@with $attrs
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     super::$case(aiowal::Backend::Lio).await
                 }
-            )*
+            );)*
         }
         /// On a current-thread runtime: every batch goes to the I/O thread.
         mod threaded_current_thread {
-            $(
+            $($crate::per_backend!(@with $attrs
                 #[tokio::test(flavor = "current_thread")]
                 async fn $case() {
                     super::$case(aiowal::Backend::Threaded).await
                 }
-            )*
+            );)*
         }
     };
 }
