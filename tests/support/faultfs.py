@@ -15,7 +15,10 @@ import errno
 import os
 import sys
 
-from fuse import FUSE, FuseOSError, Operations
+try:  # fusepy from PyPI installs the module as `fuse`...
+    from fuse import FUSE, FuseOSError, Operations
+except ImportError:  # ...Debian's python3-fusepy as `fusepy`.
+    from fusepy import FUSE, FuseOSError, Operations
 
 CONTROL = (".fail-sync", ".fail-write")
 
