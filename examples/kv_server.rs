@@ -22,8 +22,11 @@
 //! oversized input gets an error reply and the connection is closed. The
 //! number of clients is capped below the process's open-file limit
 //! (`RLIMIT_NOFILE`): a client beyond it gets "-ERR max number of clients
-//! reached" and is closed, and if `accept` still runs out of descriptors
-//! the server backs off and keeps serving those it has.
+//! reached" and is closed (`--max-clients N` sets the cap), and if
+//! `accept` still runs out of descriptors the server backs off and keeps
+//! serving those it has. Replies are sent as a pipeline runs, so a small
+//! request cannot make the server hold a huge answer; an MGET answers at
+//! most 64 MiB; an inline command is at most 64 KiB.
 #![forbid(unsafe_code)]
 
 #[path = "kv/store.rs"]
@@ -42,9 +45,22 @@ use tokio::sync::{RwLock, Semaphore};
 const REQUEST_BYTES_MAX: usize = 4 << 20;
 /// Most arguments in one request (Redis allows 1024 * 1024).
 const ARGS_MAX: usize = 1 << 20;
-/// Most bytes of SETs from one pipeline logged as one batch (well inside
-/// the log's 2 MiB `batch_bytes_max`).
+/// Most bytes of SETs from one pipeline logged as one batch, counted as
+/// the log counts them (each record's frame: its bytes plus a 24-byte
+/// header, rounded up to 8), well inside the log's 2 MiB `batch_bytes_max`.
 const GROUP_BYTES_MAX: usize = 1 << 20;
+/// The log's `max_record_bytes` (the store's default): a command whose
+/// record would be larger runs alone and gets its own error.
+const RECORD_BYTES_MAX: usize = 1 << 20;
+/// Most bytes one MGET may answer with.
+const REPLY_BYTES_MAX: usize = 64 << 20;
+/// Longest inline command (Redis: 64 KiB).
+const INLINE_BYTES_MAX: usize = 64 << 10;
+/// Replies are sent once this many bytes of them are waiting, so a
+/// pipeline of reads is answered as it runs, not held whole in memory.
+const OUT_BYTES_FLUSH: usize = 64 << 10;
+/// Most clients, whatever the descriptor limit allows.
+const CLIENTS_MAX: u64 = 10_000;
 /// Descriptors kept for the log, the snapshot and the runtime when the
 /// client limit is derived from `RLIMIT_NOFILE`.
 const RESERVED_FDS: u64 = 64;
@@ -201,15 +217,30 @@ impl Server {
                     Err(e) => err(e),
                 }
             }
-            "MGET" => Frame::Array(a.iter().map(|k| bulk(self.store.get(k))).collect()),
+            "MGET" => {
+                let mut bytes = 0;
+                let mut items = Vec::with_capacity(a.len().min(1024));
+                for k in a {
+                    let v = self.store.get(k);
+                    bytes += v.as_ref().map_or(0, Vec::len) + 16;
+                    if bytes > REPLY_BYTES_MAX {
+                        return err(format!("ERR reply larger than {REPLY_BYTES_MAX} bytes"));
+                    }
+                    items.push(bulk(v));
+                }
+                Frame::Array(items)
+            }
             "EXISTS" => Frame::Integer(a.iter().filter(|k| self.store.get(k).is_some()).count() as i64),
             "DEL" => {
                 let keys: Vec<&[u8]> = a.iter().map(Vec::as_slice).collect();
                 let guards = self.lock_keys(&keys, true).await;
                 let pending =
                     |k: &[u8]| guards.iter().any(|g| matches!(g, Guard::Exclusive(p) if p.contains_key(k)));
-                let present: Vec<&Vec<u8>> =
+                let mut present: Vec<&Vec<u8>> =
                     a.iter().filter(|k| self.store.get(k).is_some() || pending(k)).collect();
+                // A key named twice is deleted (and counted) once.
+                present.sort_unstable();
+                present.dedup();
                 if present.is_empty() {
                     return Frame::Integer(0);
                 }
@@ -233,9 +264,14 @@ impl Server {
             "DBSIZE" => Frame::Integer(self.store.len() as i64),
             "FLUSHALL" => {
                 // Every stripe: no write is half-way while the store is cleared.
-                let mut _g = Vec::with_capacity(STRIPES);
+                let mut guards = Vec::with_capacity(STRIPES);
                 for m in &self.stripes {
-                    _g.push(m.write().await);
+                    guards.push(m.write().await);
+                }
+                // Increments staged before the clear must not be built on
+                // after it: the clear's LSN is newer.
+                for g in &mut guards {
+                    g.clear();
                 }
                 match self.store.write_batch(vec![Op::Clear]).await {
                     Ok(_) => ok(),
@@ -385,7 +421,10 @@ fn next_request(buf: &[u8]) -> Result<Option<Request>, String> {
     if n > ARGS_MAX {
         return Err(protocol_error("invalid multibulk length"));
     }
-    let mut args = Vec::with_capacity(n.min(64));
+    // Where each argument lies; copied out only once the request is whole,
+    // so an incomplete one costs a scan per read, not an allocation per
+    // argument.
+    let mut ranges = Vec::with_capacity(n.min(64));
     for _ in 0..n {
         match buf.get(at) {
             None => return Ok(None),
@@ -404,15 +443,20 @@ fn next_request(buf: &[u8]) -> Result<Option<Request>, String> {
         if &buf[end..end + 2] != b"\r\n" {
             return Err(protocol_error("bulk string not followed by CRLF"));
         }
-        args.push(buf[start..end].to_vec());
+        ranges.push(start..end);
         at = end + 2;
     }
-    Ok(Some((args, at)))
+    Ok(Some((ranges.into_iter().map(|r| buf[r].to_vec()).collect(), at)))
 }
 
 /// An inline command: one text line, arguments separated by blanks.
 fn inline_request(buf: &[u8]) -> Result<Option<Request>, String> {
-    let Some(end) = buf.iter().position(|&b| b == b'\n') else { return Ok(None) };
+    let Some(end) = buf.iter().take(INLINE_BYTES_MAX + 1).position(|&b| b == b'\n') else {
+        if buf.len() > INLINE_BYTES_MAX {
+            return Err(protocol_error(format!("inline command longer than {INLINE_BYTES_MAX} bytes")));
+        }
+        return Ok(None);
+    };
     let line = &buf[..end];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.iter().any(|&b| b == 0 || b == b'"' || b == b'\'') {
@@ -428,7 +472,8 @@ fn inline_request(buf: &[u8]) -> Result<Option<Request>, String> {
 fn blind_write(args: &[Vec<u8>]) -> Option<(Vec<Vec<u8>>, Vec<Op>)> {
     let name = String::from_utf8_lossy(args.first()?).to_ascii_uppercase();
     let a = &args[1..];
-    let fits = a.iter().all(|v| v.len() <= VALUE_BYTES_MAX);
+    // Each record's frame must fit the log's record limit on its own.
+    let fits = a.chunks(2).all(|kv| kv.iter().map(Vec::len).sum::<usize>() + 64 <= RECORD_BYTES_MAX);
     match name.as_str() {
         "SET" if a.len() == 2 && fits => {
             Some((vec![a[0].clone()], vec![Op::Put(a[0].clone(), a[1].clone())]))
@@ -473,13 +518,40 @@ impl Group {
 /// `out`. Each command takes effect before the next one runs; a run of
 /// blind writes (SET, MSET) is logged as one batch, so a pipeline of SETs
 /// costs one sync.
-async fn execute_pipeline(server: &Server, requests: Vec<Vec<Vec<u8>>>, out: &mut Vec<u8>) {
+/// Replies waiting in `out` are sent once there are enough of them; an
+/// error means the client is gone.
+async fn send_some(sock: &mut TcpStream, out: &mut Vec<u8>) -> std::io::Result<()> {
+    if out.len() >= OUT_BYTES_FLUSH {
+        sock.write_all(out).await?;
+        out.clear();
+    }
+    Ok(())
+}
+
+/// Runs the requests of one pipeline in order, answering into `out` (sent
+/// as it fills). Each command takes effect before the next one runs; a run
+/// of blind writes (SET, MSET) is logged as one batch, so a pipeline of
+/// SETs costs one sync.
+async fn execute_pipeline(
+    server: &Server,
+    requests: Vec<Vec<Vec<u8>>>,
+    sock: &mut TcpStream,
+    out: &mut Vec<u8>,
+) -> std::io::Result<()> {
     let mut group = Group::default();
     for args in requests {
         if let Some((keys, ops)) = blind_write(&args) {
-            let bytes: usize = args.iter().map(Vec::len).sum();
+            // As the log counts it: per record, the op's bytes and a frame header.
+            let bytes: usize = ops
+                .iter()
+                .map(|op| match op {
+                    Op::Put(k, v) => (5 + k.len() + v.len() + 24).next_multiple_of(8),
+                    _ => 32,
+                })
+                .sum();
             if group.commands > 0 && group.bytes + bytes > GROUP_BYTES_MAX {
                 group.flush(server, out).await;
+                send_some(sock, out).await?;
             }
             group.keys.extend(keys);
             group.ops.extend(ops);
@@ -489,14 +561,16 @@ async fn execute_pipeline(server: &Server, requests: Vec<Vec<Vec<u8>>>, out: &mu
         }
         group.flush(server, out).await;
         server.execute(args).await.encode(out);
+        send_some(sock, out).await?;
     }
     group.flush(server, out).await;
+    Ok(())
 }
 
 async fn serve(server: Arc<Server>, mut sock: TcpStream) {
-    let mut buf = Vec::with_capacity(16 << 10);
-    let mut out = Vec::with_capacity(16 << 10);
-    let mut chunk = vec![0u8; 64 << 10];
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let mut chunk = vec![0u8; 16 << 10];
     loop {
         let n = match sock.read(&mut chunk).await {
             Ok(0) | Err(_) => return,
@@ -524,7 +598,13 @@ async fn serve(server: Arc<Server>, mut sock: TcpStream) {
             }
         }
         buf.drain(..used);
-        execute_pipeline(&server, requests, &mut out).await;
+        if buf.is_empty() && buf.capacity() > (1 << 20) {
+            // Not kept for the connection's life after one large request.
+            buf = Vec::new();
+        }
+        if execute_pipeline(&server, requests, &mut sock, &mut out).await.is_err() {
+            return;
+        }
         if fatal.is_none() && buf.len() > REQUEST_BYTES_MAX {
             fatal = Some(format!("ERR request larger than {REQUEST_BYTES_MAX} bytes"));
         }
@@ -535,6 +615,9 @@ async fn serve(server: Arc<Server>, mut sock: TcpStream) {
             return;
         }
         out.clear();
+        if out.capacity() > (1 << 20) {
+            out = Vec::new();
+        }
     }
 }
 
@@ -545,15 +628,20 @@ fn max_clients() -> usize {
         .map(|(soft, _)| soft)
         .unwrap_or(1024);
     let n = if soft > 2 * RESERVED_FDS { soft - RESERVED_FDS } else { soft / 2 };
-    usize::try_from(n.clamp(1, 100_000)).unwrap_or(100_000)
+    usize::try_from(n.clamp(1, CLIENTS_MAX)).unwrap_or(1)
 }
 
 /// Accepts clients for ever. A client beyond the limit is told so and
 /// closed; when `accept` itself fails (out of descriptors or memory), the
 /// server waits a little and goes on serving the clients it has.
-async fn accept_loop(listener: TcpListener, server: Arc<Server>) {
-    let limit = max_clients();
+async fn accept_loop(listener: TcpListener, server: Arc<Server>, limit: usize) {
+    const FULL: &[u8] = b"-ERR max number of clients reached\r\n";
     let slots = Arc::new(Semaphore::new(limit));
+    // A descriptor kept in reserve: when accept fails for want of one, it
+    // is let go so the waiting client can be accepted, told why and closed,
+    // instead of hanging in the listen queue.
+    let spare = || std::fs::File::open("/dev/null").ok();
+    let mut reserve = spare();
     let mut warned = false;
     loop {
         match listener.accept().await {
@@ -567,11 +655,10 @@ async fn accept_loop(listener: TcpListener, server: Arc<Server>) {
                             drop(slot);
                         });
                     }
+                    // As Redis does: say why, then close.
                     Err(_) => {
-                        // As Redis does: say why, then close.
                         tokio::spawn(async move {
-                            let msg = b"-ERR max number of clients reached\r\n";
-                            let _ = tokio::time::timeout(Duration::from_secs(1), sock.write_all(msg)).await;
+                            let _ = tokio::time::timeout(Duration::from_secs(1), sock.write_all(FULL)).await;
                         });
                     }
                 }
@@ -585,7 +672,25 @@ async fn accept_loop(listener: TcpListener, server: Arc<Server>) {
                     );
                     warned = true;
                 }
+                use nix::errno::Errno;
+                let out_of_descriptors = matches!(e.raw_os_error(), Some(n) if n == Errno::EMFILE as i32 || n == Errno::ENFILE as i32);
+                if out_of_descriptors && reserve.take().is_some() {
+                    let waiting = tokio::time::timeout(Duration::from_millis(10), listener.accept()).await;
+                    let told = if let Ok(Ok((mut sock, _))) = waiting {
+                        let _ = tokio::time::timeout(Duration::from_millis(100), sock.write_all(FULL)).await;
+                        true
+                    } else {
+                        false
+                    };
+                    reserve = spare();
+                    if told {
+                        continue;
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                if reserve.is_none() {
+                    reserve = spare();
+                }
             }
         }
     }
@@ -595,12 +700,25 @@ async fn accept_loop(listener: TcpListener, server: Arc<Server>) {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut port = 6380u16;
     let mut dir = std::path::PathBuf::from("kv-server-data");
+    let mut clients = max_clients();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match (a.as_str(), args.next()) {
             ("--port", Some(p)) => port = p.parse().map_err(|_| format!("--port: not a port number: {p}"))?,
             ("--dir", Some(d)) => dir = d.into(),
-            _ => return Err(format!("usage: kv_server [--port N] [--dir PATH] (got {a})").into()),
+            // Like Redis's maxclients; by default below the descriptor limit.
+            ("--max-clients", Some(n)) => {
+                clients = n
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or(format!("--max-clients: not a positive number: {n}"))?
+            }
+            _ => {
+                return Err(
+                    format!("usage: kv_server [--port N] [--dir PATH] [--max-clients N] (got {a})").into()
+                );
+            }
         }
     }
     let store = Store::open(&dir).await?;
@@ -614,7 +732,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     // With --port 0 the system picks the port: say which.
     let port = listener.local_addr()?.port();
-    println!("listening on 127.0.0.1:{port}, data in {}, at most {} clients", dir.display(), max_clients());
-    accept_loop(listener, server).await;
+    println!("listening on 127.0.0.1:{port}, data in {}, at most {clients} clients", dir.display());
+    accept_loop(listener, server, clients).await;
     Ok(())
 }

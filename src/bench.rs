@@ -146,7 +146,7 @@ pub struct Row {
     pub wal: Vec<Measurement>,
     /// The share of the machine's CPU time that other processes used
     /// during these runs (0 to 1).
-    pub others_cpu: f64,
+    pub others_cpu: Option<f64>,
 }
 
 impl Row {
@@ -206,12 +206,13 @@ impl CpuTicks {
         CpuTicks { total, busy: total.saturating_sub(idle), ours }
     }
 
-    /// The share of the machine's time others kept busy since `earlier`.
-    fn others_since(&self, earlier: &CpuTicks) -> f64 {
+    /// The share of the machine's time others kept busy since `earlier`;
+    /// `None` where `/proc/stat` does not exist (not Linux).
+    fn others_since(&self, earlier: &CpuTicks) -> Option<f64> {
         let total = self.total.saturating_sub(earlier.total);
         let others =
             self.busy.saturating_sub(earlier.busy).saturating_sub(self.ours.saturating_sub(earlier.ours));
-        if total == 0 { 0.0 } else { others as f64 / total as f64 }
+        (total > 0).then(|| others as f64 / total as f64)
     }
 }
 
@@ -488,7 +489,7 @@ pub fn run(cfg: &Config, mut on_row: impl FnMut(&Row)) -> Result<Vec<Row>> {
                         workload,
                         baseline: Vec::new(),
                         wal: Vec::new(),
-                        others_cpu: 0.0,
+                        others_cpu: None,
                     };
                     let before = CpuTicks::now();
                     for rep in 1..=repeat {
@@ -515,7 +516,7 @@ pub fn run(cfg: &Config, mut on_row: impl FnMut(&Row)) -> Result<Vec<Row>> {
 /// Warnings about the runs: a busy machine or a wide spread.
 pub fn warnings(rows: &[Row]) -> Vec<String> {
     let mut out = Vec::new();
-    let busiest = rows.iter().map(|r| r.others_cpu).fold(0.0, f64::max);
+    let busiest = rows.iter().filter_map(|r| r.others_cpu).fold(0.0, f64::max);
     if busiest > 0.35 {
         out.push(format!(
             "the machine was busy: others used up to {:.0}% of its CPU time during a point (oth%); rerun on a quiet machine",
@@ -595,7 +596,7 @@ pub fn format_row(r: &Row) -> String {
     let ratio = format!("{ratio:.2}x ({:.0}%)", spread * 100.0);
     let _ = write!(
         s,
-        "{:>4} {:>6} {:>4} {:>10} | {:>10.0} {:>8.1} {:>8.1} | {:>10.0} {:>7} {:>7.1} {:>8.1} {:>8.1} {:>8.1} | {:>13} {:>6.2}x {:>5.0}",
+        "{:>4} {:>6} {:>4} {:>10} | {:>10.0} {:>8.1} {:>8.1} | {:>10.0} {:>7} {:>7.1} {:>8.1} {:>8.1} {:>8.1} | {:>13} {:>6.2}x {:>5}",
         r.workload.name(),
         r.size,
         r.concurrency,
@@ -611,7 +612,7 @@ pub fn format_row(r: &Row) -> String {
         w.us(0.999),
         ratio,
         w.us(0.5) / b.us(0.5),
-        r.others_cpu * 100.0,
+        r.others_cpu.map_or("-".to_string(), |c| format!("{:.0}", c * 100.0)),
     );
     s
 }

@@ -60,7 +60,7 @@
 //!
 //! # Tools
 //!
-//! With the default `cli` feature, the `aiowal` binary runs the benchmark
+//! With the `cli` feature, the `aiowal` binary runs the benchmark
 //! (`aiowal bench`) and inspects logs read-only (`aiowal verify`, `aiowal
 //! dump`) or repairs them (`aiowal repair`); [`verify`] and [`dump`] are the
 //! same functions for programs.

@@ -74,9 +74,11 @@ impl Wal {
     /// FreeBSD's AIO also need the runtime's I/O driver (`enable_io`);
     /// without it `Backend::Auto` uses the threaded backend and an explicit
     /// `Backend::Uring` or `Backend::Lio` is an error. (tokio reports a
-    /// missing I/O driver by panicking, which `open` catches; in a program
-    /// built with `panic = "abort"` that panic aborts the process instead,
-    /// so give such a program's runtime the I/O driver.)
+    /// missing I/O driver by panicking, which `open` catches; the panic
+    /// still goes through the panic hook, so the default hook prints
+    /// tokio's message on stderr, and in a program built with `panic =
+    /// "abort"` it aborts the process: give such a program's runtime the
+    /// I/O driver.)
     ///
     /// # Errors
     /// [`Error::Locked`] if another handle has the directory open,

@@ -146,14 +146,19 @@ async fn large_valid_records_are_never_cut() {
 }
 
 /// A directory that holds no log is an error, not an "empty log" that
-/// passes: a mistyped path must not verify.
+/// passes: a mistyped path must not verify, dump nothing, or get a new log
+/// created by repair.
 #[test]
-fn verify_of_a_directory_without_a_log_fails() {
+fn tools_on_a_directory_without_a_log_fail() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("notes.txt"), b"hello").unwrap();
-    let o = aiowal(&["verify", dir.path().to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("holds no aiowal log"), "{}", text(&o));
+    for tool in ["verify", "dump", "repair"] {
+        let o = aiowal(&[tool, dir.path().to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1), "{tool}: {}", text(&o));
+        assert!(text(&o).contains("holds no aiowal log"), "{tool}: {}", text(&o));
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, ["notes.txt"], "a tool wrote into the directory");
 }
 
 /// `dump --text` shows text payloads as text, escaping what is not.

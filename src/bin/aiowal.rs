@@ -187,6 +187,22 @@ fn holds_a_log(dir: &std::path::Path) -> std::io::Result<bool> {
     }))
 }
 
+/// For a tool given a directory that holds no log (a mistyped path): says
+/// so and returns the exit code; `None` if there is a log.
+fn no_log_here(dir: &std::path::Path) -> Option<ExitCode> {
+    match holds_a_log(dir) {
+        Ok(true) => None,
+        Ok(false) => {
+            eprintln!("aiowal: {} holds no aiowal log (no segment files)", dir.display());
+            Some(ExitCode::FAILURE)
+        }
+        Err(e) => {
+            eprintln!("aiowal: cannot read {}: {e}", dir.display());
+            Some(ExitCode::FAILURE)
+        }
+    }
+}
+
 /// Options that fit the log in `dir`: its newest segment's alignment,
 /// segment size and record limit, so that a repair prepares segments like
 /// the ones the log has (the defaults otherwise).
@@ -302,16 +318,8 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
                 ModeArg::AbsoluteConsistency => RecoveryMode::AbsoluteConsistency,
                 ModeArg::PointInTime => RecoveryMode::PointInTime,
             };
-            match holds_a_log(&dir) {
-                Ok(true) => {}
-                Ok(false) => {
-                    eprintln!("aiowal: {} holds no aiowal log (no segment files)", dir.display());
-                    return Ok(ExitCode::FAILURE);
-                }
-                Err(e) => {
-                    eprintln!("aiowal: cannot read {}: {e}", dir.display());
-                    return Ok(ExitCode::FAILURE);
-                }
+            if let Some(code) = no_log_here(&dir) {
+                return Ok(code);
             }
             let opts = Options::default().recovery_mode(mode);
             let r = aiowal::verify(&dir, &opts)?;
@@ -342,6 +350,9 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Dump { dir, from, limit, hex, json, text: as_text } => {
+            if let Some(code) = no_log_here(&dir) {
+                return Ok(code);
+            }
             let opts = Options::default();
             let (_, iter) = aiowal::dump(&dir, &opts, Lsn::new(from))?;
             let mut out = std::io::stdout().lock();
@@ -378,6 +389,10 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Repair { dir, force } => {
+            // Never create a log where the user meant to repair one.
+            if let Some(code) = no_log_here(&dir) {
+                return Ok(code);
+            }
             let mode = if force { RecoveryMode::PointInTime } else { RecoveryMode::TolerateTornTail };
             let opts = options_for(&dir).recovery_mode(mode);
             let before = match aiowal::verify(&dir, &opts) {
