@@ -624,8 +624,12 @@ async fn serve(server: Arc<Server>, mut sock: TcpStream) {
 /// How many clients may be connected at once: below the process's
 /// open-file limit, leaving room for the log's own files.
 fn max_clients() -> usize {
+    // rlim_t is u64 on Linux, i64 on FreeBSD.
+    fn to_u64<T: TryInto<u64>>(v: T) -> u64 {
+        v.try_into().unwrap_or(u64::MAX)
+    }
     let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map(|(soft, _)| soft)
+        .map(|(soft, _)| to_u64(soft))
         .unwrap_or(1024);
     let n = if soft > 2 * RESERVED_FDS { soft - RESERVED_FDS } else { soft / 2 };
     usize::try_from(n.clamp(1, CLIENTS_MAX)).unwrap_or(1)

@@ -61,8 +61,16 @@ impl Server {
             // between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
-                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
-                        .map_err(std::io::Error::from)
+                    // rlim_t is u64 on Linux, i64 on FreeBSD.
+                    fn lim<T: TryFrom<u64>>(n: u64) -> std::io::Result<T> {
+                        T::try_from(n).map_err(|_| std::io::Error::other("limit out of range"))
+                    }
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        lim(n)?,
+                        lim(n)?,
+                    )
+                    .map_err(std::io::Error::from)
                 });
             }
         }
@@ -517,13 +525,17 @@ fn large_answers_are_streamed_and_capped() {
         assert_eq!(read_reply(&mut c.reader).unwrap().len(), 64 << 10, "reply {i}");
     }
     send.join().unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap();
-    let peak_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    assert!(peak_kib < 64 << 10, "the server's peak memory reached {peak_kib} KiB");
+    // The server's peak resident memory (Linux's /proc).
+    #[cfg(target_os = "linux")]
+    {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap();
+        let peak_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        assert!(peak_kib < 64 << 10, "the server's peak memory reached {peak_kib} KiB");
+    }
     let mut mget = vec!["MGET"];
     mget.extend(std::iter::repeat_n("big", 1100));
     assert!(c.cmd(&mget).starts_with("ERR reply larger than"));
