@@ -237,6 +237,12 @@ impl Options {
     }
 
     /// How the io_uring backend syncs (default [`UringSync::Dsync`]).
+    ///
+    /// With `O_DIRECT`, `Dsync` is used only on file systems where the
+    /// kernel crash lab showed `RWF_DSYNC` direct writes durable (ext4 and
+    /// xfs); on others (btrfs lost acknowledged records this way in the lab)
+    /// the log uses `Fsync`. [`Wal::uring_sync`](crate::Wal::uring_sync)
+    /// says which one a log uses.
     pub fn uring_sync(mut self, mode: UringSync) -> Self {
         self.uring_sync = mode;
         self

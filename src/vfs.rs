@@ -181,11 +181,56 @@ impl Vfs {
             .map_err(|e| crate::Error::io(crate::IoOp::Spawn, "spawn_blocking", io::Error::other(e)))?
     }
 
+    /// Creates `dir` and any missing ancestors durably: after each
+    /// `mkdir` the parent is synced, so a power loss cannot take away a
+    /// directory that acknowledged records were later written into. (A
+    /// file system that commits a new directory's entry with the next
+    /// fsync of anything, like ext4's journal, hides a missing sync;
+    /// btrfs's log tree does not: the kernel crash lab found it there.)
     pub(crate) fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let mut missing = Vec::new();
+        let mut at = dir;
+        while !self.dir_exists(at)? {
+            missing.push(at);
+            match at.parent() {
+                Some(p) => at = p,
+                None => break,
+            }
+        }
+        for d in missing.into_iter().rev() {
+            match self.mkdir(d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && self.dir_exists(d)? => {}
+                Err(e) => return Err(e),
+            }
+            self.sync_dir_if_allowed(parent_of(d))?;
+        }
+        Ok(())
+    }
+
+    /// Whether `dir` is an existing directory; an error if it is something
+    /// else or cannot be looked at.
+    fn dir_exists(&self, dir: &Path) -> io::Result<bool> {
         match self {
-            Vfs::Os => fs::create_dir_all(dir),
+            Vfs::Os => match fs::metadata(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }) {
+                Ok(m) if m.is_dir() => Ok(true),
+                Ok(_) => Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a directory", dir.display()),
+                )),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(e),
+            },
             #[cfg(feature = "sim")]
-            Vfs::Sim(d) => d.create_dir_all(dir),
+            Vfs::Sim(d) => Ok(d.dir_exists(dir)),
+        }
+    }
+
+    fn mkdir(&self, dir: &Path) -> io::Result<()> {
+        match self {
+            Vfs::Os => fs::create_dir(dir),
+            #[cfg(feature = "sim")]
+            Vfs::Sim(d) => d.mkdir(dir),
         }
     }
 
@@ -203,6 +248,70 @@ impl Vfs {
             }
             #[cfg(feature = "sim")]
             Vfs::Sim(d) => d.try_lock(path).map(|g| g.map(DirLock::Sim)),
+        }
+    }
+
+    /// Syncs every directory on the path to `dir`, from its parent up to
+    /// the root of its file system: a process that died after a `mkdir`
+    /// (ours, or the application's `mkdir -p`) may have left a name on that
+    /// path in the page cache only, and records acknowledged into `dir`
+    /// must not vanish with it. Stops at a mount point (a name in another
+    /// file system is not this one's to lose). Costs a few clean-directory
+    /// syncs per open.
+    pub(crate) fn sync_path(&self, dir: &Path) -> io::Result<()> {
+        let mut at = dir;
+        while at.parent().is_some() && at != Path::new(".") {
+            let parent = parent_of(at);
+            if !self.same_file_system(at, parent) {
+                break;
+            }
+            self.sync_dir_if_allowed(parent)?;
+            at = parent;
+        }
+        Ok(())
+    }
+
+    /// Syncs directory `dir`, except where that cannot be done and is not
+    /// ours to do: a directory this process may not open (its owner made
+    /// what is below it), or a file system whose directories take no fsync
+    /// (EINVAL) or that is read-only (nothing there can change).
+    fn sync_dir_if_allowed(&self, dir: &Path) -> io::Result<()> {
+        match self.sync_dir(dir) {
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EROFS)) => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Whether `a` and its parent `b` are on one file system.
+    fn same_file_system(&self, a: &Path, b: &Path) -> bool {
+        match self {
+            Vfs::Os => {
+                use std::os::unix::fs::MetadataExt;
+                match (fs::metadata(a), fs::metadata(b)) {
+                    (Ok(x), Ok(y)) => x.dev() == y.dev(),
+                    _ => true,
+                }
+            }
+            #[cfg(feature = "sim")]
+            Vfs::Sim(_) => true,
+        }
+    }
+
+    /// The file system's magic number (`statfs`'s `f_type`) for `dir` on
+    /// Linux (0, matching no file system, if `statfs` fails); `None`
+    /// elsewhere and in the simulator.
+    pub(crate) fn fs_magic(&self, dir: &Path) -> Option<u64> {
+        match self {
+            #[cfg(target_os = "linux")]
+            Vfs::Os => Some(nix::sys::statfs::statfs(dir).map_or(0, |st| st.filesystem_type().0 as u64)),
+            #[cfg(not(target_os = "linux"))]
+            Vfs::Os => {
+                let _ = dir;
+                None
+            }
+            #[cfg(feature = "sim")]
+            Vfs::Sim(_) => None,
         }
     }
 
@@ -322,7 +431,9 @@ impl Vfs {
                 // why its docs tell callers not to keep records of retired
                 // segments. A file truncated by someone else under us is
                 // outside the contract (SIGBUS, as for any mmap).
-                unsafe { Mmap::map(&file) }.map(Mapped::Os)
+                let map = unsafe { Mmap::map(&file) }?;
+                populate(&map, &file)?;
+                Ok(Mapped::Os(map))
             }
             #[cfg(feature = "sim")]
             Vfs::Sim(d) => d.read_all(path).map(Mapped::Mem),
@@ -354,5 +465,44 @@ impl Vfs {
             #[cfg(feature = "sim")]
             Vfs::Sim(d) => d.random_u64(),
         }
+    }
+}
+
+/// Reads every page of a fresh mapping's file before anyone touches the
+/// mapping, so that a device that cannot read part of it (a media error,
+/// or a checksum failure on btrfs after writes were lost) is an `EIO` here,
+/// returned as such, and not a SIGBUS that kills the process where a byte
+/// of the mapping is first read. The kernel crash lab found that SIGBUS: a
+/// log reopened on btrfs after the device had dropped writes.
+///
+/// `pread` into a scratch buffer, which leaves the pages in the page cache
+/// for the mapping. Not `MADV_POPULATE_READ`: on Linux 6.1 it never
+/// returned on such a page (the lab's watchdog showed it waiting in
+/// `filemap_read_folio`). A page evicted afterwards and then unreadable
+/// can still raise SIGBUS: that is the nature of a mapping.
+fn populate(map: &Mmap, file: &File) -> io::Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    let len = map.len() as u64;
+    while at < len {
+        let n = file.read_at(&mut buf, at)?;
+        if n == 0 {
+            break; // truncated under us: what the mapping shows is the contract's concern
+        }
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// File systems (`statfs` magic, name) on which the kernel crash lab showed
+/// `O_DIRECT` writes carrying `RWF_DSYNC` durable once they complete.
+pub(crate) const DSYNC_DIRECT_VERIFIED: &[(u64, &str)] = &[(0xEF53, "ext4"), (0x5846_5342, "xfs")];
+
+/// The directory holding `path` (`.` for a bare relative name).
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        Some(_) => Path::new("."),
+        None => path,
     }
 }

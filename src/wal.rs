@@ -310,6 +310,15 @@ impl Wal {
         self.handle.core.opts.direct
     }
 
+    /// How the io_uring backend makes batches durable in this log: the
+    /// configured [`UringSync`](crate::UringSync), except that `Dsync` with
+    /// `O_DIRECT` becomes `Fsync` on file systems where `RWF_DSYNC` direct
+    /// writes are not verified durable (see [`Options::uring_sync`]).
+    /// Meaningless for other backends.
+    pub fn uring_sync(&self) -> crate::UringSync {
+        self.handle.core.opts.uring_sync
+    }
+
     /// The log directory.
     pub fn dir(&self) -> &Path {
         self.handle.core.dir()
@@ -384,7 +393,12 @@ fn recover(dir: &Path, mut opts: Options) -> Result<(Start, RecoveryReport, Opti
         vfs.create_dir_all(dir).map_err(|e| Error::io(IoOp::CreateDir, dir, e))?;
     }
     let held = HeldLock::new(segment::lock_dir(vfs, dir)?);
+    // The directory's own name, or an ancestor's, may not be durable yet (a
+    // process died between a `mkdir` and syncing its parent): records
+    // acknowledged into it must not vanish with it.
+    vfs.sync_path(dir).map_err(|e| Error::io(IoOp::SyncDir, dir, e))?;
     opts.direct = resolve_direct_io(dir, &opts)?;
+    opts.uring_sync = resolve_uring_sync(dir, &opts);
     opts.lio_probe = io::probe_lio(&opts, dir);
     // An explicit lio that cannot work is refused before recovery writes
     // anything (copy-forward, removals).
@@ -428,6 +442,38 @@ fn resolve_direct_io(dir: &Path, opts: &Options) -> Result<bool> {
         DirectIo::On => {
             probe().map(|()| true).map_err(|reason| Error::InvalidOption { name: "direct_io", reason })
         }
+    }
+}
+
+/// `RWF_DSYNC` on an `O_DIRECT` write asks the file system to make the
+/// write durable with no separate sync: a FUA write when the blocks are
+/// allocated and written, a sync of the mapping otherwise. The kernel crash
+/// lab (lab/README.md) showed ext4 and xfs keeping that promise and btrfs
+/// breaking it (Debian's 6.1: the io_uring writes were acknowledged, and
+/// after a power loss the segment held the old zeroes, because btrfs copies
+/// the overwrite to a new extent whose mapping nothing synced). So
+/// [`UringSync::Dsync`](crate::UringSync) applies to `O_DIRECT` only on the
+/// file systems the lab verified; elsewhere the batch is followed by an
+/// `fdatasync` ([`UringSync::Fsync`](crate::UringSync)), which every file
+/// system honours. Buffered `RWF_DSYNC` writes go through the file system's
+/// own fsync and keep `Dsync` everywhere.
+fn resolve_uring_sync(dir: &Path, opts: &Options) -> crate::UringSync {
+    use crate::UringSync;
+    if opts.uring_sync == UringSync::Fsync || !opts.direct {
+        return opts.uring_sync;
+    }
+    match opts.vfs.fs_magic(dir) {
+        Some(m) if crate::vfs::DSYNC_DIRECT_VERIFIED.iter().any(|(magic, _)| *magic == m) => UringSync::Dsync,
+        Some(m) => {
+            tracing::info!(
+                "aiowal: {} is on a file system (magic {m:#x}) where O_DIRECT RWF_DSYNC writes are not verified \
+                 durable; syncing each batch with fdatasync instead",
+                dir.display()
+            );
+            UringSync::Fsync
+        }
+        // Not a real file system (the simulator): its writes mean what they say.
+        None => opts.uring_sync,
     }
 }
 

@@ -645,6 +645,54 @@ fn process_crash_before_dir_sync_then_power_loss() {
     assert!(points >= 16, "{points}");
 }
 
+/// The log's directory and its parent are created by `open`; a process
+/// dies right after one of those `mkdir`s (before anything syncs the
+/// parent), the next process opens the log and acknowledges records, then
+/// the power fails. The acknowledged records must survive: a directory's
+/// name is as volatile as a file's until its parent is synced (the kernel
+/// crash lab found a store emptied this way on btrfs).
+#[test]
+fn new_directories_survive_power_loss() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut points = 0;
+    for seed in 0..6u64 {
+        for k in 0..2u64 {
+            rt.block_on(async {
+                let disk = SimDisk::new(seed);
+                let made = Arc::new(AtomicU64::new(0));
+                let m = Arc::clone(&made);
+                let mut just_made = false;
+                disk.crash_when(move |op| {
+                    let hit = just_made && m.load(Ordering::SeqCst) == k + 1;
+                    just_made = op.kind == IoOp::CreateDir;
+                    if just_made {
+                        m.fetch_add(1, Ordering::SeqCst);
+                    }
+                    hit
+                });
+                let checker = Arc::new(Mutex::new(Checker::new()));
+                assert!(
+                    Wal::open(DIR, named_opts().sim(&disk)).await.is_err(),
+                    "seed {seed}: open survived its crash"
+                );
+                assert!(disk.crashed(), "seed {seed}, mkdir {k}: no crash");
+                points += 1;
+                let disk = disk.restart_process();
+                let wal = Wal::open(DIR, named_opts().sim(&disk)).await.unwrap();
+                for i in 0..20u32 {
+                    append_checked(&wal, &checker, &[format!("after {i}")], false).await.unwrap();
+                }
+                drop(wal);
+                let disk = disk.restart();
+                let wal = Wal::open(DIR, named_opts().sim(&disk)).await.unwrap();
+                let check = checker.lock().unwrap().check(&wal);
+                check.unwrap_or_else(|v| panic!("seed {seed}, crash after mkdir {k}: {v}"));
+            });
+        }
+    }
+    assert_eq!(points, 12);
+}
+
 // ---- Crashes and faults during open ----
 
 /// A log left by a killed process (so `open` has a tail to deal with), then

@@ -69,6 +69,45 @@ impl Drop for FaultFs {
     }
 }
 
+/// A segment the device cannot read: recovery maps segments, and a read
+/// error through a mapping is a SIGBUS that kills the process (the kernel
+/// crash lab hit it on btrfs after dropped writes). `open` must return a
+/// typed error naming the file instead; once the device reads again, the
+/// log opens with every record.
+#[test]
+#[ignore = "needs root, FUSE (fuse, libfuse2) and python3-fusepy: scripts/test installs them and runs it"]
+fn unreadable_segment_is_an_error_not_a_crash() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let fs = FaultFs::mount();
+        let log = fs.mnt.join("log");
+        let opts = small(Backend::Threaded).segment_bytes(128 << 10).batch_bytes_max(16 << 10);
+        let wal = Wal::open(&log, opts.clone()).await.unwrap();
+        for i in 0..50u64 {
+            wal.append(&record(1, i, 100)).await.unwrap();
+        }
+        wal.close().await.unwrap();
+        let flag = fs.backing.join(".fail-read");
+        std::fs::write(&flag, b"").unwrap();
+        // Nothing of the segments may come from the page cache.
+        std::fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+        match Wal::open(&log, opts.clone()).await {
+            Err(Error::Io { source, path, .. }) => {
+                assert_eq!(source.raw_os_error(), Some(5), "{source}");
+                assert!(path.to_string_lossy().ends_with(".wal"), "{}", path.display());
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(_) => panic!("opened a log whose segments cannot be read"),
+        }
+        assert!(aiowal::verify(&log, &opts).is_err());
+        std::fs::remove_file(&flag).unwrap();
+        let wal = Wal::open(&log, opts).await.unwrap();
+        let n = wal.read_from(Lsn::FIRST).unwrap().count();
+        assert_eq!(n, 50);
+        wal.close().await.unwrap();
+    });
+}
+
 fn is_eio(e: &Error) -> bool {
     matches!(e, Error::Poisoned { cause, .. } if cause.raw_os_error() == Some(5))
 }

@@ -156,16 +156,23 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store in `dir`: snapshot, then log replay.
     pub async fn open(dir: impl AsRef<Path>) -> Result<Store, StoreError> {
-        let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(&dir)?;
-        let (entries, snapshot_lsn) = load_snapshot(&dir.join(SNAPSHOT))?;
-        let snapshot_keys = entries.len();
-        let mut map = Map { entries, cleared_at: 0 };
         // 4 MiB segments: the log preallocates its current segment and the
         // next one, so a small store takes about 8 MiB on disk instead of
         // the 128 MiB of the default 64 MiB segments. (A store that writes
         // more than a few MB/s wants larger ones: fewer segment switches.)
-        let wal = Wal::open(dir.join("wal"), Options::default().segment_bytes(4 << 20)).await?;
+        Store::open_with(dir, Options::default().segment_bytes(4 << 20)).await
+    }
+
+    /// [`Store::open`] with the log's options chosen by the caller.
+    pub async fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Store, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        // Not synced here: `Wal::open` below makes every directory on the
+        // path to its log durable, this one included.
+        fs::create_dir_all(&dir)?;
+        let (entries, snapshot_lsn) = load_snapshot(&dir.join(SNAPSHOT))?;
+        let snapshot_keys = entries.len();
+        let mut map = Map { entries, cleared_at: 0 };
+        let wal = Wal::open(dir.join("wal"), options).await?;
         let mut replayed = 0;
         for rec in wal.read_from(Lsn::new(snapshot_lsn + 1))? {
             let rec = rec?;

@@ -226,18 +226,51 @@ pub(crate) struct Start {
     pub entry: Arc<DirEntry>,
 }
 
+/// A salt that differs between incarnations of a log. It need not be
+/// secret or uniform, only different, so it never waits for the kernel's
+/// random pool: on a machine booted moments ago without a hardware random
+/// source (a VM, early boot) a blocking `getrandom` can stall `open` for
+/// minutes (the kernel crash lab found exactly that). The kernel's bytes
+/// are used when it gives them without waiting, mixed with the clock, the
+/// process and a counter in every case.
 pub(crate) fn random_salt() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    let mut x = t
+        ^ u64::from(std::process::id()).rotate_left(32)
+        ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= nonblocking_random().unwrap_or(0);
+    // A finaliser (splitmix64) so that close clocks give distant salts.
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// Eight bytes from the kernel, if it has them without blocking.
+#[cfg(any(target_os = "linux", target_os = "freebsd"))]
+fn nonblocking_random() -> Option<u64> {
     let mut b = [0u8; 8];
-    // A failing OS random source is not worth refusing writes over: fall back
-    // to a clock-derived salt, which still differs between incarnations.
-    if getrandom::fill(&mut b).is_err() {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        b = (t as u64 ^ u64::from(std::process::id()).rotate_left(32)).to_le_bytes();
+    #[cfg(target_os = "linux")]
+    let flags = [libc::GRND_INSECURE, libc::GRND_NONBLOCK];
+    #[cfg(target_os = "freebsd")]
+    let flags = [libc::GRND_NONBLOCK];
+    for f in flags {
+        // SAFETY: the buffer is valid for its length; the flags never block.
+        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), f) };
+        if n == b.len() as isize {
+            return Some(u64::from_le_bytes(b));
+        }
     }
-    u64::from_le_bytes(b)
+    None
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "freebsd")))]
+fn nonblocking_random() -> Option<u64> {
+    None
 }
 
 // A return value moved once per append: boxing the batch would allocate per batch.

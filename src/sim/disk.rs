@@ -32,21 +32,39 @@ struct Inode {
 /// A change to a directory entry since the directory's last sync.
 #[derive(Debug, Clone)]
 enum DirOp {
-    Link { path: PathBuf, ino: usize },
-    Unlink { path: PathBuf },
-    Rename { from: PathBuf, to: PathBuf },
+    Link {
+        path: PathBuf,
+        ino: usize,
+    },
+    Unlink {
+        path: PathBuf,
+    },
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+    },
+    /// A directory created in its parent.
+    Mkdir {
+        path: PathBuf,
+    },
 }
 
 impl DirOp {
+    /// The directory whose sync makes this change durable (`.` for a bare
+    /// relative name, as the log syncs it).
     fn dir(&self) -> Option<&Path> {
-        match self {
-            DirOp::Link { path, .. } | DirOp::Unlink { path } => path.parent(),
+        let parent = match self {
+            DirOp::Link { path, .. } | DirOp::Unlink { path } | DirOp::Mkdir { path } => path.parent(),
             DirOp::Rename { to, .. } => to.parent(),
-        }
+        };
+        parent.map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
     }
 
-    fn apply(&self, names: &mut BTreeMap<PathBuf, usize>) {
+    fn apply(&self, names: &mut BTreeMap<PathBuf, usize>, dirs: &mut BTreeSet<PathBuf>) {
         match self {
+            DirOp::Mkdir { path } => {
+                dirs.insert(path.clone());
+            }
             DirOp::Link { path, ino } => {
                 names.insert(path.clone(), *ino);
             }
@@ -86,7 +104,10 @@ pub(crate) struct Disk {
     names: BTreeMap<PathBuf, usize>,
     durable_names: BTreeMap<PathBuf, usize>,
     dir_log: Vec<DirOp>,
+    /// Directories as the process sees them.
     dirs: BTreeSet<PathBuf>,
+    /// Directories whose entry in their parent survives a power loss.
+    durable_dirs: BTreeSet<PathBuf>,
     locks: BTreeSet<PathBuf>,
     ops: u64,
     crash_at: Option<u64>,
@@ -98,6 +119,12 @@ pub(crate) struct Disk {
     capacity_bytes: Option<u64>,
     pub latency: Option<Duration>,
     pub stats: SimStats,
+}
+
+/// The directories that always exist: the root and the current directory
+/// (`""` is a bare name's parent, `.` what the log syncs for it).
+fn roots() -> BTreeSet<PathBuf> {
+    [PathBuf::from("/"), PathBuf::new(), PathBuf::from(".")].into_iter().collect()
 }
 
 fn power_loss() -> io::Error {
@@ -117,7 +144,8 @@ impl Disk {
             names: BTreeMap::new(),
             durable_names: BTreeMap::new(),
             dir_log: Vec::new(),
-            dirs: BTreeSet::new(),
+            dirs: roots(),
+            durable_dirs: roots(),
             locks: BTreeSet::new(),
             ops: 0,
             crash_at: None,
@@ -233,11 +261,20 @@ impl Disk {
         fired
     }
 
-    pub(crate) fn create_dir_all(&mut self, dir: &Path) -> io::Result<()> {
+    /// Whether `dir` exists (as the process sees it).
+    pub(crate) fn dir_exists(&self, dir: &Path) -> bool {
+        self.dirs.contains(dir)
+    }
+
+    /// Creates one directory in an existing parent. Like a file's name,
+    /// its entry survives a power loss only once the parent is synced.
+    pub(crate) fn mkdir(&mut self, dir: &Path) -> io::Result<()> {
         self.meta_op(IoOp::CreateDir, dir)?;
-        for d in dir.ancestors() {
-            self.dirs.insert(d.to_path_buf());
+        self.check_dir(dir)?;
+        if !self.dirs.insert(dir.to_path_buf()) {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{}: exists", dir.display())));
         }
+        self.dir_log.push(DirOp::Mkdir { path: dir.to_path_buf() });
         Ok(())
     }
 
@@ -267,7 +304,7 @@ impl Disk {
         let log = std::mem::take(&mut self.dir_log);
         for op in log {
             if op.dir() == Some(dir) {
-                op.apply(&mut self.durable_names);
+                op.apply(&mut self.durable_names, &mut self.durable_dirs);
             } else {
                 self.dir_log.push(op);
             }
@@ -323,6 +360,7 @@ impl Disk {
     pub(crate) fn put_file(&mut self, path: &Path, bytes: &[u8]) {
         if let Some(dir) = path.parent() {
             self.dirs.extend(dir.ancestors().map(Path::to_path_buf));
+            self.durable_dirs.extend(dir.ancestors().map(Path::to_path_buf));
         }
         let ino = self.inodes.len();
         self.inodes.push(Inode { data: bytes.to_vec(), durable: bytes.to_vec(), pending: Vec::new() });
@@ -451,7 +489,8 @@ impl Disk {
         let (inodes, names, durable_names) =
             (self.inodes.clone(), self.names.clone(), self.durable_names.clone());
         let dir_log = self.dir_log.clone();
-        self.successor(inodes, names, durable_names, dir_log)
+        let dirs = (self.dirs.clone(), self.durable_dirs.clone());
+        self.successor(inodes, names, durable_names, dir_log, dirs)
     }
 
     /// What the disk holds after the power comes back (see DESIGN.md §5).
@@ -462,13 +501,19 @@ impl Disk {
             }
         }
         let mut names = self.durable_names.clone();
+        let mut dirs = self.durable_dirs.clone();
         for op in &self.dir_log {
             if self.rng.below(2) == 0 {
-                op.apply(&mut names);
+                op.apply(&mut names, &mut dirs);
             } else {
                 self.stats.dir_ops_lost += 1;
             }
         }
+        // A directory whose own entry (or an ancestor's) was lost is gone
+        // with everything in it.
+        let reachable = |d: &Path, dirs: &BTreeSet<PathBuf>| d.ancestors().all(|a| dirs.contains(a));
+        let dirs: BTreeSet<PathBuf> = dirs.iter().filter(|d| reachable(d, &dirs)).cloned().collect();
+        names.retain(|p, _| p.parent().is_some_and(|d| dirs.contains(d)));
         let mut inodes = Vec::new();
         let mut renumber = BTreeMap::new();
         let mut out_names = BTreeMap::new();
@@ -480,7 +525,7 @@ impl Disk {
             });
             out_names.insert(path, new);
         }
-        self.successor(inodes, out_names.clone(), out_names, Vec::new())
+        self.successor(inodes, out_names.clone(), out_names, Vec::new(), (dirs.clone(), dirs))
     }
 
     /// The disk after a restart, holding these files: same seed, directories,
@@ -491,11 +536,12 @@ impl Disk {
         names: BTreeMap<PathBuf, usize>,
         durable_names: BTreeMap<PathBuf, usize>,
         dir_log: Vec<DirOp>,
+        (dirs, durable_dirs): (BTreeSet<PathBuf>, BTreeSet<PathBuf>),
     ) -> Disk {
         let mut next = Disk::new(self.seed);
         next.rng = Rng::new(self.rng.next_u64());
         (next.inodes, next.names, next.durable_names, next.dir_log) = (inodes, names, durable_names, dir_log);
-        next.dirs = self.dirs.clone();
+        (next.dirs, next.durable_dirs) = (dirs, durable_dirs);
         (next.capacity_bytes, next.latency) = (self.capacity_bytes, self.latency);
         next.stats = self.stats;
         next.stats.restarts += 1;

@@ -18,15 +18,15 @@
 //!   the writes after it; each of those is kept whole, lost, or torn at
 //!   512-byte sectors, a torn sector holding the old bytes, the new bytes or
 //!   garbage; a write the crash interrupted counts as one of them;
-//! * each directory change (create, rename, remove) since the directory's
-//!   last sync survives or vanishes independently of the others;
+//! * each directory change (create, rename, remove, and `mkdir`) since the
+//!   directory's last sync survives or vanishes independently of the
+//!   others; a directory whose own name vanished takes everything under it;
 //! * when a sync fails, each write it should have covered is settled at
 //!   once as a crash would settle it (whole, lost or torn) and is never
 //!   written again, while reads keep returning its new bytes: Linux marks
 //!   such pages clean after a writeback error.
 //!
-//! Directories themselves are created durably, and a file created over an
-//! existing name gets a new inode. Faults on demand ([`Fault`]): EIO on the
+//! A file created over an existing name gets a new inode. Faults on demand ([`Fault`]): EIO on the
 //! k-th write or sync, ENOSPC past a capacity, short writes, added latency.
 //! Writes through a file opened with `O_DIRECT` must be 512-byte aligned in
 //! offset, length and memory, or fail with EINVAL, as on Linux.
@@ -353,8 +353,12 @@ impl SimDisk {
         self.lock().latency
     }
 
-    pub(crate) fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        self.lock().create_dir_all(dir)
+    pub(crate) fn mkdir(&self, dir: &Path) -> io::Result<()> {
+        self.lock().mkdir(dir)
+    }
+
+    pub(crate) fn dir_exists(&self, dir: &Path) -> bool {
+        self.lock().dir_exists(dir)
     }
 
     pub(crate) fn try_lock(&self, path: &Path) -> io::Result<Option<LockGuard>> {

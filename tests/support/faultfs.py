@@ -6,7 +6,9 @@
 Everything is passed through to BACKING_DIR, except that while the file
 BACKING_DIR/.fail-sync exists, fsync/fdatasync (and the syncs the kernel
 issues for O_DSYNC writes) return EIO, and while BACKING_DIR/.fail-write
-exists, writes return EIO. The control files are not visible through the
+exists, writes return EIO, and while BACKING_DIR/.fail-read exists, reads
+of segment files (*.wal) return EIO, as a device with a media error or a
+file system whose checksums failed would. The control files are not visible through the
 mount. Used by tests/sync_failure.rs to make the kernel report a failed
 sync to aiowal through a real file system path. Runs in the foreground
 until unmounted.
@@ -20,7 +22,7 @@ try:  # fusepy from PyPI installs the module as `fuse`...
 except ImportError:  # ...Debian's python3-fusepy as `fusepy`.
     from fusepy import FUSE, FuseOSError, Operations
 
-CONTROL = (".fail-sync", ".fail-write")
+CONTROL = (".fail-sync", ".fail-write", ".fail-read")
 
 
 class FaultFS(Operations):
@@ -77,6 +79,8 @@ class FaultFS(Operations):
         return os.open(self._p(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
 
     def read(self, path, size, offset, fh):
+        if self._failing("read") and path.endswith(".wal"):
+            raise FuseOSError(errno.EIO)
         return os.pread(fh, size, offset)
 
     def write(self, path, data, offset, fh):
