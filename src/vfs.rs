@@ -411,8 +411,15 @@ impl Vfs {
         }
     }
 
-    /// The file's bytes, read-only. This is aiowal's one mmap site.
-    pub(crate) fn map(&self, path: &Path) -> io::Result<Mapped> {
+    /// The file's bytes, read-only. This is aiowal's one mmap site. With
+    /// `check`, every page is read first ([`populate`]), so that an
+    /// unreadable one is an error here instead of a SIGBUS later: recovery
+    /// (`open`, `verify`, `dump`, `repair`) asks for it, since it reads
+    /// every segment anyway. Readers do not (a read of the newest records
+    /// must not copy a whole segment): the segments they map were checked
+    /// by the open that found them or written by this process, so a SIGBUS
+    /// there needs a page evicted and then unreadable.
+    pub(crate) fn map(&self, path: &Path, check: bool) -> io::Result<Mapped> {
         match self {
             Vfs::Os => {
                 let file = File::open(path)?;
@@ -432,11 +439,16 @@ impl Vfs {
                 // segments. A file truncated by someone else under us is
                 // outside the contract (SIGBUS, as for any mmap).
                 let map = unsafe { Mmap::map(&file) }?;
-                populate(&map, &file)?;
+                if check {
+                    populate(&map, &file)?;
+                }
                 Ok(Mapped::Os(map))
             }
             #[cfg(feature = "sim")]
-            Vfs::Sim(d) => d.read_all(path).map(Mapped::Mem),
+            Vfs::Sim(d) => {
+                let _ = check;
+                d.read_all(path).map(Mapped::Mem)
+            }
         }
     }
 

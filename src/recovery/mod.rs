@@ -56,9 +56,10 @@ use crate::segment;
 use crate::vfs::{Mapped, Vfs};
 use walk::{Proof, Step, Stop, Walker};
 
-/// A segment's bytes, read-only (mapped, or the simulator's copy).
+/// A segment's bytes, read-only (mapped, or the simulator's copy), every
+/// page read once so that an unreadable one is an error, not a SIGBUS.
 pub(crate) fn map(vfs: &Vfs, path: &Path) -> Result<Mapped> {
-    vfs.map(path).map_err(|e| Error::io(IoOp::Map, path, e))
+    vfs.map(path, true).map_err(|e| Error::io(IoOp::Map, path, e))
 }
 
 /// What a segment knows about itself after the scan.
@@ -825,9 +826,10 @@ pub(crate) fn copy_records(
     Ok(())
 }
 
-/// Opens a mapped segment as shared for readers.
+/// Opens a mapped segment as shared for readers (not read in first: see
+/// `Vfs::map`).
 pub(crate) fn map_shared(vfs: &Vfs, path: &Path) -> Result<Arc<Mapped>> {
-    map(vfs, path).map(Arc::new)
+    vfs.map(path, false).map(Arc::new).map_err(|e| Error::io(IoOp::Map, path, e))
 }
 
 #[cfg(test)]
