@@ -513,6 +513,7 @@ async fn append_workload(
     let _ = checkpointer.await;
     let acks = std::mem::take(&mut *acks.lock().unwrap());
     write_acks(ACKS, &acks, phase > 1)?;
+    say!("phase {phase}: at the end: {}", describe(Path::new(dir), &spec.options()));
     say!(
         "phase {phase}: {} records acknowledged, durable LSN {}, {} truncations, newest segment #{}",
         acks.len(),
@@ -543,8 +544,7 @@ fn newest_segment(dir: &str) -> u64 {
 /// What the log does, as opposed to what it was asked to do (the uring
 /// backend may sync with fdatasync where RWF_DSYNC is not trusted).
 fn io_mode(wal: &Wal) -> String {
-    let sync =
-        if wal.backend_name() == "uring" { format!(", {:?}", wal.uring_sync()) } else { String::new() };
+    let sync = wal.uring_sync().map(|s| format!(", {s:?}")).unwrap_or_default();
     format!("backend {}{sync}, O_DIRECT {}", wal.backend_name(), wal.direct_io())
 }
 
@@ -616,6 +616,12 @@ async fn flakey_workload(
             }
         }
     }
+    if !fails && acks.len() < (2 * appends / 3) as usize {
+        // The log failed while the device dropped writes: heal it anyway,
+        // so the reopen and the remount run on a healthy device.
+        switch("")?;
+        say!("device healthy again, after the log failed");
+    }
     write_acks(ACKS, &acks, false)?;
     match (&failed, fails) {
         (Some(e), true) => say!("log failed as it must: {e}"),
@@ -654,10 +660,15 @@ async fn reopen_workload(dir: &str, spec: &BackendSpec, workload: Workload) -> R
         Err(e @ aiowal::Error::Corrupt { .. }) if workload != Workload::FlakeyDrop => {
             return Err(format!("reopen on the same mount called the log corrupt: {e}"));
         }
-        Err(e) => {
+        // The file system refusing (shut down, read-only, unreadable after
+        // the errors) is reported; anything else from aiowal is a failure.
+        Err(
+            e @ (aiowal::Error::Io { .. } | aiowal::Error::NoSpace { .. } | aiowal::Error::Corrupt { .. }),
+        ) => {
             say!("reopen on the same mount refused: {e}");
             return Ok(());
         }
+        Err(e) => return Err(format!("reopen on the same mount: {e}")),
     };
     let acks = read_acks(ACKS)?;
     let mut got = BTreeMap::new();
@@ -769,7 +780,7 @@ fn check_log(dir: &Path, opts: &Options, e: &Expect<'_>) -> Res<u64> {
                         );
                         return Err(format!(
                             "{}acknowledged LSN {lsn} lost (recovered {}..{}, verify said {:?})",
-                            if reported { "detected: cut reported: " } else { "" },
+                            if reported { "detected: torn-tail cut reported by recovery: " } else { "" },
                             first,
                             next.saturating_sub(1),
                             report.stop
@@ -836,7 +847,22 @@ fn describe(root: &Path, opts: &Options) -> String {
                     {
                         logs.push(p.parent().unwrap_or(d).to_path_buf());
                     }
-                    out.push(format!("{} {}", p.display(), m.len()));
+                    // A segment's header and where its written bytes end.
+                    let seg = std::fs::read(&p)
+                        .ok()
+                        .filter(|_| p.to_string_lossy().contains(".wal"))
+                        .map(|b| {
+                            let used = b.iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);
+                            match aiowal::format::SegmentHeader::decode(&b) {
+                                Ok(h) => format!(
+                                    " [seq {} first LSN {} flags {} data to {used}]",
+                                    h.sequence, h.first_lsn, h.flags
+                                ),
+                                Err(e) => format!(" [no header: {e}; data to {used}]"),
+                            }
+                        })
+                        .unwrap_or_default();
+                    out.push(format!("{} {}{seg}", p.display(), m.len()));
                 }
                 Err(err) => out.push(format!("{}: {err}", p.display())),
             }
@@ -851,7 +877,7 @@ fn describe(root: &Path, opts: &Options) -> String {
         }
     }
     let s = out.join("; ");
-    if s.chars().count() > 2000 { format!("{}...", s.chars().take(2000).collect::<String>()) } else { s }
+    if s.chars().count() > 4000 { format!("{}...", s.chars().take(4000).collect::<String>()) } else { s }
 }
 
 /// Mounts a snapshot of the replay device (so the file system's journal
@@ -985,6 +1011,20 @@ fn replay(job: &Job, acks: &BTreeMap<u64, Ack>, scale: Scale) -> Res<()> {
                         expect.acked,
                         expect.truncated
                     );
+                    // The write log around the point, to tell what the
+                    // device had been sent and flushed when.
+                    let lo = p.saturating_sub(25);
+                    let hi = (next + 8).min(log.entries.len());
+                    for (i, en) in log.entries.iter().enumerate().take(hi).skip(lo) {
+                        say!(
+                            "  entry {i}{}: flags {:#x} sector {} blocks {}{}",
+                            if i == p { " (the point)" } else { "" },
+                            en.flags,
+                            en.sector,
+                            en.blocks,
+                            en.mark.as_deref().map(|m| format!(" mark {m}")).unwrap_or_default()
+                        );
+                    }
                 }
             }
         }

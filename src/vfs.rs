@@ -259,7 +259,15 @@ impl Vfs {
     /// file system is not this one's to lose). Costs a few clean-directory
     /// syncs per open.
     pub(crate) fn sync_path(&self, dir: &Path) -> io::Result<()> {
-        let mut at = dir;
+        // The real path: a relative one has the working directory's
+        // ancestors too, `..` is not an ancestor, and through a symlink
+        // the entry that matters is the target's.
+        let real = match self {
+            Vfs::Os => fs::canonicalize(dir)?,
+            #[cfg(feature = "sim")]
+            Vfs::Sim(_) => dir.to_path_buf(),
+        };
+        let mut at = real.as_path();
         while at.parent().is_some() && at != Path::new(".") {
             let parent = parent_of(at);
             if !self.same_file_system(at, parent) {

@@ -310,13 +310,13 @@ impl Wal {
         self.handle.core.opts.direct
     }
 
-    /// How the io_uring backend makes batches durable in this log: the
-    /// configured [`UringSync`](crate::UringSync), except that `Dsync` with
-    /// `O_DIRECT` becomes `Fsync` on file systems where `RWF_DSYNC` direct
-    /// writes are not verified durable (see [`Options::uring_sync`]).
-    /// Meaningless for other backends.
-    pub fn uring_sync(&self) -> crate::UringSync {
-        self.handle.core.opts.uring_sync
+    /// How the io_uring backend makes batches durable in this log (`None`
+    /// when the log runs another backend): the configured
+    /// [`UringSync`](crate::UringSync), except that `Dsync` with `O_DIRECT`
+    /// becomes `Fsync` on file systems where `RWF_DSYNC` direct writes are
+    /// not verified durable (see [`Options::uring_sync`]).
+    pub fn uring_sync(&self) -> Option<crate::UringSync> {
+        (self.backend_name() == "uring").then_some(self.handle.core.opts.uring_sync)
     }
 
     /// The log directory.
