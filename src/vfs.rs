@@ -181,11 +181,11 @@ impl Vfs {
             .map_err(|e| crate::Error::io(crate::IoOp::Spawn, "spawn_blocking", io::Error::other(e)))?
     }
 
-    /// Creates `dir` and any missing ancestors durably: after each
-    /// `mkdir` the parent is synced, so a power loss cannot take away a
-    /// directory that acknowledged records were later written into. (A
-    /// file system that commits a new directory's entry with the next
-    /// fsync of anything, like ext4's journal, hides a missing sync;
+    /// Creates `dir` and any missing ancestors. Not durable by itself: the
+    /// new names are in their parents' page cache until [`Vfs::sync_path`]
+    /// (which `open` runs on every log directory, new or not) syncs every
+    /// directory on the path. (ext4's journal commits a new directory's
+    /// entry with the next fsync of anything and so hides a missing sync;
     /// btrfs's log tree does not: the kernel crash lab found it there.)
     pub(crate) fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         let mut missing = Vec::new();
@@ -203,7 +203,6 @@ impl Vfs {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && self.dir_exists(d)? => {}
                 Err(e) => return Err(e),
             }
-            self.sync_dir_if_allowed(parent_of(d))?;
         }
         Ok(())
     }

@@ -393,9 +393,9 @@ fn recover(dir: &Path, mut opts: Options) -> Result<(Start, RecoveryReport, Opti
         vfs.create_dir_all(dir).map_err(|e| Error::io(IoOp::CreateDir, dir, e))?;
     }
     let held = HeldLock::new(segment::lock_dir(vfs, dir)?);
-    // The directory's own name, or an ancestor's, may not be durable yet (a
-    // process died between a `mkdir` and syncing its parent): records
-    // acknowledged into it must not vanish with it.
+    // The directory's own name, or an ancestor's, may not be durable yet
+    // (just created above, or by a process that died before syncing its
+    // parent): records acknowledged into it must not vanish with it.
     vfs.sync_path(dir).map_err(|e| Error::io(IoOp::SyncDir, dir, e))?;
     opts.direct = resolve_direct_io(dir, &opts)?;
     opts.uring_sync = resolve_uring_sync(dir, &opts);
