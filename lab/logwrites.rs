@@ -7,9 +7,19 @@
 //! size); entries follow from block 1, each one block holding a
 //! `log_write_entry` (sector, number of sectors, flags, data length) and,
 //! for a mark, the mark's text; a write's data follows its entry block.
-//! Blocks are the logged device's logical block size. Writes are logged
-//! only once a flush made them durable (or at once for FUA), in completion
-//! order, so the log describes what the device held at every flush.
+//! Blocks are the logged device's logical block size.
+//!
+//! The lab runs dm-log-writes with `lab/dm-log-writes-submit.patch`: when a
+//! flush is submitted, every write that completed before it (the writes it
+//! covers) is logged, then a SUBMIT entry whose `sector` numbers the flush;
+//! when the flush completes, its FLUSH entry is logged with the same number.
+//! FUA writes are logged when they complete. So the device's durable state
+//! at a FLUSH or FUA entry is every entry before the newest SUBMIT whose
+//! flush has completed, plus the FUA writes completed since; the writes
+//! between are completed but not yet covered, and may or may not be there.
+//! (Stock dm-log-writes logs a flush's writes when the flush completes:
+//! with overlapping flushes, a flush submitted after a write completed could
+//! be logged before that write, and a replay at it missed a durable write.)
 
 use std::fs::File;
 use std::io;
@@ -24,6 +34,8 @@ pub const FLUSH: u64 = 1 << 0;
 pub const FUA: u64 = 1 << 1;
 pub const DISCARD: u64 = 1 << 2;
 pub const MARK: u64 = 1 << 3;
+/// A flush was submitted (the lab's patch): `sector` numbers it.
+pub const SUBMIT: u64 = 1 << 5;
 
 /// One entry of the log.
 #[derive(Debug, Clone)]
@@ -48,7 +60,13 @@ impl Entry {
 
     /// A write with data (not a mark, not a discard, not an empty flush).
     pub fn is_write(&self) -> bool {
-        self.flags & (MARK | DISCARD) == 0 && self.blocks > 0
+        self.flags & (MARK | DISCARD | SUBMIT) == 0 && self.blocks > 0
+    }
+
+    /// The number of the flush this entry submits (SUBMIT) or completes
+    /// (an empty FLUSH).
+    pub fn flush_number(&self) -> Option<u64> {
+        (self.flags & (SUBMIT | FLUSH) != 0 && self.blocks == 0).then_some(self.sector)
     }
 }
 
@@ -92,7 +110,7 @@ impl Log {
             };
             at += block;
             let data_at = at;
-            if flags & DISCARD == 0 && flags & MARK == 0 {
+            if flags & (DISCARD | MARK | SUBMIT) == 0 {
                 at = blocks
                     .checked_mul(block)
                     .and_then(|n| at.checked_add(n))

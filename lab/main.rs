@@ -5,10 +5,11 @@
 //! A power-loss job runs a workload on a file system over a `dm-log-writes`
 //! target, which logs every write the kernel sends to the device. The
 //! workload marks the log with what it has acknowledged (`a<LSN>`) and with
-//! every truncation it starts (`t<LSN>`). The replayer then rebuilds the
-//! device at every flush or FUA point of the log, and at a sample of points
-//! with a random subset of the writes the next flush would have made
-//! durable; at each it mounts a throwaway snapshot (the file system replays
+//! every truncation it starts (`t<LSN>`). The replayer then rebuilds, at
+//! every flush or FUA point of the log, what the device must hold there
+//! (the writes that completed flushes and FUA writes made durable, nothing
+//! more: see logwrites.rs), and at a sample of points adds a random subset
+//! of the writes sent but not yet durable; at each it mounts a throwaway snapshot (the file system replays
 //! its journal), verifies and opens the log, and checks that every record
 //! acknowledged before that point is there, byte for byte, with dense LSNs.
 //!
@@ -40,7 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aiowal::{Backend, DirectIo, Lsn, Options, UringSync, Wal};
+use aiowal::{Backend, DirectIo, Lsn, Options, Preallocate, UringSync, Wal};
 use logwrites::Log;
 
 /// The guest's disks: the file system's device, the write log, the replay
@@ -118,11 +119,18 @@ struct BackendSpec {
     backend: Backend,
     sync: UringSync,
     direct: DirectIo,
+    /// `-alloc`: segments only allocated (`Preallocate::Allocate`), so the
+    /// log writes into unwritten extents.
+    preallocate: Preallocate,
 }
 
 impl BackendSpec {
     fn parse(s: &str) -> Res<BackendSpec> {
-        let parts: Vec<&str> = s.split('-').collect();
+        let (base, preallocate) = match s.strip_suffix("-alloc") {
+            Some(b) => (b, Preallocate::Allocate),
+            None => (s, Preallocate::Zeroes),
+        };
+        let parts: Vec<&str> = base.split('-').collect();
         let (backend, sync, io) = match parts.as_slice() {
             ["uring", "dsync", io] => (Backend::Uring, UringSync::Dsync, *io),
             ["uring", "fsync", io] => (Backend::Uring, UringSync::Fsync, *io),
@@ -130,7 +138,7 @@ impl BackendSpec {
             ["lio", io] => (Backend::Lio, UringSync::Dsync, *io),
             _ => {
                 return Err(format!(
-                    "unknown backend {s:?} (uring-dsync-dio, uring-fsync-buf, threaded-dio, lio-buf, ...)"
+                    "unknown backend {s:?} (uring-dsync-dio, uring-fsync-buf, threaded-dio, lio-buf, ..., each optionally with -alloc)"
                 ));
             }
         };
@@ -139,7 +147,7 @@ impl BackendSpec {
             "buf" => DirectIo::Off,
             _ => return Err(format!("{s:?}: end with -dio or -buf")),
         };
-        Ok(BackendSpec { name: s.to_string(), backend, sync, direct })
+        Ok(BackendSpec { name: s.to_string(), backend, sync, direct, preallocate })
     }
 
     fn options(&self) -> Options {
@@ -147,6 +155,7 @@ impl BackendSpec {
             .backend(self.backend)
             .uring_sync(self.sync)
             .direct_io(self.direct)
+            .preallocate(self.preallocate)
             // Small segments: even the quick pass's short workloads rotate,
             // truncate and recycle several times.
             .segment_bytes(64 << 10)
@@ -953,6 +962,33 @@ fn replay(job: &Job, acks: &BTreeMap<u64, Ack>, scale: Scale) -> Res<()> {
     if log.entries.last().and_then(|e| e.mark.as_deref()) != Some("dm-log-writes-end") {
         return Err("the write log does not end with dm-log-writes-end: logging stopped early".into());
     }
+    // Where each flush was submitted; at each point, the newest submission
+    // among the flushes completed by then: every entry before it is
+    // durable there.
+    let mut submitted = std::collections::HashMap::new();
+    for (i, e) in log.entries.iter().enumerate() {
+        if e.flags & logwrites::SUBMIT != 0 {
+            submitted.insert(e.flush_number().ok_or("a SUBMIT entry with data")?, i);
+        }
+    }
+    if submitted.is_empty() && points.iter().any(|&p| log.entries[p].flags & logwrites::FLUSH != 0) {
+        return Err("the write log has flushes but no SUBMIT entries: the stock dm-log-writes module was loaded, not the lab's (lab/dm-log-writes-submit.patch)".into());
+    }
+    let mut covered = vec![0usize; points.len()];
+    let mut newest = 0usize;
+    for (k, &p) in points.iter().enumerate() {
+        let e = &log.entries[p];
+        if e.flags & logwrites::FLUSH != 0 {
+            let n = e
+                .flush_number()
+                .ok_or_else(|| format!("entry {p}: a flush with data (dm core splits those)"))?;
+            let at = *submitted
+                .get(&n)
+                .ok_or_else(|| format!("entry {p}: flush {n} completed but was never submitted"))?;
+            newest = newest.max(at);
+        }
+        covered[k] = newest;
+    }
     let checked_points: Vec<usize> = points.iter().copied().filter(|&p| p > mkfs_done).collect();
     // Reordered points are sampled among those with writes before the next
     // point, from a seed that differs per job.
@@ -980,14 +1016,20 @@ fn replay(job: &Job, acks: &BTreeMap<u64, Ack>, scale: Scale) -> Res<()> {
     let (mut applied, mut npoints, mut nreordered, mut records, mut failures) =
         (0usize, 0u64, 0u64, 0u64, 0u64);
     for (k, &p) in points.iter().enumerate() {
-        for e in &log.entries[applied..=p] {
+        // The replay device holds everything before the newest covering
+        // submission; the FUA writes completed since go on the snapshot.
+        for e in &log.entries[applied..covered[k]] {
             log.apply(e, &dev).map_err(err("replay"))?;
         }
-        applied = p + 1;
+        applied = applied.max(covered[k]);
         if p <= mkfs_done {
             continue;
         }
         let next = points.get(k + 1).copied().unwrap_or(log.entries.len());
+        let durable_fua: Vec<&logwrites::Entry> = log.entries[applied..=p]
+            .iter()
+            .filter(|e| e.is_write() && e.flags & logwrites::FUA != 0)
+            .collect();
         // Marks up to the next point: acknowledged after this point's
         // flush completed, so covered by it.
         // Truncations: at the point itself only those marked before it can
@@ -1000,20 +1042,22 @@ fn replay(job: &Job, acks: &BTreeMap<u64, Ack>, scale: Scale) -> Res<()> {
             dev.sync_all().map_err(err("replay sync"))?;
         }
         if checked_here {
-            match check_point(job, &log, &[], &expect) {
+            match check_point(job, &log, &durable_fua, &expect) {
                 Ok(n) => records += n,
                 Err(e) => {
                     failures += 1;
                     say!(
-                        "FAIL job={} point=entry {} acked={} truncated={}: {e}",
+                        "FAIL job={} point=entry {} (durable: entries before {} and {} FUA writes since) acked={} truncated={}: {e}",
                         job.name,
                         p,
+                        applied,
+                        durable_fua.len(),
                         expect.acked,
                         expect.truncated
                     );
                     // The write log around the point, to tell what the
                     // device had been sent and flushed when.
-                    let lo = p.saturating_sub(25);
+                    let lo = applied.min(p).saturating_sub(25);
                     let hi = (next + 8).min(log.entries.len());
                     for (i, en) in log.entries.iter().enumerate().take(hi).skip(lo) {
                         say!(
@@ -1023,6 +1067,7 @@ fn replay(job: &Job, acks: &BTreeMap<u64, Ack>, scale: Scale) -> Res<()> {
                             en.sector,
                             en.blocks,
                             en.mark.as_deref().map(|m| format!(" mark {m}")).unwrap_or_default()
+                                + if en.flags & logwrites::SUBMIT != 0 { " (flush submitted)" } else { "" }
                         );
                     }
                 }
@@ -1030,10 +1075,22 @@ fn replay(job: &Job, acks: &BTreeMap<u64, Ack>, scale: Scale) -> Res<()> {
         }
         npoints += 1;
         if reorder_at.contains(&p) {
-            let window: Vec<&logwrites::Entry> =
-                log.entries[p + 1..next].iter().filter(|e| e.is_write()).collect();
-            let subset: Vec<&logwrites::Entry> =
-                window.iter().copied().filter(|_| rng.below(2) == 0).collect();
+            // The writes logged since the covering submission that are not
+            // durable (not FUA writes completed by the point): a random
+            // subset of them, in log order, with the durable FUA writes.
+            let window: Vec<&logwrites::Entry> = log.entries[applied..next]
+                .iter()
+                .enumerate()
+                .filter(|&(i, e)| e.is_write() && !(e.flags & logwrites::FUA != 0 && applied + i <= p))
+                .map(|(_, e)| e)
+                .collect();
+            let mut subset: Vec<&logwrites::Entry> = Vec::new();
+            for (i, e) in log.entries[applied..next].iter().enumerate() {
+                let durable = e.is_write() && e.flags & logwrites::FUA != 0 && applied + i <= p;
+                if durable || (e.is_write() && rng.below(2) == 0) {
+                    subset.push(e);
+                }
+            }
             match check_point(job, &log, &subset, &expect_reordered) {
                 Ok(n) => records += n,
                 Err(e) => {
@@ -1042,7 +1099,7 @@ fn replay(job: &Job, acks: &BTreeMap<u64, Ack>, scale: Scale) -> Res<()> {
                         "FAIL job={} point=entry {} plus {} of the {} following writes, acked={}: {e}",
                         job.name,
                         p,
-                        subset.len(),
+                        subset.len() - durable_fua.len(),
                         window.len(),
                         expect.acked
                     );
