@@ -58,6 +58,8 @@ pub struct Config {
     pub uring_sync: crate::UringSync,
     /// Whether the log writes with O_DIRECT.
     pub direct_io: crate::DirectIo,
+    /// How new segments get their space.
+    pub preallocate: crate::Preallocate,
     /// Runs of each point (baseline and aiowal interleaved).
     pub repeat: usize,
     /// Which workloads to run.
@@ -95,6 +97,7 @@ impl Default for Config {
             progress: true,
             uring_sync: crate::UringSync::Fsync,
             direct_io: crate::DirectIo::Auto,
+            preallocate: crate::Preallocate::Auto,
             repeat: 3,
             workloads: vec![Workload::Checkpointed, Workload::Growing],
         }
@@ -367,6 +370,7 @@ pub fn wal(
         .backend(backend)
         .uring_sync(cfg.uring_sync)
         .direct_io(cfg.direct_io)
+        .preallocate(cfg.preallocate)
         .segment_bytes(cfg.segment_bytes)
         .max_record_bytes(u32::try_from(size.max(1 << 16)).unwrap_or(u32::MAX));
     let duration = cfg.duration;
@@ -561,6 +565,36 @@ fn progress_bar(cfg: &Config, total: usize) -> indicatif::ProgressBar {
     bar.set_style(style.progress_chars("=> "));
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
+}
+
+/// The header of `--csv` output: one line per run of each point.
+pub fn csv_header() -> &'static str {
+    "workload,backend,size,n,run,raw_per_s,raw_p50_us,raw_p99_us,wal_per_s,wal_p50_us,wal_p99_us,wal_records_per_sync"
+}
+
+/// A point's runs as CSV lines (see [`csv_header`]), absolute numbers.
+pub fn format_csv(r: &Row) -> String {
+    let mut s = String::new();
+    for (i, (b, w)) in r.baseline.iter().zip(&r.wal).enumerate() {
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{},{:.0},{:.1},{:.1},{:.0},{:.1},{:.1},{:.1}",
+            r.workload.name(),
+            r.backend,
+            r.size,
+            r.concurrency,
+            i + 1,
+            b.per_sec(),
+            b.us(0.5),
+            b.us(0.99),
+            w.per_sec(),
+            w.us(0.5),
+            w.us(0.99),
+            w.per_sync()
+        );
+    }
+    s.pop();
+    s
 }
 
 /// The table's header line.

@@ -107,7 +107,7 @@ mod wal;
 pub use commit::Stats;
 pub use error::{CorruptKind, Error, IoOp, Result};
 pub use lsn::{Lsn, LsnRange};
-pub use options::{Backend, DirectIo, Options, RecoveryMode, UringSync};
+pub use options::{Backend, DirectIo, Options, Preallocate, RecoveryMode, UringSync};
 pub use recovery::{ReadIter, Record, RecoveryReport, StopReason};
 pub use wal::{Staged, Wal, dump, verify};
 

@@ -107,6 +107,31 @@ impl SegFile {
         }
     }
 
+    /// Allocates the file's first `len` bytes (unwritten extents that read
+    /// as zeroes; the file's size becomes `len`) with Linux `fallocate`.
+    /// `Ok(false)`, with nothing done, where the file system cannot
+    /// (`EOPNOTSUPP`), on other systems, and in the simulator.
+    pub(crate) fn allocate(&self, len: u64) -> io::Result<bool> {
+        match self {
+            #[cfg(target_os = "linux")]
+            SegFile::Os(f) => {
+                let len = i64::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+                match nix::fcntl::fallocate(f, nix::fcntl::FallocateFlags::empty(), 0, len) {
+                    Ok(()) => Ok(true),
+                    Err(nix::errno::Errno::EOPNOTSUPP) => Ok(false),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            #[cfg(not(target_os = "linux"))]
+            SegFile::Os(_) => {
+                let _ = len;
+                Ok(false)
+            }
+            #[cfg(feature = "sim")]
+            SegFile::Sim(_) => Ok(false),
+        }
+    }
+
     /// The file's length.
     pub(crate) fn len(&self) -> io::Result<u64> {
         match self {

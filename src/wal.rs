@@ -686,6 +686,7 @@ fn reuse_or_prepare(
         bytes,
         direct,
         spares.pop(),
+        opts.preallocate,
         Arc::clone(held),
     )?;
     Ok(Next::Preparing(p))
@@ -707,7 +708,7 @@ fn reuse_or_prepare_sized(
         return Ok(Next::Ready(seq, segment::open_for_write(vfs, &path, direct)?));
     }
     let spare = if bytes == opts.segment_bytes { spares.pop() } else { None };
-    Ok(Next::Ready(seq, segment::prepare(vfs, dir, seq, bytes, direct, spare)?))
+    Ok(Next::Ready(seq, segment::prepare(vfs, dir, seq, bytes, direct, spare, opts.preallocate)?))
 }
 
 /// The never-written segment `seq` of `bytes`, if there is one; every other

@@ -147,3 +147,83 @@ async fn btrfs_direct_writes_are_followed_by_fdatasync() {
 async fn btrfs_fsync_mode_stays() {
     sync_mode_and_round_trip("btrfs", UringSync::Fsync, UringSync::Fsync).await;
 }
+
+/// Whether `filefrag -v` shows unwritten (allocated, never written) extents in `file`.
+fn has_unwritten_extents(file: &Path) -> bool {
+    let out = Command::new("filefrag")
+        .arg("-v")
+        .arg(file)
+        .output()
+        .unwrap_or_else(|e| panic!("filefrag: {e} (e2fsprogs)"));
+    assert!(out.status.success(), "filefrag -v {}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).contains("unwritten")
+}
+
+/// `Preallocate::Allocate` leaves new segments as allocated space (the
+/// file system shows unwritten extents), `Zeroes` writes them, and `Auto`
+/// allocates after large batches and zeroes after small ones; in every
+/// case the log writes into them across rotations and reads everything
+/// back.
+async fn preallocation_takes_effect(fs: &str) {
+    use aiowal::Preallocate::{Allocate, Auto, Zeroes};
+    let m = Mounted::new(fs);
+    // (mode, records per atomic batch: 40 x 8 KB makes 320 KB batches, and
+    // whether the newest, never written segment shows unwritten extents)
+    for (how, per_batch, unwritten) in
+        [(Allocate, 1, true), (Zeroes, 40, false), (Auto, 40, true), (Auto, 1, false)]
+    {
+        let dir = m.path().join(format!("{how:?}-{per_batch}"));
+        let opts = Options::default()
+            .preallocate(how)
+            .direct_io(DirectIo::On)
+            .segment_bytes(4 << 20)
+            .batch_bytes_max(1 << 20)
+            .max_record_bytes(64 << 10);
+        let wal = Wal::open(&dir, opts.clone()).await.unwrap();
+        // About 10 MiB: the log rotates twice and prepares a fourth segment.
+        let record = |i: u32| format!("{how:?} {i} ").repeat(1000).into_bytes();
+        let mut lsns = Vec::new();
+        for first in (0..1200u32).step_by(per_batch) {
+            let batch: Vec<Vec<u8>> = (first..first + per_batch as u32).map(record).collect();
+            let staged = wal.stage_batch(&batch).await.unwrap();
+            lsns.extend(staged.lsns().iter());
+            if per_batch == 1 {
+                staged.durable().await.unwrap();
+            }
+        }
+        wal.sync().await.unwrap();
+        wal.close().await.unwrap();
+        let mut segments: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+            .collect();
+        segments.sort();
+        assert!(segments.len() >= 4, "{fs} {how:?}: {} segments", segments.len());
+        // The newest segment was prepared and never written.
+        let newest = segments.last().unwrap();
+        assert_eq!(has_unwritten_extents(newest), unwritten, "{fs} {how:?}: {}", newest.display());
+        let wal = Wal::open(&dir, opts).await.unwrap();
+        let mut n = 0u32;
+        for r in wal.read_from(Lsn::FIRST).unwrap() {
+            let r = r.unwrap();
+            assert_eq!(r.lsn(), lsns[n as usize], "{fs} {how:?}");
+            assert_eq!(r.data(), record(n).as_slice(), "{fs} {how:?}: LSN {}", r.lsn());
+            n += 1;
+        }
+        assert_eq!(n, 1200, "{fs} {how:?}: records after reopen");
+        wal.close().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, mkfs.ext4 and filefrag (loop-mounts an image): scripts/test runs it"]
+async fn ext4_preallocation_takes_effect() {
+    preallocation_takes_effect("ext4").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, mkfs.xfs and filefrag (loop-mounts an image): scripts/test runs it"]
+async fn xfs_preallocation_takes_effect() {
+    preallocation_takes_effect("xfs").await;
+}

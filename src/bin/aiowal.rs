@@ -41,6 +41,13 @@ enum DirectArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum PreallocateArg {
+    Auto,
+    Zeroes,
+    Allocate,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum SyncArg {
     Fsync,
     Dsync,
@@ -90,9 +97,18 @@ enum Cmd {
         /// Segment size in MiB.
         #[arg(long, default_value_t = 64)]
         segment_mib: u64,
+        /// How new segments get their space: auto (zeroes, or only
+        /// allocated after large batches), written zeroes, or only
+        /// allocated (fallocate).
+        #[arg(long, value_enum, default_value = "auto")]
+        preallocate: PreallocateArg,
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Print every run's absolute numbers as CSV instead of the table
+        /// (for scripts such as scripts/peers).
+        #[arg(long)]
+        csv: bool,
     },
     /// Checks every frame of a log, read-only; exits 1 if it is damaged.
     Verify {
@@ -259,7 +275,9 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
             direct,
             dir,
             segment_mib,
+            preallocate,
             quiet,
+            csv,
         } => {
             if !duration_secs.is_finite() || duration_secs <= 0.0 {
                 eprintln!("aiowal: --duration-secs must be a positive number of seconds");
@@ -293,6 +311,11 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
                     DirectArg::On => aiowal::DirectIo::On,
                     DirectArg::Off => aiowal::DirectIo::Off,
                 },
+                preallocate: match preallocate {
+                    PreallocateArg::Auto => aiowal::Preallocate::Auto,
+                    PreallocateArg::Zeroes => aiowal::Preallocate::Zeroes,
+                    PreallocateArg::Allocate => aiowal::Preallocate::Allocate,
+                },
                 repeat,
                 workloads: match workload {
                     WorkloadArg::Ckpt => vec![bench::Workload::Checkpointed],
@@ -300,6 +323,11 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
                     WorkloadArg::Both => vec![bench::Workload::Checkpointed, bench::Workload::Growing],
                 },
             };
+            if csv {
+                println!("{}", bench::csv_header());
+                bench::run(&cfg, |row| println!("{}", bench::format_csv(row)))?;
+                return Ok(ExitCode::SUCCESS);
+            }
             println!("{}", bench::environment(&cfg.dir));
             println!(
                 "{repeat} runs of {duration_secs} s per point, baseline and aiowal interleaved; ratios are aiowal / baseline of the same runs\n"

@@ -139,6 +139,9 @@ pub(crate) struct State {
     synced_lsn: u64,
     /// Retired segment files waiting to be reused (see `truncate_before`).
     spares: Vec<PathBuf>,
+    /// Batches and bytes written when the active segment became active
+    /// (for `Preallocate::Auto`).
+    at_rotation: (u64, u64),
     /// The newest in-flight batch's writes have not completed yet.
     writing: bool,
     place: Place,
@@ -310,6 +313,7 @@ impl Core {
                 next_batch_id: 1,
                 synced_lsn: start.next_lsn - 1,
                 spares: start.spares,
+                at_rotation: (0, 0),
                 writing: false,
                 place: start.place,
                 active: start.active,
@@ -598,7 +602,8 @@ impl Core {
         if let Some(a) = st.active.as_ref().filter(|a| a.seq == seq) {
             return FileTarget::Open(Arc::clone(&a.file));
         }
-        let (dir, bytes, direct) = (self.dir.clone(), self.opts.segment_bytes, self.opts.direct);
+        let (dir, bytes, direct, how) =
+            (self.dir.clone(), self.opts.segment_bytes, self.opts.direct, self.opts.preallocate);
         let vfs = self.opts.vfs.clone();
         let held = st.lock.clone();
         match std::mem::replace(&mut st.next, Next::None) {
@@ -608,7 +613,7 @@ impl Core {
                 let spare = st.spares.pop();
                 FileTarget::new(move || {
                     let _held = held;
-                    segment::prepare(&vfs, &dir, seq, bytes, direct, spare)
+                    segment::prepare(&vfs, &dir, seq, bytes, direct, spare, how)
                 })
             }
         }
@@ -625,6 +630,10 @@ impl Core {
             lock(&self.segments).push(SegmentMeta { seq, path: path.clone(), header: h, marks });
         }
         st.active = Some(Active { seq, file, marks });
+        let (batches, bytes) = st.stats.totals();
+        let (b0, by0) = std::mem::replace(&mut st.at_rotation, (batches, bytes));
+        let mean = (batches > b0).then(|| (bytes - by0) / (batches - b0));
+        let how = self.opts.preallocate.resolve(mean);
         let spare = st.spares.pop();
         st.next = match st.lock.clone().map(|held| {
             Preparing::start(
@@ -634,6 +643,7 @@ impl Core {
                 self.opts.segment_bytes,
                 self.opts.direct,
                 spare,
+                how,
                 held,
             )
         }) {

@@ -65,6 +65,11 @@ impl Counters {
         let _ = self.sync_ns.record(ns.max(1));
     }
 
+    /// Batches and bytes written so far.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.batches, self.bytes_written)
+    }
+
     pub fn snapshot(&self) -> Stats {
         let q = |p: f64| Duration::from_nanos(self.sync_ns.value_at_quantile(p));
         Stats {
