@@ -650,3 +650,227 @@ pub fn format_row(r: &Row) -> String {
     );
     s
 }
+
+/// What [`recovery`] measures.
+#[derive(Debug, Clone)]
+pub struct RecoveryConfig {
+    /// Parent directory for the temporary logs.
+    pub dir: PathBuf,
+    /// Log sizes, in bytes.
+    pub sizes: Vec<u64>,
+    /// Record size of the log written.
+    pub record_bytes: usize,
+    /// Runs of each measurement (the table gives the median).
+    pub repeat: usize,
+    /// Also measure with the page cache dropped (needs root).
+    pub cold: bool,
+}
+
+/// One log size's timings, in seconds (medians of the runs).
+#[derive(Debug, Clone)]
+pub struct RecoveryRow {
+    /// Bytes of segment files in the log.
+    pub bytes: u64,
+    /// Records in the log.
+    pub records: u64,
+    /// Reading every segment file sequentially (1 MiB `pread`s): warm, cold.
+    pub read: (f64, Option<f64>),
+    /// `Wal::open` of the cleanly closed log: warm, cold.
+    pub open: (f64, Option<f64>),
+    /// `Wal::open` after a process died mid-write (no clean end): warm, cold.
+    pub open_after_crash: (f64, Option<f64>),
+}
+
+impl RecoveryRow {
+    /// Throughput ratio of an open to the sequential read of the same files.
+    pub fn ratio(open: f64, read: f64) -> f64 {
+        read / open
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Empties the page cache (`/proc/sys/vm/drop_caches`), after a sync.
+fn drop_caches() -> Result<()> {
+    nix::unistd::sync();
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n")
+        .map_err(|e| Error::io(crate::IoOp::Write, "/proc/sys/vm/drop_caches", e))
+}
+
+/// Reads every `.wal` file in `log` sequentially; returns the seconds taken.
+fn read_segments(log: &Path) -> Result<f64> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(log)
+        .map_err(|e| Error::io(crate::IoOp::Read, log, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    files.sort();
+    let start = Instant::now();
+    let mut buf = vec![0u8; 1 << 20];
+    for p in &files {
+        let f = File::open(p).map_err(|e| Error::io(crate::IoOp::Open, p, e))?;
+        let mut at = 0u64;
+        loop {
+            let n = f.read_at(&mut buf, at).map_err(|e| Error::io(crate::IoOp::Read, p, e))?;
+            if n == 0 {
+                break;
+            }
+            at += n as u64;
+        }
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Writes a log of about `bytes` of `record_bytes` records into `log`, in
+/// large atomic batches, and closes it; returns the records written.
+async fn fill_log(log: &Path, bytes: u64, record_bytes: usize) -> Result<u64> {
+    let wal = Wal::open(log, Options::default()).await?;
+    let rec = vec![0x5Au8; record_bytes];
+    let per_batch = ((1usize << 20) / (record_bytes + 64)).max(1);
+    let batch: Vec<&[u8]> = vec![&rec[..]; per_batch];
+    let mut records = 0u64;
+    let mut pending = std::collections::VecDeque::new();
+    while records * (record_bytes as u64) < bytes {
+        pending.push_back(wal.stage_batch(&batch).await?);
+        records += per_batch as u64;
+        if pending.len() > 4 {
+            if let Some(s) = pending.pop_front() {
+                s.durable().await?;
+            }
+        }
+    }
+    wal.sync().await?;
+    wal.close().await?;
+    Ok(records)
+}
+
+/// Times `Wal::open` of `log` (recovery reads and checks every segment).
+async fn time_open(log: &Path) -> Result<f64> {
+    let start = Instant::now();
+    let wal = Wal::open(log, Options::default()).await?;
+    let t = start.elapsed().as_secs_f64();
+    wal.close().await?;
+    Ok(t)
+}
+
+/// Measures how long `Wal::open` takes on logs of each size in `cfg`,
+/// warm and (with `cfg.cold`) with the page cache dropped, against reading
+/// the same segment files sequentially in the same run; then the same
+/// after a crash: the running executable (the `aiowal` binary) is run as
+/// `aiowal append-and-die DIR`, which appends and exits without closing
+/// (see [`append_and_die`]). Calls `on_row` as each size finishes.
+///
+/// # Errors
+/// Any I/O failure; dropping the page cache without root.
+pub fn recovery(cfg: &RecoveryConfig, mut on_row: impl FnMut(&RecoveryRow)) -> Result<Vec<RecoveryRow>> {
+    let me =
+        std::env::current_exe().map_err(|e| Error::io(crate::IoOp::Open, "the running executable", e))?;
+    let crash = |log: &Path| -> Result<()> {
+        let status = std::process::Command::new(&me)
+            .arg("append-and-die")
+            .arg(log)
+            .arg("--record-bytes")
+            .arg(cfg.record_bytes.to_string())
+            .status()
+            .map_err(|e| Error::io(crate::IoOp::Spawn, &me, e))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(bench_err("append-and-die", format!("{} append-and-die: {status}", me.display())))
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io(crate::IoOp::Spawn, "tokio runtime", e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix("aiowal-bench-")
+        .tempdir_in(&cfg.dir)
+        .map_err(|e| Error::io(crate::IoOp::CreateDir, &cfg.dir, e))?;
+    let repeat = cfg.repeat.max(1);
+    let mut rows = Vec::new();
+    for &bytes in &cfg.sizes {
+        let log = tmp.path().join(format!("log-{bytes}"));
+        let records = rt.block_on(fill_log(&log, bytes, cfg.record_bytes))?;
+        let on_disk: u64 = std::fs::read_dir(&log)
+            .map_err(|e| Error::io(crate::IoOp::Read, &log, e))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "wal"))
+            .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+            .sum();
+        let measure = |cold: bool, what: &dyn Fn() -> Result<f64>| -> Result<f64> {
+            let mut runs = Vec::new();
+            for _ in 0..repeat {
+                if cold {
+                    drop_caches()?;
+                } else {
+                    what()?; // warm the cache
+                }
+                runs.push(what()?);
+            }
+            Ok(median(runs))
+        };
+        let read_w = measure(false, &|| read_segments(&log))?;
+        let open_w = measure(false, &|| rt.block_on(time_open(&log)))?;
+        let read_c = if cfg.cold { Some(measure(true, &|| read_segments(&log))?) } else { None };
+        let open_c = if cfg.cold { Some(measure(true, &|| rt.block_on(time_open(&log)))?) } else { None };
+        // A crash, then opens: the first open after it copies the torn tail
+        // forward, so each run gets a crash of its own.
+        let crashed = |cold: bool| -> Result<f64> {
+            let mut runs = Vec::new();
+            for _ in 0..repeat {
+                crash(&log)?;
+                if cold {
+                    drop_caches()?;
+                } else {
+                    read_segments(&log)?;
+                }
+                runs.push(rt.block_on(time_open(&log))?);
+            }
+            Ok(median(runs))
+        };
+        let crash_w = crashed(false)?;
+        let crash_c = if cfg.cold { Some(crashed(true)?) } else { None };
+        let row = RecoveryRow {
+            bytes: on_disk,
+            records,
+            read: (read_w, read_c),
+            open: (open_w, open_c),
+            open_after_crash: (crash_w, crash_c),
+        };
+        on_row(&row);
+        rows.push(row);
+        let _ = std::fs::remove_dir_all(&log);
+    }
+    Ok(rows)
+}
+
+/// Appends `records` records of `record_bytes` to the log in `dir`, syncs,
+/// and ends the process without closing the log (no clean-end mark): the
+/// crashing half of [`recovery`], run in a child process.
+pub fn append_and_die(dir: &Path, records: usize, record_bytes: usize) -> ! {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
+    let result = rt.map_err(|e| e.to_string()).and_then(|rt| {
+        rt.block_on(async {
+            let wal = Wal::open(dir, Options::default()).await.map_err(|e| e.to_string())?;
+            let rec = vec![0xC3u8; record_bytes];
+            for _ in 0..records {
+                drop(wal.stage(&rec).await.map_err(|e| e.to_string())?);
+            }
+            wal.sync().await.map_err(|e| e.to_string())?;
+            std::mem::forget(wal);
+            Ok::<_, String>(())
+        })
+    });
+    match result {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("append-and-die: {e}");
+            std::process::exit(1)
+        }
+    }
+}

@@ -202,3 +202,26 @@ fn bad_usage_and_missing_directory_fail_clearly() {
     let o = aiowal(&["bench", "--duration-secs", "-1"]);
     assert_ne!(o.status.code(), Some(0));
 }
+
+/// `aiowal bench-open` writes a log, opens it warm and after a crash of a
+/// child process that appends and exits without closing, and prints the
+/// timings; bad sizes are refused.
+#[test]
+fn bench_open_measures_a_small_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let o = aiowal(&["bench-open", "--gib", "0.01", "--repeat", "1", "--warm-only", "--dir", d]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = text(&o);
+    let row = out.lines().find(|l| l.contains("GiB")).unwrap_or_else(|| panic!("no result row: {out}"));
+    // log, records | read, open, ratio | cold - - - | crash warm, crash cold -
+    let fields: Vec<&str> = row.split_whitespace().filter(|f| *f != "|").collect();
+    assert!(fields[1].parse::<u64>().unwrap() > 0, "{row}");
+    for f in [fields[2], fields[3], fields[8]] {
+        assert!(f.parse::<f64>().unwrap() > 0.0, "{row}");
+    }
+    // Nothing is left behind.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    let o = aiowal(&["bench-open", "--gib", "0", "--warm-only", "--dir", d]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}

@@ -110,6 +110,35 @@ enum Cmd {
         #[arg(long)]
         csv: bool,
     },
+    /// How long `open` (recovery) takes on logs of given sizes, warm and with
+    /// the page cache dropped, against reading the same files sequentially,
+    /// and after a crash.
+    BenchOpen {
+        /// Log sizes in GiB, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        gib: Vec<f64>,
+        /// Record size of the logs written.
+        #[arg(long, default_value_t = 4096)]
+        record_bytes: usize,
+        /// Runs of each measurement (the table gives medians).
+        #[arg(long, default_value_t = 2)]
+        repeat: usize,
+        /// Skip the cold (page cache dropped) measurements, which need root.
+        #[arg(long)]
+        warm_only: bool,
+        /// Directory to create the temporary logs in (default: the current one).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Internal: appends to a log and exits without closing it (bench-open's crash).
+    #[command(hide = true)]
+    AppendAndDie {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        records: usize,
+        #[arg(long, default_value_t = 4096)]
+        record_bytes: usize,
+    },
     /// Checks every frame of a log, read-only; exits 1 if it is damaged.
     Verify {
         /// The log directory.
@@ -339,6 +368,67 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
                 println!("WARNING: {w}");
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::BenchOpen { gib, record_bytes, repeat, warm_only, dir } => {
+            if gib.iter().any(|g| !g.is_finite() || *g <= 0.0) || record_bytes == 0 {
+                eprintln!("aiowal: --gib takes positive sizes and --record-bytes a positive size");
+                return Ok(ExitCode::from(2));
+            }
+            let cold = !warm_only;
+            if cold && std::fs::OpenOptions::new().write(true).open("/proc/sys/vm/drop_caches").is_err() {
+                eprintln!(
+                    "aiowal: cold measurements drop the page cache, which needs root: run as root or pass --warm-only"
+                );
+                return Ok(ExitCode::from(2));
+            }
+            let cfg = bench::RecoveryConfig {
+                dir,
+                sizes: gib.iter().map(|g| (g * f64::from(1u32 << 30)) as u64).collect(),
+                record_bytes,
+                repeat,
+                cold,
+            };
+            println!("{}", bench::environment(&cfg.dir));
+            println!(
+                "{repeat} runs per figure (median); x = throughput of the open / sequential read of the same files, same run\n"
+            );
+            println!(
+                "{:>8} {:>10} | {:>9} {:>9} {:>6} | {:>9} {:>9} {:>6} | {:>10} {:>10}",
+                "log",
+                "records",
+                "read w s",
+                "open w s",
+                "x",
+                "read c s",
+                "open c s",
+                "x",
+                "crash w s",
+                "crash c s"
+            );
+            bench::recovery(&cfg, |r| {
+                let c = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+                let x = |o: Option<f64>, rd: Option<f64>| match (o, rd) {
+                    (Some(o), Some(rd)) => format!("{:.2}x", bench::RecoveryRow::ratio(o, rd)),
+                    _ => "-".to_string(),
+                };
+                println!(
+                    "{:>6.2}GiB {:>10} | {:>9.3} {:>9.3} {:>6} | {:>9} {:>9} {:>6} | {:>10.3} {:>10}",
+                    r.bytes as f64 / f64::from(1u32 << 30),
+                    r.records,
+                    r.read.0,
+                    r.open.0,
+                    format!("{:.2}x", bench::RecoveryRow::ratio(r.open.0, r.read.0)),
+                    c(r.read.1),
+                    c(r.open.1),
+                    x(r.open.1, r.read.1),
+                    r.open_after_crash.0,
+                    c(r.open_after_crash.1),
+                );
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::AppendAndDie { dir, records, record_bytes } => {
+            bench::append_and_die(&dir, records, record_bytes)
         }
         Cmd::Verify { dir, mode } => {
             let mode = match mode {

@@ -62,6 +62,48 @@ pub(crate) fn map(vfs: &Vfs, path: &Path) -> Result<Mapped> {
     vfs.map(path, true).map_err(|e| Error::io(IoOp::Map, path, e))
 }
 
+/// [`map`]s every segment, in order, the first error first. The read pass
+/// that makes an unreadable page an error copies every byte once: on
+/// threads of its own (up to 4, where the file system allows threads) it
+/// runs at the speed of a sequential read instead of taking as long again
+/// as the checksums that follow (measured: a warm open took 1.5x a
+/// sequential read of its files with one thread).
+fn map_all(vfs: &Vfs, segments: segment::Numbered) -> Result<Vec<((u64, PathBuf), Mapped)>> {
+    let threads = if vfs.threads() {
+        std::thread::available_parallelism().map_or(1, |n| n.get()).min(4).min(segments.len())
+    } else {
+        1
+    };
+    if threads <= 1 {
+        return segments.into_iter().map(|(seq, path)| map(vfs, &path).map(|m| ((seq, path), m))).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<Result<Mapped>>>> =
+        segments.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let (Some((_, path)), Some(slot)) = (segments.get(i), slots.get(i)) else { break };
+                    let r = map(vfs, path);
+                    *crate::sync::lock(slot) = Some(r);
+                }
+            });
+        }
+    });
+    segments
+        .into_iter()
+        .zip(slots)
+        .map(|(seg, slot)| {
+            let r = slot.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let r =
+                r.unwrap_or_else(|| Err(Error::io(IoOp::Map, &seg.1, std::io::Error::other("not mapped"))));
+            r.map(|m| (seg, m))
+        })
+        .collect()
+}
+
 /// What a segment knows about itself after the scan.
 #[derive(Debug, Clone)]
 pub(crate) struct SegmentMeta {
@@ -408,8 +450,7 @@ pub(crate) fn plan(vfs: &Vfs, dir: &Path, mode: RecoveryMode) -> Result<Plan> {
     let started = std::time::Instant::now();
     let listing = segment::list_segments(vfs, dir)?;
     let mut mapped = Vec::new();
-    for (seq, path) in listing.segments {
-        let map = map(vfs, &path)?;
+    for ((seq, path), map) in map_all(vfs, listing.segments)? {
         let header = SegmentHeader::decode(&map);
         mapped.push(Segment { seq, path, map, header });
     }
