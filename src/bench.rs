@@ -115,6 +115,10 @@ pub struct Measurement {
     pub syncs: u64,
     /// Latency of each append, in nanoseconds.
     pub latency_ns: Histogram<u64>,
+    /// CPU time this process used during the run (user + system, all
+    /// threads; the appenders' own loop and latency recording included),
+    /// where `/proc/self/stat` tells it.
+    pub cpu: Option<Duration>,
 }
 
 impl Measurement {
@@ -122,6 +126,11 @@ impl Measurement {
     pub fn per_sec(&self) -> f64 {
         self.appends as f64 / self.elapsed.as_secs_f64()
     }
+    /// CPU microseconds per durable record, where known.
+    pub fn cpu_us_per_record(&self) -> Option<f64> {
+        self.cpu.filter(|_| self.appends > 0).map(|c| c.as_secs_f64() * 1e6 / self.appends as f64)
+    }
+
     /// Records per data sync.
     pub fn per_sync(&self) -> f64 {
         if self.syncs == 0 { 0.0 } else { self.appends as f64 / self.syncs as f64 }
@@ -209,6 +218,12 @@ impl CpuTicks {
         CpuTicks { total, busy: total.saturating_sub(idle), ours }
     }
 
+    /// This process's CPU time since `earlier` (`None` without `/proc`).
+    fn ours_since(&self, earlier: &CpuTicks) -> Option<Duration> {
+        // USER_HZ, which /proc reports in, is 100 on every Linux ABI.
+        (self.total > 0).then(|| Duration::from_millis(self.ours.saturating_sub(earlier.ours) * 10))
+    }
+
     /// The share of the machine's time others kept busy since `earlier`;
     /// `None` where `/proc/stat` does not exist (not Linux).
     fn others_since(&self, earlier: &CpuTicks) -> Option<f64> {
@@ -263,6 +278,7 @@ pub fn baseline(dir: &Path, size: usize, n: usize, duration: Duration) -> Result
         let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
         std::thread::spawn(move || baseline_writer(&file, &shared, &stop))
     };
+    let cpu0 = CpuTicks::now();
     let start = Instant::now();
     let deadline = start + duration;
     let threads: Vec<_> = (0..n)
@@ -303,6 +319,7 @@ pub fn baseline(dir: &Path, size: usize, n: usize, duration: Duration) -> Result
         let _ = latency_ns.add(h);
     }
     let elapsed = start.elapsed();
+    let cpu = CpuTicks::now().ours_since(&cpu0);
     stop.store(true, Ordering::Release);
     shared.1.notify_one();
     writer.join().map_err(|_| bench_err("baseline", "writer panicked"))?;
@@ -313,7 +330,7 @@ pub fn baseline(dir: &Path, size: usize, n: usize, duration: Duration) -> Result
     let syncs = st.syncs;
     drop(st);
     let _ = std::fs::remove_file(&path);
-    Ok(Measurement { appends: total, elapsed, syncs, latency_ns })
+    Ok(Measurement { appends: total, elapsed, syncs, latency_ns, cpu })
 }
 
 fn baseline_writer(file: &File, shared: &(Mutex<Staged>, Condvar, Condvar), stop: &AtomicBool) {
@@ -382,6 +399,7 @@ pub fn wal(
             ("lio", true) => "lio+dio",
             (n, _) => n,
         };
+        let cpu0 = CpuTicks::now();
         let start = Instant::now();
         let deadline = start + duration;
         // Checkpoint like a database: retire what is durable every 100 ms, so
@@ -421,10 +439,11 @@ pub fn wal(
             let _ = latency_ns.add(h);
         }
         let elapsed = start.elapsed();
+        let cpu = CpuTicks::now().ours_since(&cpu0);
         checkpointer.await.map_err(|e| bench_err("wal", e))??;
         let syncs = wal.stats().syncs;
         wal.close().await?;
-        Ok::<_, Error>((Measurement { appends, elapsed, syncs, latency_ns }, name))
+        Ok::<_, Error>((Measurement { appends, elapsed, syncs, latency_ns, cpu }, name))
     });
     let _ = std::fs::remove_dir_all(dir.join("wal"));
     r
@@ -547,7 +566,7 @@ pub fn warnings(rows: &[Row]) -> Vec<String> {
 pub fn legend() -> &'static str {
     "columns: base = the raw write+fdatasync group commit, aiowal = this log, both measured in this run;\n\
      /s = durable records per second (median run); p50us/p99us/p999us = append latency in microseconds;\n\
-     MB/s = payload throughput; rec/syn = records per data sync;\n\
+     MB/s = payload throughput; rec/syn = records per data sync; cpuus = CPU microseconds this process used per durable record (all threads, appenders included);\n\
      x thru = aiowal/s divided by base/s (higher is better), median of the runs, with the runs' spread;\n\
      x p50 = aiowal p50 divided by base p50 (lower is better);\n\
      oth% = CPU time others (other processes, the kernel's own threads) used during the point.\n\
@@ -569,7 +588,7 @@ fn progress_bar(cfg: &Config, total: usize) -> indicatif::ProgressBar {
 
 /// The header of `--csv` output: one line per run of each point.
 pub fn csv_header() -> &'static str {
-    "workload,backend,size,n,run,raw_per_s,raw_p50_us,raw_p99_us,wal_per_s,wal_p50_us,wal_p99_us,wal_records_per_sync"
+    "workload,backend,size,n,run,raw_per_s,raw_p50_us,raw_p99_us,wal_per_s,wal_p50_us,wal_p99_us,wal_records_per_sync,raw_cpu_us_per_record,wal_cpu_us_per_record"
 }
 
 /// A point's runs as CSV lines (see [`csv_header`]), absolute numbers.
@@ -578,7 +597,7 @@ pub fn format_csv(r: &Row) -> String {
     for (i, (b, w)) in r.baseline.iter().zip(&r.wal).enumerate() {
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{:.0},{:.1},{:.1},{:.0},{:.1},{:.1},{:.1}",
+            "{},{},{},{},{},{:.0},{:.1},{:.1},{:.0},{:.1},{:.1},{:.1},{},{}",
             r.workload.name(),
             r.backend,
             r.size,
@@ -590,7 +609,9 @@ pub fn format_csv(r: &Row) -> String {
             w.per_sec(),
             w.us(0.5),
             w.us(0.99),
-            w.per_sync()
+            w.per_sync(),
+            b.cpu_us_per_record().map_or(String::new(), |c| format!("{c:.2}")),
+            w.cpu_us_per_record().map_or(String::new(), |c| format!("{c:.2}")),
         );
     }
     s.pop();
@@ -600,7 +621,7 @@ pub fn format_csv(r: &Row) -> String {
 /// The table's header line.
 pub fn header() -> String {
     format!(
-        "{:>4} {:>6} {:>4} {:>10} | {:>10} {:>8} {:>8} | {:>10} {:>7} {:>7} {:>8} {:>8} {:>8} | {:>13} {:>7} {:>5}",
+        "{:>4} {:>6} {:>4} {:>10} | {:>10} {:>8} {:>8} | {:>10} {:>7} {:>7} {:>6} {:>8} {:>8} {:>8} | {:>13} {:>7} {:>5}",
         "wkld",
         "size",
         "N",
@@ -611,6 +632,7 @@ pub fn header() -> String {
         "aiowal/s",
         "MB/s",
         "rec/syn",
+        "cpuus",
         "p50us",
         "p99us",
         "p999us",
@@ -630,7 +652,7 @@ pub fn format_row(r: &Row) -> String {
     let ratio = format!("{ratio:.2}x ({:.0}%)", spread * 100.0);
     let _ = write!(
         s,
-        "{:>4} {:>6} {:>4} {:>10} | {:>10.0} {:>8.1} {:>8.1} | {:>10.0} {:>7} {:>7.1} {:>8.1} {:>8.1} {:>8.1} | {:>13} {:>6.2}x {:>5}",
+        "{:>4} {:>6} {:>4} {:>10} | {:>10.0} {:>8.1} {:>8.1} | {:>10.0} {:>7} {:>7.1} {:>6} {:>8.1} {:>8.1} {:>8.1} | {:>13} {:>6.2}x {:>5}",
         r.workload.name(),
         r.size,
         r.concurrency,
@@ -641,6 +663,7 @@ pub fn format_row(r: &Row) -> String {
         w.per_sec(),
         mb,
         w.per_sync(),
+        w.cpu_us_per_record().map_or("-".to_string(), |c| format!("{c:.2}")),
         w.us(0.5),
         w.us(0.99),
         w.us(0.999),
