@@ -161,6 +161,17 @@ pub enum Error {
     /// The log was closed.
     #[error("the log is closed")]
     Closed,
+    /// Records a reader needs were removed by `truncate_before` (a live
+    /// tail fell behind a checkpoint, or started before the log's start).
+    #[error(
+        "LSN {lsn} was truncated away (the log now starts at {first}): read from {first} or later, or checkpoint less eagerly"
+    )]
+    Truncated {
+        /// The LSN the reader needed next.
+        lsn: u64,
+        /// The oldest LSN the log still holds.
+        first: u64,
+    },
     /// Called outside a tokio runtime (or on one that cannot run the log).
     #[error("{0}")]
     Runtime(&'static str),

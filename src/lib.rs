@@ -101,6 +101,7 @@ mod segment;
 #[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
 mod sync;
+mod tail;
 mod vfs;
 mod wal;
 
@@ -109,6 +110,7 @@ pub use error::{CorruptKind, Error, IoOp, Result};
 pub use lsn::{Lsn, LsnRange};
 pub use options::{Backend, DirectIo, Options, Preallocate, RecoveryMode, UringSync};
 pub use recovery::{ReadIter, Record, RecoveryReport, StopReason};
+pub use tail::Tail;
 pub use wal::{Staged, Wal, dump, verify};
 
 #[cfg(not(unix))]

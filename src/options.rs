@@ -59,7 +59,7 @@ pub enum DirectIo {
 /// writing large batches. Measured on the reference machine (ext4, a
 /// growing log of 4 KiB records, io_uring, `O_DIRECT`): with zeroes, 1
 /// appender 5.5-5.8k records/s, 64 appenders 120-150k, 256 appenders 234k;
-/// allocated only, 3.7k, 100-105k and 308k. See DESIGN.md §4.
+/// allocated only, 3.7k, 100-105k and 308k (README, "Performance").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum Preallocate {

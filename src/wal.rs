@@ -243,6 +243,33 @@ impl Wal {
         Ok(ReadIter::new(core.opts.vfs.clone(), segments, from.0, until, Some(pin)))
     }
 
+    /// A live tail: every durable record from `from` on, in order, then
+    /// each new one as it becomes durable, until the log is closed. See
+    /// [`Tail`](crate::Tail) for what it returns and when it ends.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> aiowal::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let wal = aiowal::Wal::open(dir.path(), aiowal::Options::default()).await?;
+    /// let mut tail = wal.tail(aiowal::Lsn::FIRST);
+    /// let follower = tokio::spawn(async move {
+    ///     let mut got = Vec::new();
+    ///     while let Some(record) = tail.next().await {
+    ///         got.push(record?.to_vec()); // ship it to a replica, apply it...
+    ///     }
+    ///     Ok::<_, aiowal::Error>(got) // the log was closed
+    /// });
+    /// wal.append(b"one").await?;
+    /// wal.append(b"two").await?;
+    /// wal.close().await?;
+    /// assert_eq!(follower.await.unwrap()?, vec![b"one".to_vec(), b"two".to_vec()]);
+    /// # Ok(()) }
+    /// ```
+    pub fn tail(&self, from: Lsn) -> crate::Tail {
+        crate::Tail::new(Arc::clone(&self.handle.core), from)
+    }
+
     /// The segment file holding `lsn` (the log directory if no segment does),
     /// for errors about a record.
     #[cfg_attr(not(feature = "openraft"), allow(dead_code))]

@@ -47,3 +47,9 @@ fn raft_kv_commits_on_a_majority_and_survives_a_restart() {
     assert!(out.contains("cluster already initialized"), "{out}");
     assert!(out.contains("while-down = written on 2 of 3"), "{out}");
 }
+
+#[test]
+fn ship_copies_a_live_log_into_a_replica() {
+    let out = run_example("ship", &[]);
+    assert!(out.contains("identical to the primary's"), "{out}");
+}

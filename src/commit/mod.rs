@@ -690,6 +690,24 @@ impl Core {
         self.poisoned.get().map(|p| Err(p.error()))
     }
 
+    /// Waits until `lsn` is durable; `Ok(None)` once the log is closing and
+    /// `lsn` was never appended (it never will be); the log's error if it
+    /// was poisoned. For readers that follow the log ([`crate::Tail`]).
+    pub(crate) async fn wait_tail(&self, lsn: u64) -> Result<Option<Lsn>> {
+        WaitFor::new(&self.waiters, lsn, || {
+            let durable = self.durable_lsn.load(Ordering::Acquire);
+            if durable >= lsn {
+                return Some(Ok(Some(Lsn(durable))));
+            }
+            if let Some(p) = self.poisoned.get() {
+                return Some(Err(p.error()));
+            }
+            let st = lock(&self.state);
+            (st.closing && lsn >= st.next_lsn).then_some(Ok(None))
+        })
+        .await
+    }
+
     /// Waits until `lsn` is durable (or the log is poisoned).
     pub(crate) async fn wait_durable(&self, lsn: u64) -> Result<Lsn> {
         WaitFor::new(&self.waiters, lsn, || self.durable_outcome(lsn)).await
@@ -798,6 +816,9 @@ impl Core {
             }
             (st.next_lsn - 1, start)
         };
+        // Readers following the log past its end learn that it ends; the
+        // others find their LSN not yet durable and wait on.
+        self.waiters.wake_all();
         if start {
             let me = Arc::clone(self);
             let guard = CloseGuard(Some(Arc::clone(self)));
@@ -885,6 +906,7 @@ impl Core {
             }
             (st.lock.clone(), running)
         };
+        self.waiters.wake_all();
         if let Some(held) = held {
             held.dropped(&self.entry);
         }
