@@ -12,7 +12,7 @@
 //! Commands: PING, ECHO, SET (no options: expiry and NX/XX are refused),
 //! GET, DEL, EXISTS, INCR, INCRBY, MSET (atomic), MGET, DBSIZE, FLUSHALL,
 //! SAVE (checkpoint: snapshot + log truncation), INFO (store and log
-//! stats), CONFIG GET (answered for the parameters redis-benchmark asks
+//! stats), METRICS (the log's counters in Prometheus's text format), CONFIG GET (answered for the parameters redis-benchmark asks
 //! about). Unknown commands get an error reply.
 //!
 //! Hostile input is bounded the way Redis bounds it: a request is an array
@@ -283,6 +283,7 @@ impl Server {
                 Err(e) => err(format!("ERR {e}")),
             },
             "INFO" => Frame::BulkString(self.info().into_bytes()),
+            "METRICS" => Frame::BulkString(self.metrics().into_bytes()),
             "CONFIG" => self.config(a),
             "COMMAND" => Frame::Array(Vec::new()),
             _ => err(format!("ERR unknown command '{}'", String::from_utf8_lossy(name))),
@@ -338,7 +339,7 @@ impl Server {
         let s = self.store.wal().stats();
         let r = self.store.recovered();
         format!(
-            "# Server\r\nserver:aiowal-kv\r\nbackend:{}\r\n\r\n# Keyspace\r\nkeys:{}\r\n\r\n# Recovery\r\nsnapshot_keys:{}\r\nsnapshot_lsn:{}\r\nlog_records_replayed:{}\r\n\r\n# WAL\r\nrecords:{}\r\nbytes:{}\r\nsyncs:{}\r\nrecords_per_sync:{:.2}\r\nsync_latency_p50_us:{}\r\nsync_latency_p99_us:{}\r\nsync_latency_p999_us:{}\r\ndurable_lsn:{}\r\n",
+            "# Server\r\nserver:aiowal-kv\r\nbackend:{}\r\n\r\n# Keyspace\r\nkeys:{}\r\n\r\n# Recovery\r\nsnapshot_keys:{}\r\nsnapshot_lsn:{}\r\nlog_records_replayed:{}\r\n\r\n# WAL\r\nrecords:{}\r\nbytes:{}\r\nsyncs:{}\r\nrecords_per_sync:{:.2}\r\nsync_latency_p50_us:{}\r\nsync_latency_p99_us:{}\r\nsync_latency_p999_us:{}\r\ndurable_lsn:{}\r\nrecords_pending:{}\r\nbatches_in_flight:{}\r\nsegments_live:{}\r\nsegments_spare:{}\r\nsegments_retired:{}\r\nnext_segment_ready:{}\r\npoisoned:{}\r\n",
             self.store.wal().backend_name(),
             self.store.len(),
             r.snapshot_keys,
@@ -352,7 +353,56 @@ impl Server {
             s.sync_latency_p99.as_micros(),
             s.sync_latency_p999.as_micros(),
             self.store.wal().durable_lsn(),
+            s.records_pending,
+            s.batches_in_flight,
+            s.segments_live,
+            s.segments_spare,
+            s.segments_retired,
+            u8::from(s.next_segment_ready),
+            u8::from(s.poisoned),
         )
+    }
+
+    /// The log's counters in Prometheus's text exposition format.
+    fn metrics(&self) -> String {
+        let s = self.store.wal().stats();
+        let mut out = String::new();
+        let mut put = |name: &str, kind: &str, help: &str, value: String| {
+            out.push_str(&format!(
+                "# HELP aiowal_{name} {help}\n# TYPE aiowal_{name} {kind}\naiowal_{name} {value}\n"
+            ));
+        };
+        put("appends_total", "counter", "Records appended.", s.appends.to_string());
+        put("appended_bytes_total", "counter", "Payload bytes appended.", s.bytes.to_string());
+        put("syncs_total", "counter", "Batches written and synced.", s.syncs.to_string());
+        put("written_bytes_total", "counter", "Bytes written to segments.", s.bytes_written.to_string());
+        put(
+            "records_per_sync",
+            "gauge",
+            "Records made durable per sync, mean.",
+            format!("{:.3}", s.records_per_sync),
+        );
+        for (q, v) in
+            [("0.5", s.sync_latency_p50), ("0.99", s.sync_latency_p99), ("0.999", s.sync_latency_p999)]
+        {
+            out.push_str(&format!(
+                "aiowal_sync_latency_seconds{{quantile=\"{q}\"}} {:.6}\n",
+                v.as_secs_f64()
+            ));
+        }
+        let mut put = |name: &str, help: &str, value: u64| {
+            out.push_str(&format!(
+                "# HELP aiowal_{name} {help}\n# TYPE aiowal_{name} gauge\naiowal_{name} {value}\n"
+            ));
+        };
+        put("durable_lsn", "Highest durable LSN.", self.store.wal().durable_lsn().get());
+        put("records_pending", "Records staged, not yet durable.", s.records_pending);
+        put("batches_in_flight", "Batches at the backend.", s.batches_in_flight);
+        put("segments_live", "Segments holding records.", s.segments_live);
+        put("segments_spare", "Retired segments kept for reuse.", s.segments_spare);
+        put("segments_retired", "Segments retired since open.", s.segments_retired);
+        put("poisoned", "1 once a write or sync failed.", u64::from(s.poisoned));
+        out
     }
 
     /// CONFIG GET, answered for what this server really does.

@@ -97,7 +97,11 @@ impl Wal {
         let dir = dir.as_ref().to_path_buf();
         let (o, d) = (opts.clone(), dir.clone());
         let started = std::time::Instant::now();
-        let (start, mut report, opts) = opts.vfs.run_blocking(move || recover(&d, o)).await?;
+        let span = tracing::info_span!("aiowal_recovery", dir = %dir.display());
+        let (start, mut report, opts) =
+            opts.vfs.run_blocking(move || span.in_scope(|| recover(&d, o))).await.inspect_err(
+                |e| tracing::error!(dir = %dir.display(), error = %e, "aiowal: recovery refused to open"),
+            )?;
         report.elapsed = started.elapsed();
         tracing::info!(
             dir = %dir.display(),

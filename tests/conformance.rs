@@ -633,6 +633,21 @@ async fn sync_and_stats(b: Backend) {
     let s = wal.stats();
     assert_eq!((s.appends, s.bytes, s.syncs), (1, 1, 1));
     assert!(s.sync_latency_p50 > std::time::Duration::ZERO);
+    assert_eq!((s.records_pending, s.batches_queued, s.batches_in_flight), (0, 0, 0));
+    assert_eq!((s.segments_live, s.segments_retired, s.poisoned), (1, 0, false));
+    // Across rotations, then a checkpoint: live segments grow, then retire.
+    let mut last = l;
+    for i in 0..300u64 {
+        last = wal.append(&record(9, i, 4000)).await.unwrap();
+    }
+    let grown = wal.stats().segments_live;
+    assert!(grown >= 4, "{grown} live segments after ~1.2 MB in 256 KiB segments");
+    let retired = wal.truncate_before(last).await.unwrap();
+    let s = wal.stats();
+    assert_eq!(s.segments_retired, retired);
+    assert_eq!(s.segments_live, grown - retired);
+    assert!(s.segments_spare <= retired);
+    assert_eq!(s.records_pending, 0);
     wal.close().await.unwrap();
 }
 

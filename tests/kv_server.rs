@@ -238,6 +238,19 @@ fn commands() {
     assert!(cli(p, &["set", "k", "v", "ex", "10"]).contains("not supported"));
     assert!(cli(p, &["frobnicate", "x"]).starts_with("ERR unknown command"));
     assert!(cli(p, &["get"]).contains("wrong number of arguments"));
+    // The log's state in INFO, and its counters in Prometheus's format.
+    assert_eq!(info_field(p, "poisoned"), "0");
+    assert!(info_field(p, "segments_live").parse::<u64>().unwrap() >= 1);
+    let metrics = cli(p, &["metrics"]);
+    assert!(metrics.contains("# TYPE aiowal_appends_total counter"), "{metrics}");
+    let appends: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("aiowal_appends_total "))
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(appends >= 5, "{metrics}");
+    assert!(metrics.contains("aiowal_sync_latency_seconds{quantile=\"0.99\"}"), "{metrics}");
     assert!(cli(p, &["info"]).contains("records_per_sync"));
     // Inline commands work; a malformed one gets an error, not a silent drop.
     assert_eq!(raw(p, b"PING\r\n"), "+PONG\r\n");

@@ -630,6 +630,7 @@ impl Core {
             lock(&self.segments).push(SegmentMeta { seq, path: path.clone(), header: h, marks });
         }
         st.active = Some(Active { seq, file, marks });
+        tracing::debug!(dir = %self.dir.display(), segment = seq, first_lsn = meta.first_lsn, "aiowal: segment switch");
         let (batches, bytes) = st.stats.totals();
         let (b0, by0) = std::mem::replace(&mut st.at_rotation, (batches, bytes));
         let mean = (batches > b0).then(|| (bytes - by0) / (batches - b0));
@@ -796,6 +797,20 @@ impl Core {
                 segment::remove(&self.opts.vfs, &self.dir, path)?;
             }
         }
+        let spares = {
+            let mut st = lock(&self.state);
+            st.stats.segments_retired += victims.len() as u64;
+            st.spares.len()
+        };
+        tracing::debug!(
+            dir = %self.dir.display(),
+            below = lsn,
+            retired = victims.len(),
+            first_seq = victims.first().map(|v| v.seq),
+            last_seq = victims.last().map(|v| v.seq),
+            spares,
+            "aiowal: segments retired"
+        );
         Ok(victims.len() as u64)
     }
 
@@ -923,7 +938,19 @@ impl Core {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        lock(&self.state).stats.snapshot()
+        let segments_live = lock(&self.segments).len() as u64;
+        let st = lock(&self.state);
+        let mut s = st.stats.snapshot();
+        s.records_pending = (st.next_lsn - 1).saturating_sub(self.durable_lsn.load(Ordering::Acquire));
+        s.batches_queued = st.sealed.len() as u64;
+        s.batches_in_flight = st.in_flight.len() as u64;
+        s.segments_live = segments_live;
+        s.segments_spare = st.spares.len() as u64;
+        s.segments_retired = st.stats.segments_retired;
+        s.next_segment_ready =
+            matches!(st.next, Next::Ready(..)) || matches!(&st.next, Next::Preparing(p) if p.is_done());
+        s.poisoned = st.poison.is_some();
+        s
     }
 
     pub(crate) fn dir(&self) -> &Path {

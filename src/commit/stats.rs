@@ -30,9 +30,29 @@ pub struct Stats {
     pub sync_latency_p999: Duration,
     /// Slowest batch.
     pub sync_latency_max: Duration,
+    /// Records staged and not yet durable (queued or in flight): the
+    /// log's queue depth.
+    pub records_pending: u64,
+    /// Batches sealed and waiting for the backend.
+    pub batches_queued: u64,
+    /// Batches handed to the backend and not yet completed.
+    pub batches_in_flight: u64,
+    /// Segments holding the log's records (readable).
+    pub segments_live: u64,
+    /// Retired segments kept for reuse.
+    pub segments_spare: u64,
+    /// Segments retired by `truncate_before` since open.
+    pub segments_retired: u64,
+    /// The next segment is ready (prepared) for the switch: false while it
+    /// is still being zero-filled, or when none was prepared.
+    pub next_segment_ready: bool,
+    /// The log was poisoned (a write or sync failed): it takes no more
+    /// appends until reopened.
+    pub poisoned: bool,
 }
 
 pub(crate) struct Counters {
+    pub segments_retired: u64,
     pub appends: u64,
     pub bytes: u64,
     batches: u64,
@@ -44,6 +64,7 @@ pub(crate) struct Counters {
 impl Default for Counters {
     fn default() -> Self {
         Counters {
+            segments_retired: 0,
             appends: 0,
             bytes: 0,
             batches: 0,
@@ -87,6 +108,14 @@ impl Counters {
             sync_latency_p99: q(0.99),
             sync_latency_p999: q(0.999),
             sync_latency_max: Duration::from_nanos(self.sync_ns.max()),
+            records_pending: 0,
+            batches_queued: 0,
+            batches_in_flight: 0,
+            segments_live: 0,
+            segments_spare: 0,
+            segments_retired: self.segments_retired,
+            next_segment_ready: false,
+            poisoned: false,
         }
     }
 }

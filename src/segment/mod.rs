@@ -391,6 +391,14 @@ impl Preparing {
         self.seq
     }
 
+    /// Whether the preparation has finished (the wait would not block).
+    pub(crate) fn is_done(&self) -> bool {
+        match &self.work {
+            Work::Done(_) => true,
+            Work::Thread(h) => h.is_finished(),
+        }
+    }
+
     /// Waits for the preparation to finish.
     pub(crate) fn wait(self) -> Result<SegFile> {
         match self.work {
