@@ -95,6 +95,25 @@ pub enum Error {
         /// What is wrong.
         kind: CorruptKind,
     },
+    /// A Raft node's log ([`crate::raft::RaftLog`]) is damaged where it
+    /// holds acknowledged records. Unlike [`Error::Corrupt`], which offers
+    /// `PointInTime` recovery, a Raft node must not cut its log: it may
+    /// drop a vote or entries it acknowledged to a leader, and a node that
+    /// keeps its identity can then vote twice or help elect a leader that
+    /// lacks a committed entry.
+    #[error(
+        "damaged Raft log: segment {segment}, offset {offset}, near LSN {lsn}: {kind}. Do not recover it with RecoveryMode::PointInTime or `aiowal repair --force`: a node that loses a vote or an entry it acknowledged can break the cluster's safety. Remove this node's data directory and add it back to the cluster as a new learner (it catches up from the leader)"
+    )]
+    RaftLogDamaged {
+        /// The segment file.
+        segment: PathBuf,
+        /// Byte offset of the bad frame or header in the segment.
+        offset: u64,
+        /// The LSN expected at that place.
+        lsn: u64,
+        /// What is wrong.
+        kind: CorruptKind,
+    },
     /// The directory holds a segment-named file that is not an aiowal segment.
     #[error("{path} is not an aiowal segment ({reason}); move it out of the log directory")]
     ForeignFile {

@@ -119,15 +119,45 @@ impl<C: RaftTypeConfig> State<C> {
         self.entries.back().map(|(id, _)| id.clone()).or_else(|| self.purged.clone())
     }
 
+    /// The index the next entry must have: after the last live entry, or
+    /// (with none live) right after the last purged one; any index on a
+    /// log that never held an entry.
+    fn expected_index(&self) -> Option<u64> {
+        match (self.entries.back(), &self.purged) {
+            (Some((last, _)), _) => Some(last.index + 1),
+            (None, Some(p)) => Some(p.index + 1),
+            (None, None) => None,
+        }
+    }
+
     /// Adds an entry; false if it does not follow the last live one.
+    ///
+    /// Not checked against the last purged id here: on replay, a kept
+    /// segment can begin with an older checkpoint's `Purge` whose later
+    /// entries were retired with the segment before it, so entries after it
+    /// may start above its index until the newer `Purge` arrives.
+    /// [`State::check_continuity`] checks the outcome; `append` checks
+    /// [`State::expected_index`] before anything is written.
     fn push(&mut self, id: LogId<C::NodeId>, lsn: Lsn) -> bool {
         if let Some((last, _)) = self.entries.back() {
             if id.index != last.index + 1 {
                 return false;
             }
+        } else if self.purged.as_ref().is_some_and(|p| id.index <= p.index) {
+            return true; // covered by the purge (as `append` drops it)
         }
         self.entries.push_back((id, lsn));
         true
+    }
+
+    /// After replay: live entries start right after the last purged id
+    /// (openraft's `last_log_id >= last_purged_log_id`, with no hole
+    /// between them). The LSN of the first entry that breaks it, if any.
+    fn check_continuity(&self) -> Option<Lsn> {
+        match (self.entries.front(), &self.purged) {
+            (Some((first, lsn)), Some(p)) if first.index != p.index + 1 => Some(*lsn),
+            _ => None,
+        }
     }
 
     fn truncate(&mut self, since: u64) {
@@ -140,7 +170,11 @@ impl<C: RaftTypeConfig> State<C> {
         while self.entries.front().is_some_and(|(id, _)| id.index <= upto.index) {
             self.entries.pop_front();
         }
-        if self.purged.as_ref() < Some(&upto) {
+        // By index: the purged prefix only grows. (In a valid Raft log the
+        // log ids of its entries order the same way by index and by term;
+        // a purge id whose term is higher but index lower must not move
+        // the purged point back.)
+        if self.purged.as_ref().is_none_or(|p| upto.index > p.index) {
             self.purged = Some(upto);
         }
     }
@@ -227,10 +261,44 @@ impl<C: RaftTypeConfig> RaftLog<C> {
     /// Opens (or creates) the Raft log in `dir` and rebuilds the index by
     /// replaying it.
     ///
+    /// Damage to acknowledged records is [`Error::RaftLogDamaged`], which
+    /// tells the operator what to do: remove the node's data and re-add it
+    /// as a new learner. [`RecoveryMode::PointInTime`](crate::RecoveryMode)
+    /// is refused: cutting a Raft node's log can drop a vote or entries it
+    /// acknowledged (see [`RaftLog::open_allowing_loss`] for the explicit
+    /// opt-in).
+    ///
     /// # Errors
-    /// Those of [`Wal::open`], and [`Error::Corrupt`] for a record that does
-    /// not decode or an entry that breaks the log's sequence.
+    /// Those of [`Wal::open`], [`Error::InvalidOption`] for `PointInTime`,
+    /// and [`Error::RaftLogDamaged`] for damage, a record that does not
+    /// decode or an entry that breaks the log's sequence.
     pub async fn open(dir: impl AsRef<Path>, opts: Options) -> Result<RaftLog<C>, Error> {
+        if opts.get_recovery_mode() == crate::RecoveryMode::PointInTime {
+            return Err(Error::InvalidOption {
+                name: "recovery_mode",
+                reason: "PointInTime can drop a vote or entries this node acknowledged to a leader, after which it can vote twice or help elect a leader missing a committed entry; remove the node's data and re-add it as a new learner instead (RaftLog::open_allowing_loss opts in explicitly)".into(),
+            });
+        }
+        Self::open_allowing_loss(dir, opts).await
+    }
+
+    /// [`RaftLog::open`] without refusing
+    /// [`RecoveryMode::PointInTime`](crate::RecoveryMode): for salvaging the
+    /// entries of a damaged node for inspection, never for a node that
+    /// rejoins its cluster under the same identity.
+    ///
+    /// # Errors
+    /// As for [`RaftLog::open`].
+    pub async fn open_allowing_loss(dir: impl AsRef<Path>, opts: Options) -> Result<RaftLog<C>, Error> {
+        Self::replay(dir, opts).await.map_err(|e| match e {
+            Error::Corrupt { segment, offset, lsn, kind } => {
+                Error::RaftLogDamaged { segment, offset, lsn, kind }
+            }
+            e => e,
+        })
+    }
+
+    async fn replay(dir: impl AsRef<Path>, opts: Options) -> Result<RaftLog<C>, Error> {
         let wal = Wal::open(dir, opts).await?;
         let mut st = State::new();
         for rec in wal.read_from(Lsn::FIRST)? {
@@ -248,6 +316,9 @@ impl<C: RaftTypeConfig> RaftLog<C> {
                 Op::Truncate(id) => st.truncate(id.index),
                 Op::Purge(id) => st.purge(id),
             }
+        }
+        if let Some(lsn) = st.check_continuity() {
+            return Err(corrupt(&wal, lsn, "raft entries do not continue from the last purged entry"));
         }
         Ok(RaftLog { wal, state: Arc::new(Mutex::new(st)) })
     }
@@ -390,29 +461,43 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for RaftLog<C> {
         I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        // With no entry live, entries at or below the last purged one are
+        // already covered by the purge (openraft's own suite appends such
+        // an entry after its state machine moved past the log): dropped.
+        let purged_upto = {
+            let st = self.lock();
+            if st.entries.is_empty() { st.purged.as_ref().map(|p| p.index) } else { None }
+        };
         let mut ids = Vec::new();
         let mut records = Vec::new();
         for e in entries {
+            if purged_upto.is_some_and(|p| e.get_log_id().index <= p) {
+                continue;
+            }
             ids.push(e.get_log_id().clone());
             records.push(encode(&OpOf::<C, &C::Entry>::Entry(&e)).map_err(write_err)?);
         }
         if records.is_empty() {
-            callback.log_io_completed(Ok(()));
+            // Flushed means everything before it is durable too: wait for
+            // what earlier calls staged (nothing, usually: then at once).
+            let wal = self.wal.clone();
+            tokio::spawn(async move {
+                let result = wal.sync().await.map(|_| ()).map_err(|e| io::Error::other(e.to_string()));
+                callback.log_io_completed(result);
+            });
             return Ok(());
         }
         {
-            // Refuse a hole before anything reaches the log.
+            // Refuse a hole (after the last entry, or after the last purged
+            // one when none is live) before anything reaches the log.
             let st = self.lock();
-            let mut last = st.entries.back().map(|(id, _)| id.index);
+            let mut expected = st.expected_index();
             for id in &ids {
-                if last.is_some_and(|l| id.index != l + 1) {
-                    let e = io::Error::other(format!(
-                        "raft entry {id} does not follow entry {}",
-                        last.unwrap_or(0)
-                    ));
+                if let Some(e) = expected.filter(|&e| id.index != e) {
+                    let e = io::Error::other(format!("raft entry {id} does not follow: expected index {e}"));
                     return Err(StorageIOError::write_log_entry(id.clone(), AnyError::new(&e)).into());
                 }
-                last = Some(id.index);
+                expected = Some(id.index + 1);
             }
         }
         let staged = match self.wal.stage_batch(&records).await {
@@ -460,7 +545,7 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for RaftLog<C> {
         let (vote, committed, log_id) = {
             let st = self.lock();
             let furthest = match &st.purged {
-                Some(p) if *p > log_id => p.clone(),
+                Some(p) if p.index >= log_id.index => p.clone(),
                 _ => log_id,
             };
             (st.vote.clone(), st.committed.clone(), furthest)

@@ -83,7 +83,9 @@ impl View {
             Call::Truncate(id) => self.entries.retain(|&i, _| i < id.index),
             Call::Purge(id) => {
                 self.entries.retain(|&i, _| i > id.index);
-                self.purged = self.purged.max(Some(*id));
+                if self.purged.is_none_or(|p| id.index > p.index) {
+                    self.purged = Some(*id);
+                }
             }
             Call::Vote(v) => self.vote = Some(*v),
             Call::Committed(c) => self.committed = *c,
@@ -291,6 +293,71 @@ async fn a_log_of_other_records_is_refused_naming_segment_and_lsn() {
     drop(wal);
     let err = RaftLog::<Config>::open(dir.path(), opts()).await.unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, aiowal::Error::Corrupt { lsn: 1, .. }), "{text}");
+    assert!(matches!(err, aiowal::Error::RaftLogDamaged { lsn: 1, .. }), "{text}");
+    assert!(text.contains("new learner") && !text.contains("open with RecoveryMode::PointInTime"), "{text}");
     assert!(text.contains("00000000000000000001.wal") && text.contains("not an openraft record"), "{text}");
+}
+
+/// After a purge that leaves no live entry, the next entry stored must be
+/// the one after the purged id, in `append` and when a log is replayed: an
+/// entry at or below it is covered by the purge and not stored (openraft's
+/// own suite appends one after its state machine moved past the log), so
+/// `last_log_id` never falls below `last_purged_log_id`; one above it
+/// leaves a hole and is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_after_a_purge_that_emptied_the_log_continues_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(11);
+    let mut log = RaftLog::<Config>::open(dir.path(), opts()).await.unwrap();
+    for i in 0..10 {
+        log.blocking_append([entry(1, i, &mut rng)]).await.unwrap();
+    }
+    log.purge(log_id(1, 9)).await.unwrap();
+    let records = log.wal().stats().appends;
+    log.blocking_append([entry(1, 3, &mut rng)]).await.unwrap();
+    assert_eq!(log.wal().stats().appends, records, "index 3 after purge(9): covered, not stored");
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id, Some(log_id(1, 9)), "last_log_id stays at the purged id");
+    assert!(log.blocking_append([entry(1, 11, &mut rng)]).await.is_err(), "index 11 after purge(9): a hole");
+    log.blocking_append([entry(1, 8, &mut rng), entry(1, 9, &mut rng), entry(1, 10, &mut rng)])
+        .await
+        .unwrap();
+    assert_eq!(log.wal().stats().appends, records + 1, "8 and 9 covered, 10 stored");
+    log.close().await.unwrap();
+    drop(log);
+    let mut log = RaftLog::<Config>::open(dir.path(), opts()).await.unwrap();
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(log_id(1, 9)), Some(log_id(1, 10))));
+    log.close().await.unwrap();
+    drop(log);
+
+    // A log written past the rule (by an older adapter) is refused on open:
+    // entry 11 right after purge(9) leaves a hole.
+    let dir = tempfile::tempdir().unwrap();
+    let wal = aiowal::Wal::open(dir.path(), opts()).await.unwrap();
+    let op = |tag: u8, body: Vec<u8>| [vec![1u8, tag], body].concat();
+    let id = |index: u64| postcard::to_stdvec(&log_id(1, index)).unwrap();
+    let e = |index: u64| postcard::to_stdvec(&entry(1, index, &mut Rng::new(1))).unwrap();
+    wal.append(&op(0, e(0))).await.unwrap(); // Entry 0
+    wal.append(&op(4, id(9))).await.unwrap(); // Purge 9
+    wal.append(&op(0, e(3))).await.unwrap(); // Entry 3: covered by the purge, skipped
+    wal.append(&op(0, e(11))).await.unwrap(); // Entry 11: a hole after 9
+    wal.close().await.unwrap();
+    drop(wal);
+    let err = RaftLog::<Config>::open(dir.path(), opts()).await.unwrap_err();
+    assert!(matches!(err, aiowal::Error::RaftLogDamaged { lsn: 4, .. }), "{err}");
+}
+
+/// `PointInTime` recovery is refused for a Raft log unless the caller
+/// opts in with `open_allowing_loss`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn point_in_time_recovery_is_refused_without_an_explicit_opt_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let pit = opts().recovery_mode(aiowal::RecoveryMode::PointInTime);
+    let err = RaftLog::<Config>::open(dir.path(), pit.clone()).await.unwrap_err();
+    assert!(matches!(err, aiowal::Error::InvalidOption { name: "recovery_mode", .. }), "{err}");
+    assert!(err.to_string().contains("new learner"), "{err}");
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "refused before creating anything");
+    let log = RaftLog::<Config>::open_allowing_loss(dir.path(), pit).await.unwrap();
+    log.close().await.unwrap();
 }
