@@ -993,12 +993,19 @@ fn replay(job: &Job, acks: &BTreeMap<u64, Ack>, scale: Scale) -> Res<()> {
     // Reordered points are sampled among those with writes before the next
     // point, from a seed that differs per job.
     let mut rng = Rng(0x1ab5eed ^ u64::from(crc32fast::hash(job.name.as_bytes())));
-    let with_window: Vec<usize> = checked_points
+    // The writes that may or may not be on the device at p: from the
+    // covering submission to the next point, less the FUA writes completed
+    // by p (with overlapping flushes some lie before p).
+    let with_window: Vec<usize> = points
         .iter()
         .enumerate()
         .filter(|&(k, &p)| {
-            let next = checked_points.get(k + 1).copied().unwrap_or(log.entries.len());
-            log.entries[p + 1..next].iter().any(|e| e.is_write())
+            let next = points.get(k + 1).copied().unwrap_or(log.entries.len());
+            p > mkfs_done
+                && log.entries[covered[k]..next]
+                    .iter()
+                    .enumerate()
+                    .any(|(i, e)| e.is_write() && !(e.flags & logwrites::FUA != 0 && covered[k] + i <= p))
         })
         .map(|(_, &p)| p)
         .collect();
