@@ -253,6 +253,12 @@ fn write_err<NID: openraft::NodeId>(e: impl std::error::Error + 'static) -> Stor
     StorageIOError::write_logs(AnyError::new(&e)).into()
 }
 
+/// A failed write of a vote (`vote`) or of anything else in the log.
+fn op_err<NID: openraft::NodeId>(vote: bool, e: &(impl std::error::Error + 'static)) -> StorageError<NID> {
+    let any = AnyError::new(e);
+    if vote { StorageIOError::write_vote(any).into() } else { StorageIOError::write_logs(any).into() }
+}
+
 fn read_err<NID: openraft::NodeId>(e: impl std::error::Error + 'static) -> StorageError<NID> {
     StorageIOError::read_logs(AnyError::new(&e)).into()
 }
@@ -340,11 +346,14 @@ impl<C: RaftTypeConfig> RaftLog<C> {
         crate::sync::lock(&self.state)
     }
 
-    /// Appends one operation record and waits until it is durable.
+    /// Appends one operation record and waits until it is durable. A
+    /// failure names what was being written (openraft tells a vote's from
+    /// the log's).
     async fn log_op(&self, op: &OpOf<C, &C::Entry>) -> Result<Lsn, StorageError<C::NodeId>> {
-        let bytes = encode(op).map_err(write_err)?;
-        let staged = self.wal.stage(&bytes).await.map_err(write_err)?;
-        staged.durable().await.map_err(write_err).map(|r| r.last())
+        let vote = matches!(op, Op::Vote(_));
+        let bytes = encode(op).map_err(|e| op_err(vote, &e))?;
+        let staged = self.wal.stage(&bytes).await.map_err(|e| op_err(vote, &e))?;
+        staged.durable().await.map_err(|e| op_err(vote, &e)).map(|r| r.last())
     }
 
     /// Forgets pending bytes that the log now serves.
@@ -376,6 +385,12 @@ impl<C: RaftTypeConfig> RaftLog<C> {
                     match it.next() {
                         Some(Ok(r)) if r.lsn() < lsn => continue,
                         Some(Ok(r)) if r.lsn() == lsn => break r,
+                        // A purge that ran since the index was read may have
+                        // retired it (the iterator then ends early, or fails
+                        // to map a segment deleted under it): the reader
+                        // contract allows fewer entries than asked for;
+                        // anything else is damage.
+                        _ if self.lock().first_index().is_none_or(|f| index < f) => return Ok(out),
                         Some(Err(e)) => return Err(read_err(e)),
                         _ => {
                             return Err(read_err(corrupt(&self.wal, lsn, "raft entry missing from the log")));

@@ -87,6 +87,12 @@ impl Tail {
                         let first = r.lsn().get();
                         return self.fail(Error::Truncated { lsn: self.next, first });
                     }
+                    // A segment deleted by a `truncate_before` after the
+                    // iterator listed it fails to map: behind a truncation.
+                    Some(Err(_)) if self.first_lsn().is_some_and(|f| self.next < f) => {
+                        let first = self.first_lsn().unwrap_or(self.next);
+                        return self.fail(Error::Truncated { lsn: self.next, first });
+                    }
                     Some(Err(e)) => return self.fail(e),
                     None => self.iter = None,
                 }

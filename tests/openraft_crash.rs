@@ -361,3 +361,56 @@ async fn point_in_time_recovery_is_refused_without_an_explicit_opt_in() {
     let log = RaftLog::<Config>::open_allowing_loss(dir.path(), pit).await.unwrap();
     log.close().await.unwrap();
 }
+
+/// A failed vote write is reported as a vote's, not as a log write's
+/// (openraft tells them apart), and log writes stay log writes.
+#[tokio::test(flavor = "current_thread")]
+async fn a_failed_vote_write_is_reported_as_a_vote() {
+    let disk = SimDisk::new(3);
+    let mut log = RaftLog::<Config>::open(DIR, opts().sim(&disk)).await.unwrap();
+    disk.inject(aiowal::sim::Fault::SyncError { after: 0 });
+    let text = log.save_vote(&Vote::new(1, 1)).await.unwrap_err().to_string();
+    assert!(text.contains("Write Vote"), "{text}");
+    let text = log.truncate(log_id(1, 0)).await.unwrap_err().to_string();
+    assert!(text.contains("Write Logs"), "{text}");
+}
+
+/// A read that races a purge returns the entries still there (the reader
+/// contract allows fewer than asked for), not a fatal corruption error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_racing_a_purge_returns_fewer_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(17);
+    let mut log = RaftLog::<Config>::open(dir.path(), opts()).await.unwrap();
+    for i in 0..200 {
+        log.blocking_append([entry(1, i, &mut rng)]).await.unwrap();
+    }
+    let mut reader = log.get_log_reader().await;
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let mut r = reader.clone();
+            tokio::spawn(async move {
+                let mut reads = 0;
+                for _ in 0..200 {
+                    let got = r.try_get_log_entries(0..200).await.expect("a racing read is not an error");
+                    // Whatever it returns is a run of consecutive entries.
+                    for w in got.windows(2) {
+                        assert_eq!(w[1].log_id.index, w[0].log_id.index + 1);
+                    }
+                    reads += 1;
+                    tokio::task::yield_now().await;
+                }
+                reads
+            })
+        })
+        .collect();
+    for upto in (10..190).step_by(10) {
+        log.purge(log_id(1, upto)).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    for r in readers {
+        assert_eq!(r.await.unwrap(), 200);
+    }
+    assert_eq!(reader.try_get_log_entries(..).await.unwrap().len(), 19, "181..=199 after purge(180)");
+    log.close().await.unwrap();
+}
