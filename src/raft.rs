@@ -476,23 +476,34 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for RaftLog<C> {
         I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        // With no entry live, entries at or below the last purged one are
-        // already covered by the purge (openraft's own suite appends such
-        // an entry after its state machine moved past the log): dropped.
-        let purged_upto = {
-            let st = self.lock();
-            if st.entries.is_empty() { st.purged.as_ref().map(|p| p.index) } else { None }
-        };
-        let mut ids = Vec::new();
-        let mut records = Vec::new();
+        let mut items = Vec::new();
         for e in entries {
-            if purged_upto.is_some_and(|p| e.get_log_id().index <= p) {
-                continue;
-            }
-            ids.push(e.get_log_id().clone());
-            records.push(encode(&OpOf::<C, &C::Entry>::Entry(&e)).map_err(write_err)?);
+            items
+                .push((e.get_log_id().clone(), encode(&OpOf::<C, &C::Entry>::Entry(&e)).map_err(write_err)?));
         }
-        if records.is_empty() {
+        {
+            let st = self.lock();
+            // With no entry live, entries at or below the last purged one
+            // are already covered by the purge (openraft's own suite appends
+            // such an entry after its state machine moved past the log):
+            // dropped.
+            if st.entries.is_empty() {
+                if let Some(p) = st.purged.as_ref().map(|p| p.index) {
+                    items.retain(|(id, _)| id.index > p);
+                }
+            }
+            // Refuse a hole (after the last entry, or after the last purged
+            // one when none is live) before anything reaches the log.
+            let mut expected = st.expected_index();
+            for (id, _) in &items {
+                if let Some(e) = expected.filter(|&e| id.index != e) {
+                    let e = io::Error::other(format!("raft entry {id} does not follow: expected index {e}"));
+                    return Err(StorageIOError::write_log_entry(id.clone(), AnyError::new(&e)).into());
+                }
+                expected = Some(id.index + 1);
+            }
+        }
+        if items.is_empty() {
             // Flushed means everything before it is durable too: wait for
             // what earlier calls staged (nothing, usually: then at once).
             let wal = self.wal.clone();
@@ -502,19 +513,7 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for RaftLog<C> {
             });
             return Ok(());
         }
-        {
-            // Refuse a hole (after the last entry, or after the last purged
-            // one when none is live) before anything reaches the log.
-            let st = self.lock();
-            let mut expected = st.expected_index();
-            for id in &ids {
-                if let Some(e) = expected.filter(|&e| id.index != e) {
-                    let e = io::Error::other(format!("raft entry {id} does not follow: expected index {e}"));
-                    return Err(StorageIOError::write_log_entry(id.clone(), AnyError::new(&e)).into());
-                }
-                expected = Some(id.index + 1);
-            }
-        }
+        let (ids, records): (Vec<_>, Vec<_>) = items.into_iter().unzip();
         let staged = match self.wal.stage_batch(&records).await {
             Ok(s) => vec![s],
             // More than one batch holds: stage them one by one (still in order).

@@ -53,7 +53,7 @@ impl Tail {
 
     /// The first LSN of the oldest readable segment.
     fn first_lsn(&self) -> Option<u64> {
-        self.core.segments().first().map(|s| s.header.first_lsn)
+        self.core.first_segment_lsn()
     }
 
     fn fail(&mut self, e: Error) -> Option<Result<Record>> {
@@ -89,11 +89,13 @@ impl Tail {
                     }
                     // A segment deleted by a `truncate_before` after the
                     // iterator listed it fails to map: behind a truncation.
-                    Some(Err(_)) if self.first_lsn().is_some_and(|f| self.next < f) => {
-                        let first = self.first_lsn().unwrap_or(self.next);
-                        return self.fail(Error::Truncated { lsn: self.next, first });
+                    Some(Err(e)) => {
+                        let e = match self.first_lsn().filter(|&f| self.next < f) {
+                            Some(first) => Error::Truncated { lsn: self.next, first },
+                            None => e,
+                        };
+                        return self.fail(e);
                     }
-                    Some(Err(e)) => return self.fail(e),
                     None => self.iter = None,
                 }
                 continue;
@@ -105,16 +107,7 @@ impl Tail {
                 return self.fail(Error::Truncated { lsn: self.next, first });
             }
             match self.core.wait_tail(self.next).await {
-                Ok(Some(durable)) => {
-                    let (segments, pin) = self.core.segments_pinned(self.next);
-                    self.iter = Some(ReadIter::new(
-                        self.core.opts.vfs.clone(),
-                        segments,
-                        self.next,
-                        durable.get(),
-                        Some(pin),
-                    ));
-                }
+                Ok(Some(durable)) => self.iter = Some(self.core.reader(self.next, durable.get())),
                 Ok(None) => {
                     self.done = true;
                     return None;

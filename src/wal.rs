@@ -242,9 +242,7 @@ impl Wal {
     pub fn read_from(&self, from: Lsn) -> Result<ReadIter> {
         let core = &self.handle.core;
         core.ensure_open()?;
-        let until = core.durable_lsn();
-        let (segments, pin) = core.segments_pinned(from.0);
-        Ok(ReadIter::new(core.opts.vfs.clone(), segments, from.0, until, Some(pin)))
+        Ok(core.reader(from.0, core.durable_lsn()))
     }
 
     /// A live tail: every durable record from `from` on, in order, then
@@ -288,7 +286,7 @@ impl Wal {
     /// The oldest LSN still in the log, or the next LSN if it holds none.
     pub fn first_lsn(&self) -> Lsn {
         let core = &self.handle.core;
-        core.segments().first().map_or(Lsn(core.next_lsn()), |s| Lsn(s.header.first_lsn))
+        Lsn(core.first_segment_lsn().unwrap_or_else(|| core.next_lsn()))
     }
 
     /// The highest durable LSN.

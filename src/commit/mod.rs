@@ -41,7 +41,7 @@ use crate::io::{
 };
 use crate::lsn::{Lsn, LsnRange};
 use crate::options::Options;
-use crate::recovery::{SeekMarks, SegmentMeta};
+use crate::recovery::{ReadIter, SeekMarks, SegmentMeta};
 use crate::registry::{DirEntry, Pin};
 use crate::segment::{self, LockRef, Preparing};
 use crate::sync::lock;
@@ -744,6 +744,19 @@ impl Core {
     /// for as long as the returned pin lives (taken under the segment
     /// list's lock, so `truncate_before` either sees the pin or retired the
     /// segments before this snapshot).
+    /// The first LSN of the oldest readable segment (none while a new log's
+    /// first batch is in flight), without copying the segment list.
+    pub(crate) fn first_segment_lsn(&self) -> Option<u64> {
+        lock(&self.segments).first().map(|s| s.header.first_lsn)
+    }
+
+    /// Records from `from` through `until`, over the segments pinned now:
+    /// what `Wal::read_from` and the live tail read with.
+    pub(crate) fn reader(&self, from: u64, until: u64) -> ReadIter {
+        let (segments, pin) = self.segments_pinned(from);
+        ReadIter::new(self.opts.vfs.clone(), segments, from, until, Some(pin))
+    }
+
     pub(crate) fn segments_pinned(&self, from: u64) -> (Vec<SegmentMeta>, Arc<Pin>) {
         let segs = lock(&self.segments);
         let skip = segs.iter().rposition(|s| s.header.first_lsn <= from).unwrap_or(0);
