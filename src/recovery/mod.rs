@@ -69,37 +69,46 @@ pub(crate) fn map(vfs: &Vfs, path: &Path) -> Result<Mapped> {
 /// as the checksums that follow (measured: a warm open took 1.5x a
 /// sequential read of its files with one thread).
 fn map_all(vfs: &Vfs, segments: segment::Numbered) -> Result<Vec<((u64, PathBuf), Mapped)>> {
-    let threads = if vfs.threads() {
-        std::thread::available_parallelism().map_or(1, |n| n.get()).min(4).min(segments.len())
-    } else {
-        1
-    };
+    let maps = par_map(&segments, workers(vfs), |_, (_, path)| map(vfs, path));
+    segments.into_iter().zip(maps).map(|(seg, m)| m.map(|m| (seg, m))).collect()
+}
+
+/// Threads for recovery's passes over whole segments: up to 4 where the
+/// file system allows threads (the simulator's does not).
+fn workers(vfs: &Vfs) -> usize {
+    if vfs.threads() { std::thread::available_parallelism().map_or(1, |n| n.get()).min(4) } else { 1 }
+}
+
+/// `f` over every item on up to `threads` scoped threads, the results in
+/// the items' order.
+fn par_map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(usize, &T) -> R + Sync) -> Vec<R> {
+    let threads = threads.min(items.len());
     if threads <= 1 {
-        return segments.into_iter().map(|(seq, path)| map(vfs, &path).map(|m| ((seq, path), m))).collect();
+        return items.iter().enumerate().map(|(i, t)| f(i, t)).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let slots: Vec<std::sync::Mutex<Option<Result<Mapped>>>> =
-        segments.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let slots: Vec<std::sync::Mutex<Option<R>>> = items.iter().map(|_| std::sync::Mutex::new(None)).collect();
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let (Some((_, path)), Some(slot)) = (segments.get(i), slots.get(i)) else { break };
-                    let r = map(vfs, path);
+                    let (Some(item), Some(slot)) = (items.get(i), slots.get(i)) else { break };
+                    let r = f(i, item);
                     *crate::sync::lock(slot) = Some(r);
                 }
             });
         }
     });
-    segments
+    // A worker that panicked propagates out of the scope above, so every
+    // slot is filled here; `f` on this thread covers the impossible rest.
+    slots
         .into_iter()
-        .zip(slots)
-        .map(|(seg, slot)| {
+        .zip(items)
+        .enumerate()
+        .map(|(i, (slot, item))| {
             let r = slot.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let r =
-                r.unwrap_or_else(|| Err(Error::io(IoOp::Map, &seg.1, std::io::Error::other("not mapped"))));
-            r.map(|m| (seg, m))
+            r.unwrap_or_else(|| f(i, item))
         })
         .collect()
 }
@@ -501,7 +510,7 @@ pub(crate) fn plan(vfs: &Vfs, dir: &Path, mode: RecoveryMode) -> Result<Plan> {
             return Err(Error::ForeignFile { path: m.path.clone(), reason: FormatError::BadMagic });
         }
     }
-    let mut plan = walk_log(mapped, unused, mode, proven_by_torn)?;
+    let mut plan = walk_log(mapped, unused, mode, proven_by_torn, workers(vfs))?;
     for (path, cause) in torn.into_iter().rev() {
         // Set aside, not deleted: whatever it holds stays inspectable.
         if plan.report.stop == StopReason::Clean || plan.report.stop == StopReason::Empty {
@@ -645,6 +654,7 @@ fn walk_log(
     unused: Vec<(u64, PathBuf)>,
     mode: RecoveryMode,
     proven: Option<u64>,
+    threads: usize,
 ) -> Result<Plan> {
     let mut report = RecoveryReport::empty();
     let mut segments: Vec<SegmentMeta> = Vec::new();
@@ -669,6 +679,15 @@ fn walk_log(
         }
         limit
     };
+    // Every segment's frames are checked on `threads` threads first: the
+    // checksums are most of an open's work once the files are read, and
+    // one segment's walk needs nothing from the segments before it (the
+    // loop below then joins the walks up in order).
+    let mut scans = par_map(&mapped, threads, |i, m| {
+        let h = m.header.as_ref().ok()?;
+        let limit = limit_of(i);
+        (!limit.is_some_and(|l| l <= h.first_lsn)).then(|| scan(&m.map, h, limit))
+    });
     let count = mapped.len();
     let mut iter = mapped.into_iter().enumerate();
     while let Some((i, m)) = iter.next() {
@@ -718,7 +737,10 @@ fn walk_log(
         if segments.is_empty() {
             report.first_lsn = Lsn(h.first_lsn);
         }
-        let mut s = scan(&m.map, &h, limit);
+        let mut s = match scans.get_mut(i).and_then(Option::take) {
+            Some(s) => s,
+            None => scan(&m.map, &h, limit),
+        };
         report.records += s.records;
         report.bytes += s.bytes;
         report.segments += 1;
