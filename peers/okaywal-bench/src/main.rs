@@ -1,8 +1,12 @@
 //! okaywal under the load `aiowal bench` puts on aiowal: N threads, each
 //! writing one entry of SIZE bytes and committing it (okaywal's `commit`
 //! returns once the entry is synced), for SECS seconds, in a new log in DIR.
-//! The checkpointer does nothing, so the log grows (okaywal still reuses a
-//! segment file once it has been checkpointed, which here is never).
+//! The checkpointer holds every full segment until the run ends, so the log
+//! grows as it does between a database's checkpoints: okaywal recycles a
+//! checkpointed segment file, and a checkpointer that returned at once
+//! kept the whole run inside two 1 MiB files (measured: that alone made
+//! one appender about 15% faster on this virtual disk, as it does for
+//! aiowal with small recycled segments).
 //!
 //! Prints one line: `okaywal N SIZE <ops/s> <p50 us> <p99 us>`.
 
@@ -17,6 +21,9 @@ use okaywal::{Entry, EntryId, LogManager, SegmentReader, WriteAheadLog};
 #[derive(Debug)]
 struct Nothing;
 
+/// Set when the run ends: checkpoints wait for it.
+static STOPPED: AtomicBool = AtomicBool::new(false);
+
 impl LogManager for Nothing {
     fn recover(&mut self, _entry: &mut Entry<'_>) -> io::Result<()> {
         Ok(())
@@ -28,6 +35,9 @@ impl LogManager for Nothing {
         _checkpointed_entries: &mut SegmentReader,
         _wal: &WriteAheadLog,
     ) -> io::Result<()> {
+        while !STOPPED.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         Ok(())
     }
 }
@@ -73,6 +83,7 @@ fn main() {
         .collect();
     std::thread::sleep(Duration::from_secs(secs));
     stop.store(true, Ordering::Relaxed);
+    STOPPED.store(true, Ordering::Relaxed);
     let mut total = 0u64;
     let mut all = Histogram::<u64>::new(3).expect("valid precision");
     for w in workers {
