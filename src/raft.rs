@@ -12,8 +12,29 @@
 //! `Truncate(log id)` (remove entries with index `>=` its index) and
 //! `Purge(log id)` (remove entries with index `<=` its index). `append`
 //! stages its entries as one atomic batch and calls openraft's flush
-//! callback when the batch is durable; `save_vote`, `save_committed`,
-//! `truncate` and `purge` return once their record is durable.
+//! callback when the batch is durable; `save_vote`, `truncate` and `purge`
+//! return once their record is durable.
+//!
+//! `save_committed` writes nothing and waits for nothing: the committed log
+//! id rides in the batch of the next record the adapter writes (an append,
+//! a vote, a truncate, a purge's checkpoint) or at [`RaftLog::close`].
+//! openraft documents persisting it as optional: after a crash,
+//! `read_committed` may return an older committed id, and openraft then
+//! re-applies a little less at startup and learns the rest from the
+//! leader. Waiting for it cost every client write a second sync.
+//!
+//! # Entries larger than a record
+//!
+//! An entry whose encoding exceeds `Options::max_record_bytes` is stored as
+//! consecutive part records (first, middle..., last: a format byte each,
+//! then a piece of the encoding), so a client write of any size the
+//! application accepts is stored instead of failing the node (openraft
+//! treats a storage error as fatal). Parts that do not fit one atomic batch
+//! go in consecutive batches; the flush is reported once the last part is
+//! durable, and replay keeps an entry only with all its parts: a crash
+//! between parts leaves the entry out, as if it had never been appended.
+//! [`RaftLog::max_record_bytes`] tells applications where splitting starts
+//! (a split entry costs a copy to reassemble on every read).
 //!
 //! # The index, and recovery
 //!
@@ -27,7 +48,9 @@
 //! Opening replays the log in LSN order with the same rules as the live
 //! calls, so the state after a crash is the state after some prefix of the
 //! operations. aiowal recovers a prefix of the records and every durable
-//! one, and an `append` is one atomic batch, so:
+//! one, and an `append` is one atomic batch where it fits one (else its
+//! entries go in consecutive batches, and a crash can keep a prefix of
+//! them, whole entries only: as if the append had been cut short), so:
 //!
 //! * entries whose flush was reported are there, and none after a hole;
 //! * a `Truncate` that returned is there, and so is everything before it;
@@ -68,8 +91,97 @@ use crate::lsn::Lsn;
 use crate::options::Options;
 use crate::wal::Wal;
 
-/// The first byte of every record this adapter writes.
+/// The first byte of every record this adapter writes: a whole operation,
 const FORMAT: u8 = 1;
+/// or the first part of an operation's encoding (more parts follow),
+const PART_FIRST: u8 = 2;
+/// a middle part,
+const PART_MORE: u8 = 3;
+/// or the last part.
+const PART_LAST: u8 = 4;
+
+/// A record of an entry: its whole encoding (shared with the pending
+/// copy), or a part of it.
+enum Rec {
+    Whole(Arc<Vec<u8>>),
+    Part(Vec<u8>),
+}
+
+impl AsRef<[u8]> for Rec {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Rec::Whole(b) => b,
+            Rec::Part(b) => b,
+        }
+    }
+}
+
+/// An entry's encoding as records of at most `max` bytes: itself, or parts.
+fn split(bytes: &Arc<Vec<u8>>, max: usize) -> Vec<Rec> {
+    if bytes.len() <= max {
+        return vec![Rec::Whole(Arc::clone(bytes))];
+    }
+    let piece = max.saturating_sub(1).max(1);
+    let count = bytes.len().div_ceil(piece);
+    bytes
+        .chunks(piece)
+        .enumerate()
+        .map(|(i, c)| {
+            let tag = match i {
+                0 => PART_FIRST,
+                i if i + 1 == count => PART_LAST,
+                _ => PART_MORE,
+            };
+            let mut r = Vec::with_capacity(c.len() + 1);
+            r.push(tag);
+            r.extend_from_slice(c);
+            Rec::Part(r)
+        })
+        .collect()
+}
+
+/// Joins part records back into operations, in log order.
+#[derive(Default)]
+struct Joiner {
+    /// The LSN of the first part and the pieces so far.
+    open: Option<(Lsn, Vec<u8>)>,
+    /// Inside parts whose first part is gone (retired with an older
+    /// segment by a purge: below the oldest live entry): skipped.
+    skipping: bool,
+}
+
+impl Joiner {
+    /// Feeds one record; an operation's encoding and the LSN it starts at
+    /// when complete. A record that starts something new abandons parts
+    /// left open (a crash between the parts of an append that was never
+    /// reported flushed), which are dropped.
+    fn feed<'a>(&mut self, lsn: Lsn, data: &'a [u8]) -> Option<(Lsn, std::borrow::Cow<'a, [u8]>)> {
+        let (tag, rest) = data.split_first()?;
+        match *tag {
+            PART_FIRST => {
+                self.skipping = false;
+                self.open = Some((lsn, rest.to_vec()));
+                None
+            }
+            PART_MORE | PART_LAST => {
+                let last = *tag == PART_LAST;
+                match &mut self.open {
+                    Some((_, bytes)) if !self.skipping => bytes.extend_from_slice(rest),
+                    _ => {
+                        self.skipping = !last;
+                        return None;
+                    }
+                }
+                if last { self.open.take().map(|(at, b)| (at, std::borrow::Cow::Owned(b))) } else { None }
+            }
+            _ => {
+                self.open = None;
+                self.skipping = false;
+                Some((lsn, std::borrow::Cow::Borrowed(data)))
+            }
+        }
+    }
+}
 
 /// One logged operation. Variant order is the on-disk tag: append only.
 #[derive(Serialize, Deserialize)]
@@ -96,8 +208,11 @@ struct State<C: RaftTypeConfig> {
     purged: Option<LogId<C::NodeId>>,
     vote: Option<Vote<C::NodeId>>,
     committed: Option<LogId<C::NodeId>>,
-    /// Encoded records staged but maybe not durable yet, by LSN.
-    pending: BTreeMap<Lsn, Arc<Vec<u8>>>,
+    /// Whether `committed` changed since it was last written.
+    committed_unsaved: bool,
+    /// Encoded entries staged but maybe not durable yet, by the LSN of
+    /// their (first) record: the LSN of their last record and the bytes.
+    pending: BTreeMap<Lsn, (Lsn, Arc<Vec<u8>>)>,
 }
 
 impl<C: RaftTypeConfig> State<C> {
@@ -107,6 +222,7 @@ impl<C: RaftTypeConfig> State<C> {
             purged: None,
             vote: None,
             committed: None,
+            committed_unsaved: false,
             pending: BTreeMap::new(),
         }
     }
@@ -218,11 +334,13 @@ impl<C: RaftTypeConfig> State<C> {
 pub struct RaftLog<C: RaftTypeConfig> {
     wal: Wal,
     state: Arc<Mutex<State<C>>>,
+    /// The log's `max_record_bytes`: larger entries are split into parts.
+    max_record: usize,
 }
 
 impl<C: RaftTypeConfig> Clone for RaftLog<C> {
     fn clone(&self) -> Self {
-        RaftLog { wal: self.wal.clone(), state: Arc::clone(&self.state) }
+        RaftLog { wal: self.wal.clone(), state: Arc::clone(&self.state), max_record: self.max_record }
     }
 }
 
@@ -305,16 +423,19 @@ impl<C: RaftTypeConfig> RaftLog<C> {
     }
 
     async fn replay(dir: impl AsRef<Path>, opts: Options) -> Result<RaftLog<C>, Error> {
+        let max_record = usize::try_from(opts.get_max_record_bytes()).unwrap_or(usize::MAX);
         let wal = Wal::open(dir, opts).await?;
         let mut st = State::new();
+        let mut joiner = Joiner::default();
         for rec in wal.read_from(Lsn::FIRST)? {
             let rec = rec?;
+            let Some((lsn, bytes)) = joiner.feed(rec.lsn(), rec.data()) else { continue };
             let op: OpOf<C, C::Entry> =
-                decode(rec.data()).ok_or_else(|| corrupt(&wal, rec.lsn(), "not an openraft record"))?;
+                decode(&bytes).ok_or_else(|| corrupt(&wal, lsn, "not an openraft record"))?;
             match op {
                 Op::Entry(e) => {
-                    if !st.push(e.get_log_id().clone(), rec.lsn()) {
-                        return Err(corrupt(&wal, rec.lsn(), "raft entry does not follow the previous one"));
+                    if !st.push(e.get_log_id().clone(), lsn) {
+                        return Err(corrupt(&wal, lsn, "raft entry does not follow the previous one"));
                     }
                 }
                 Op::Vote(v) => st.vote = Some(v),
@@ -326,7 +447,7 @@ impl<C: RaftTypeConfig> RaftLog<C> {
         if let Some(lsn) = st.check_continuity() {
             return Err(corrupt(&wal, lsn, "raft entries do not continue from the last purged entry"));
         }
-        Ok(RaftLog { wal, state: Arc::new(Mutex::new(st)) })
+        Ok(RaftLog { wal, state: Arc::new(Mutex::new(st)), max_record })
     }
 
     /// The aiowal log underneath (for stats and the recovery report).
@@ -334,12 +455,45 @@ impl<C: RaftTypeConfig> RaftLog<C> {
         &self.wal
     }
 
-    /// Closes the log; see [`Wal::close`].
+    /// The largest entry encoding stored as one record (the log's
+    /// `Options::max_record_bytes`). Larger entries are stored too, split
+    /// into part records and joined again on every read; an application
+    /// that wants to refuse oversized requests checks their size against
+    /// its own limit before `client_write` (the `raft_kv` example does).
+    pub fn max_record_bytes(&self) -> usize {
+        self.max_record
+    }
+
+    /// Writes the committed log id if it changed since it was last
+    /// written, then closes the log; see [`Wal::close`].
     ///
     /// # Errors
-    /// As for [`Wal::close`].
+    /// As for [`Wal::close`], and a failed write of the committed id.
     pub async fn close(&self) -> Result<(), Error> {
+        let unsaved = self.take_unsaved_committed();
+        if let Some(bytes) =
+            unsaved.map_err(|e| Error::io(crate::IoOp::Write, self.wal.dir(), io::Error::other(e)))?
+        {
+            let staged = self.wal.stage(&bytes).await;
+            if staged.is_err() {
+                self.lock().committed_unsaved = true;
+            }
+            staged?.durable().await?;
+        }
         self.wal.close().await
+    }
+
+    /// The encoded committed log id if it changed since it was last
+    /// written (then counted as written: the caller stages it, or puts the
+    /// flag back if it cannot).
+    fn take_unsaved_committed(&self) -> Result<Option<Vec<u8>>, postcard::Error> {
+        let mut st = self.lock();
+        if !st.committed_unsaved {
+            return Ok(None);
+        }
+        let bytes = encode(&OpOf::<C, &C::Entry>::Committed(st.committed.clone()))?;
+        st.committed_unsaved = false;
+        Ok(Some(bytes))
     }
 
     fn lock(&self) -> MutexGuard<'_, State<C>> {
@@ -349,10 +503,21 @@ impl<C: RaftTypeConfig> RaftLog<C> {
     /// Appends one operation record and waits until it is durable. A
     /// failure names what was being written (openraft tells a vote's from
     /// the log's).
+    /// An unsaved committed log id goes first, in the same atomic batch.
     async fn log_op(&self, op: &OpOf<C, &C::Entry>) -> Result<Lsn, StorageError<C::NodeId>> {
         let vote = matches!(op, Op::Vote(_));
         let bytes = encode(op).map_err(|e| op_err(vote, &e))?;
-        let staged = self.wal.stage(&bytes).await.map_err(|e| op_err(vote, &e))?;
+        let mut batch = Vec::with_capacity(2);
+        batch.extend(self.take_unsaved_committed().map_err(|e| op_err(vote, &e))?);
+        let carried = batch.len() == 1;
+        batch.push(bytes);
+        let staged = match self.wal.stage_batch(&batch).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.lock().committed_unsaved |= carried;
+                return Err(op_err(vote, &e));
+            }
+        };
         staged.durable().await.map_err(|e| op_err(vote, &e)).map(|r| r.last())
     }
 
@@ -360,7 +525,7 @@ impl<C: RaftTypeConfig> RaftLog<C> {
     fn prune(&self) {
         let durable = self.wal.durable_lsn();
         let mut st = self.lock();
-        st.pending.retain(|lsn, _| *lsn > durable);
+        st.pending.retain(|_, (last, _)| *last > durable);
     }
 
     /// Reads the entries at `want` (index, LSN), from pending bytes or the log.
@@ -369,7 +534,9 @@ impl<C: RaftTypeConfig> RaftLog<C> {
         // Copy pending bytes first: what is not pending any more is durable.
         let pending: BTreeMap<Lsn, Arc<Vec<u8>>> = {
             let st = self.lock();
-            want.iter().filter_map(|(_, lsn)| st.pending.get(lsn).map(|b| (*lsn, Arc::clone(b)))).collect()
+            want.iter()
+                .filter_map(|(_, lsn)| st.pending.get(lsn).map(|(_, b)| (*lsn, Arc::clone(b))))
+                .collect()
         };
         let mut out = Vec::with_capacity(want.len());
         let mut iter = None;
@@ -381,10 +548,21 @@ impl<C: RaftTypeConfig> RaftLog<C> {
                     Some(it) => it,
                     None => iter.insert(self.wal.read_from(first_lsn.max(lsn)).map_err(read_err)?),
                 };
-                let rec = loop {
+                let mut joiner = Joiner::default();
+                let bytes = loop {
                     match it.next() {
                         Some(Ok(r)) if r.lsn() < lsn => continue,
-                        Some(Ok(r)) if r.lsn() == lsn => break r,
+                        Some(Ok(r)) => match joiner.feed(r.lsn(), r.data()) {
+                            Some((at, bytes)) if at == lsn => break bytes.into_owned(),
+                            Some(_) => {
+                                return Err(read_err(corrupt(
+                                    &self.wal,
+                                    lsn,
+                                    "raft entry missing from the log",
+                                )));
+                            }
+                            None => continue,
+                        },
                         // A purge that ran since the index was read may have
                         // retired it (the iterator then ends early, or fails
                         // to map a segment deleted under it): the reader
@@ -397,7 +575,7 @@ impl<C: RaftTypeConfig> RaftLog<C> {
                         }
                     }
                 };
-                decode_entry::<C>(&self.wal, rec.data(), lsn)?
+                decode_entry::<C>(&self.wal, &bytes, lsn)?
             };
             if entry.get_log_id().index != index {
                 return Err(read_err(corrupt(&self.wal, lsn, "raft entry index differs from the index")));
@@ -462,8 +640,13 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for RaftLog<C> {
         &mut self,
         committed: Option<LogId<C::NodeId>>,
     ) -> Result<(), StorageError<C::NodeId>> {
-        self.log_op(&Op::Committed(committed.clone())).await?;
-        self.lock().committed = committed;
+        // Written with the next record (or at close), never waited for:
+        // see the module docs.
+        let mut st = self.lock();
+        if st.committed != committed {
+            st.committed = committed;
+            st.committed_unsaved = true;
+        }
         Ok(())
     }
 
@@ -478,8 +661,8 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for RaftLog<C> {
     {
         let mut items = Vec::new();
         for e in entries {
-            items
-                .push((e.get_log_id().clone(), encode(&OpOf::<C, &C::Entry>::Entry(&e)).map_err(write_err)?));
+            let bytes = encode(&OpOf::<C, &C::Entry>::Entry(&e)).map_err(write_err)?;
+            items.push((e.get_log_id().clone(), Arc::new(bytes)));
         }
         {
             let st = self.lock();
@@ -513,25 +696,50 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for RaftLog<C> {
             });
             return Ok(());
         }
-        let (ids, records): (Vec<_>, Vec<_>) = items.into_iter().unzip();
+        // Each entry's records: one, or its parts when it is larger than
+        // a record may be.
+        let mut parts = Vec::with_capacity(items.len());
+        let mut records = Vec::with_capacity(items.len() + 1);
+        // An unsaved committed log id rides first in the batch.
+        let committed = self.take_unsaved_committed().map_err(write_err)?;
+        let carried = committed.is_some();
+        records.extend(committed.map(|c| Rec::Whole(Arc::new(c))));
+        for (_, bytes) in &items {
+            let r = split(bytes, self.max_record);
+            parts.push(r.len());
+            records.extend(r);
+        }
         let staged = match self.wal.stage_batch(&records).await {
             Ok(s) => vec![s],
-            // More than one batch holds: stage them one by one (still in order).
+            // More than one batch holds: stage them one by one (still in
+            // order; nothing else of this log is staged in between, since
+            // openraft's calls take `&mut self`).
             Err(Error::BatchTooLarge { .. }) => {
                 let mut v = Vec::with_capacity(records.len());
                 for r in &records {
-                    v.push(self.wal.stage(r).await.map_err(write_err)?);
+                    match self.wal.stage(r.as_ref()).await {
+                        Ok(s) => v.push(s),
+                        Err(e) => {
+                            self.lock().committed_unsaved |= carried && v.is_empty();
+                            return Err(write_err(e));
+                        }
+                    }
                 }
                 v
             }
-            Err(e) => return Err(write_err(e)),
+            Err(e) => {
+                self.lock().committed_unsaved |= carried;
+                return Err(write_err(e));
+            }
         };
-        let lsns: Vec<Lsn> = staged.iter().flat_map(|s| s.lsns().iter()).collect();
+        let mut lsns = staged.iter().flat_map(|s| s.lsns().iter()).skip(usize::from(carried));
         {
             let mut st = self.lock();
-            for ((id, bytes), lsn) in ids.iter().zip(records).zip(lsns) {
-                st.pending.insert(lsn, Arc::new(bytes));
-                st.push(id.clone(), lsn);
+            for ((id, bytes), n) in items.into_iter().zip(parts) {
+                let Some(first) = lsns.next() else { break };
+                let last = lsns.by_ref().take(n - 1).last().unwrap_or(first);
+                st.pending.insert(first, (last, bytes));
+                st.push(id, first);
             }
         }
         let this = self.clone();
@@ -564,6 +772,7 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for RaftLog<C> {
             };
             (st.vote.clone(), st.committed.clone(), furthest)
         };
+
         let mut batch = Vec::new();
         if let Some(v) = vote {
             batch.push(encode(&OpOf::<C, &C::Entry>::Vote(v)).map_err(write_err)?);
@@ -571,6 +780,9 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for RaftLog<C> {
         batch.push(encode(&OpOf::<C, &C::Entry>::Committed(committed)).map_err(write_err)?);
         batch.push(encode(&OpOf::<C, &C::Entry>::Purge(log_id.clone())).map_err(write_err)?);
         let staged = self.wal.stage_batch(&batch).await.map_err(write_err)?;
+        // The checkpoint carries the committed id (`&mut self`: it cannot
+        // have changed since it was read).
+        self.lock().committed_unsaved = false;
         let checkpoint = staged.durable().await.map_err(write_err)?.first();
         let keep = {
             let mut st = self.lock();

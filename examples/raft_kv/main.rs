@@ -3,9 +3,14 @@
 //! replicating the key-value example's operations.
 //!
 //! It elects a leader, commits a write on a majority, shows every replica
-//! applied it, stops a follower, commits another write on the remaining
-//! two, restarts the follower from its directory (its log is recovered and
-//! its map rebuilt from the committed entries) and reads both keys there.
+//! applied it, stores a write larger than one log record (split into part
+//! records by the adapter) and refuses one above the application's own
+//! limit before `client_write`, stops a follower, commits another write on
+//! the remaining two, restarts the follower from its directory (its
+//! snapshot file is loaded, its log recovered and the committed entries
+//! after the snapshot re-applied) and reads the keys there. Snapshots are
+//! taken every 100 entries and the log purged up to them, so a restart
+//! always starts from a purged log: run it twice on one directory.
 //!
 //! ```sh
 //! cargo run --release --features openraft,cli --example raft_kv [-- DIR]
@@ -34,11 +39,18 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, ClientWriteResponse, InstallSnapshotRequest,
     InstallSnapshotResponse, VoteRequest, VoteResponse,
 };
+use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, Raft};
 use sm::{Config, KvStateMachine, NodeId, Op, Request};
 
 /// Concurrent client writes in the group-commit demonstration.
 const CLIENTS: usize = 500;
+
+/// The largest request this application accepts. The log stores entries
+/// of any size (larger than a record, it splits them), but every node holds
+/// each in memory several times on its way: an application refuses what it
+/// will not replicate before `client_write`, never by failing storage.
+const MAX_REQUEST_BYTES: usize = 8 << 20;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -68,7 +80,15 @@ impl Router {
 
     /// A client write through the leader, following `ForwardToLeader`:
     /// leadership can move (a node too busy to send heartbeats loses it).
+    /// Requests over [`MAX_REQUEST_BYTES`] are refused here.
     async fn write(&self, req: Request) -> Result<ClientWriteResponse<Config>, BoxError> {
+        if req.0.len() > MAX_REQUEST_BYTES {
+            return Err(format!(
+                "request of {} bytes refused: larger than this application's limit of {MAX_REQUEST_BYTES}",
+                req.0.len()
+            )
+            .into());
+        }
         let mut to = self.leader();
         for _ in 0..50 {
             let raft = self.get::<std::io::Error>(to)?;
@@ -151,16 +171,26 @@ async fn start(
     router: &Router,
     config: &Arc<openraft::Config>,
 ) -> Result<Node, BoxError> {
-    let log = RaftLog::<Config>::open(dir, aiowal::Options::default().segment_bytes(8 << 20)).await?;
-    let r = log.wal().recovery_report();
+    let mut log = RaftLog::<Config>::open(dir, aiowal::Options::default().segment_bytes(8 << 20)).await?;
+    let r = log.wal().recovery_report().clone();
+    let state = log.get_log_state().await?;
+    let index =
+        |id: Option<openraft::LogId<NodeId>>| id.map_or_else(|| "none".to_string(), |l| l.index.to_string());
     println!(
-        "node {id}: log {} recovered: {} records, LSN {} to {}",
+        "node {id}: log {} recovered: {} records, LSN {} to {}; entries purged up to index {}, last index {}",
         dir.display(),
         r.records,
         r.first_lsn,
-        r.last_lsn
+        r.last_lsn,
+        index(state.last_purged_log_id),
+        index(state.last_log_id),
     );
-    let sm = KvStateMachine::default();
+    // The snapshot beside the log: without it a node whose log was purged
+    // could not rebuild its state machine.
+    let sm = KvStateMachine::open(dir.with_extension("snapshot"))?;
+    if let Some(at) = sm.snapshot_last_log_id() {
+        println!("node {id}: snapshot loaded, applied up to index {}", at.index);
+    }
     let raft = Raft::new(id, Arc::clone(config), router.clone(), log.clone(), sm.clone()).await?;
     router.set(id, Some(raft.clone()));
     Ok(Node { raft, log, sm })
@@ -191,6 +221,10 @@ async fn main() -> Result<(), BoxError> {
             heartbeat_interval: 200,
             election_timeout_min: 1000,
             election_timeout_max: 2000,
+            // Snapshot often and purge what a snapshot covers, so that
+            // every restart starts from a purged log.
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(100),
+            max_in_snapshot_log_to_keep: 0,
             ..Default::default()
         }
         .validate()?,
@@ -217,6 +251,29 @@ async fn main() -> Result<(), BoxError> {
     for (id, n) in &nodes {
         n.raft.wait(Some(Duration::from_secs(10))).applied_index_at_least(Some(index), "applied").await?;
         println!("  node {id} applied it: greeting = {}", text(n.sm.get(b"greeting")));
+    }
+
+    // An entry larger than one log record (1 MiB by default): stored in
+    // parts, replicated, applied. One above the application's limit is
+    // refused before it reaches Raft.
+    let big = vec![b'b'; 3 << 20];
+    let reply = router.write(Request::new(&Op::Put(b"big".to_vec(), big.clone()))).await?;
+    let index = reply.log_id.index;
+    for (id, n) in &nodes {
+        n.raft.wait(Some(Duration::from_secs(30))).applied_index_at_least(Some(index), "applied").await?;
+        let same = n.sm.get(b"big").is_some_and(|v| v == big);
+        println!(
+            "  node {id} applied a {} byte write larger than a log record: {}",
+            big.len(),
+            if same { "intact" } else { "DIFFERENT" }
+        );
+        if !same {
+            return Err(format!("node {id} applied the large write differently").into());
+        }
+    }
+    match router.write(Request::new(&Op::Put(b"huge".to_vec(), vec![0; MAX_REQUEST_BYTES + 1]))).await {
+        Err(e) => println!("  {e}"),
+        Ok(_) => return Err("a request over the limit was accepted".into()),
     }
 
     // Many clients at once: their entries share Raft batches and log syncs.
@@ -262,9 +319,10 @@ async fn main() -> Result<(), BoxError> {
     let node = start(down, &dir(down), &router, &config).await?;
     node.raft.wait(Some(Duration::from_secs(10))).applied_index_at_least(Some(index), "caught up").await?;
     println!(
-        "node {down} restarted: greeting = {}, while-down = {}",
+        "node {down} restarted: greeting = {}, while-down = {}, big = {} bytes",
         text(node.sm.get(b"greeting")),
-        text(node.sm.get(b"while-down"))
+        text(node.sm.get(b"while-down")),
+        node.sm.get(b"big").map_or(0, |v| v.len())
     );
     nodes.insert(down, node);
 

@@ -1,15 +1,22 @@
 //! The replicated key-value state machine: the `Op`s of the key-value
 //! example (put, delete, clear), carried in Raft entries and applied to an
-//! in-memory map. The Raft log itself is `aiowal::raft::RaftLog`; this map
-//! is rebuilt from it after a restart (openraft re-applies committed
-//! entries), or from a snapshot.
+//! in-memory map. The Raft log itself is `aiowal::raft::RaftLog`; after a
+//! restart this map is loaded from the node's last snapshot file and
+//! openraft re-applies the committed entries after it.
+//!
+//! The snapshot must be durable before openraft purges the entries it
+//! covers: `build_snapshot` and `install_snapshot` write it (temporary
+//! file, fsync, rename, directory fsync) before they return. A node whose
+//! state machine lived only in memory could not restart once its log was
+//! purged: openraft would need the purged entries to rebuild it.
 //!
 //! Shared by `examples/raft_kv` and `tests/openraft_suite.rs`.
 
 #![allow(dead_code)] // the test uses part of it
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
+use std::io::{Cursor, Write};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -65,15 +72,98 @@ struct Inner {
 #[derive(Debug, Default, Clone)]
 pub struct KvStateMachine {
     inner: Arc<Mutex<Inner>>,
+    /// Where the snapshot is kept (none: in memory only, for tests).
+    file: Option<Arc<PathBuf>>,
 }
 
 fn sm_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::write_state_machine(AnyError::new(&e)).into()
 }
 
+fn snapshot_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_snapshot(None, AnyError::new(&e)).into()
+}
+
+/// The first bytes of a snapshot file; a CRC32 of the rest and its length follow.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"KVSNAP01";
+
+type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
+
+/// Writes `meta` and `bytes` to `path` durably: a temporary file, fsync,
+/// rename over the old snapshot, fsync of the directory.
+fn save_snapshot(path: &Path, meta: &Meta, bytes: &[u8]) -> std::io::Result<()> {
+    let body = postcard::to_stdvec(&(meta, bytes)).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(SNAPSHOT_MAGIC)?;
+    f.write_all(&crc32fast::hash(&body).to_le_bytes())?;
+    f.write_all(&(body.len() as u64).to_le_bytes())?;
+    f.write_all(&body)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The snapshot in `path`, if there is one. A damaged file is an error
+/// naming it, not an empty state machine: the log before it is purged.
+fn load_snapshot(path: &Path) -> std::io::Result<Option<(Meta, Vec<u8>)>> {
+    let raw = match std::fs::read(path) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let bad = |why: &str| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("snapshot {}: {why}", path.display()))
+    };
+    let (magic, rest) = raw.split_at_checked(8).ok_or_else(|| bad("shorter than its header"))?;
+    if magic != SNAPSHOT_MAGIC {
+        return Err(bad("not a key-value snapshot file"));
+    }
+    let (crc, rest) = rest.split_at_checked(4).ok_or_else(|| bad("shorter than its header"))?;
+    let (len, body) = rest.split_at_checked(8).ok_or_else(|| bad("shorter than its header"))?;
+    let len = u64::from_le_bytes(len.try_into().map_err(|_| bad("bad length"))?);
+    if body.len() as u64 != len {
+        return Err(bad("truncated"));
+    }
+    if crc32fast::hash(body).to_le_bytes() != crc {
+        return Err(bad("checksum mismatch"));
+    }
+    postcard::from_bytes(body).map(Some).map_err(|e| bad(&format!("does not decode: {e}")))
+}
+
 impl KvStateMachine {
+    /// A state machine whose snapshots are kept in `path`, starting from
+    /// the snapshot there if there is one.
+    ///
+    /// # Errors
+    /// Reading the file, or a file that is damaged or not a snapshot.
+    pub fn open(path: impl Into<PathBuf>) -> std::io::Result<KvStateMachine> {
+        let path = path.into();
+        let mut inner = Inner::default();
+        if let Some((meta, bytes)) = load_snapshot(&path)? {
+            inner.data = postcard::from_bytes(&bytes).map_err(std::io::Error::other)?;
+            inner.snapshot = Some((meta, bytes));
+        }
+        Ok(KvStateMachine { inner: Arc::new(Mutex::new(inner)), file: Some(Arc::new(path)) })
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The log id the state machine was loaded from or last snapshotted at.
+    pub fn snapshot_last_log_id(&self) -> Option<LogId<NodeId>> {
+        self.lock().snapshot.as_ref().and_then(|(m, _)| m.last_log_id)
+    }
+
+    // openraft's traits return its (large) StorageError as it is.
+    #[allow(clippy::result_large_err)]
+    fn persist(&self, meta: &Meta, bytes: &[u8]) -> Result<(), StorageError<NodeId>> {
+        match &self.file {
+            Some(path) => save_snapshot(path, meta, bytes).map_err(snapshot_err),
+            None => Ok(()),
+        }
     }
 
     /// The value of `key`, as applied on this node.
@@ -102,6 +192,8 @@ impl RaftSnapshotBuilder<Config> for KvStateMachine {
             last_membership: inner.data.membership.clone(),
             snapshot_id: id,
         };
+        // Durable before openraft purges the entries it covers.
+        self.persist(&meta, &bytes)?;
         inner.snapshot = Some((meta.clone(), bytes.clone()));
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
     }
@@ -165,6 +257,7 @@ impl RaftStateMachine<Config> for KvStateMachine {
     ) -> Result<(), StorageError<NodeId>> {
         let bytes = snapshot.into_inner();
         let data: Data = postcard::from_bytes(&bytes).map_err(sm_err)?;
+        self.persist(meta, &bytes)?;
         let mut inner = self.lock();
         inner.data = data;
         inner.snapshot = Some((meta.clone(), bytes));

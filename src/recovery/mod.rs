@@ -686,7 +686,7 @@ fn walk_log(
     let mut scans = par_map(&mapped, threads, |i, m| {
         let h = m.header.as_ref().ok()?;
         let limit = limit_of(i);
-        (!limit.is_some_and(|l| l <= h.first_lsn)).then(|| scan(&m.map, h, limit))
+        limit.is_none_or(|l| l > h.first_lsn).then(|| scan(&m.map, h, limit))
     });
     let count = mapped.len();
     let mut iter = mapped.into_iter().enumerate();
