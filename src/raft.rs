@@ -8,7 +8,9 @@
 //! # Records
 //!
 //! Every record is one operation, encoded with postcard after a format
-//! byte: `Entry(entry)`, `Vote(vote)`, `Committed(log id)`,
+//! byte. An entry is its log id, then the entry (opening reads the log id
+//! only, never decoding a payload); the other operations are `Vote(vote)`,
+//! `Committed(log id)`,
 //! `Truncate(log id)` (remove entries with index `>=` its index) and
 //! `Purge(log id)` (remove entries with index `<=` its index). `append`
 //! stages its entries as one atomic batch and calls openraft's flush
@@ -99,6 +101,24 @@ const PART_FIRST: u8 = 2;
 const PART_MORE: u8 = 3;
 /// or the last part.
 const PART_LAST: u8 = 4;
+/// An entry: its log id, then the entry. (Entries written as a `FORMAT`
+/// operation, `Op::Entry`, by earlier versions are read too.)
+const ENTRY: u8 = 5;
+
+fn encode_entry<E: Serialize, L: Serialize>(id: &L, entry: &E) -> Result<Vec<u8>, postcard::Error> {
+    let mut out = vec![ENTRY];
+    out = postcard::to_extend(id, out)?;
+    postcard::to_extend(entry, out)
+}
+
+/// An entry's log id, and the rest of the record: read without decoding
+/// the entry.
+fn entry_id<L: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<(L, &[u8])> {
+    match bytes.split_first() {
+        Some((&ENTRY, rest)) => postcard::take_from_bytes(rest).ok(),
+        _ => None,
+    }
+}
 
 /// A record of an entry: its whole encoding (shared with the pending
 /// copy), or a part of it.
@@ -334,13 +354,34 @@ impl<C: RaftTypeConfig> State<C> {
 pub struct RaftLog<C: RaftTypeConfig> {
     wal: Wal,
     state: Arc<Mutex<State<C>>>,
+    /// Held by every call that writes, from its checks to its index update,
+    /// so that clones writing at once cannot interleave them.
+    writer: Arc<tokio::sync::Mutex<Reclaim>>,
     /// The log's `max_record_bytes`: larger entries are split into parts.
     max_record: usize,
 }
 
+/// Segment removal that a purge left running in the background.
+#[derive(Default)]
+struct Reclaim(Option<tokio::task::JoinHandle<()>>);
+
+impl Reclaim {
+    /// Waits for the removal a previous purge started, if any.
+    async fn finish(&mut self) {
+        if let Some(h) = self.0.take() {
+            let _ = h.await;
+        }
+    }
+}
+
 impl<C: RaftTypeConfig> Clone for RaftLog<C> {
     fn clone(&self) -> Self {
-        RaftLog { wal: self.wal.clone(), state: Arc::clone(&self.state), max_record: self.max_record }
+        RaftLog {
+            wal: self.wal.clone(),
+            state: Arc::clone(&self.state),
+            writer: Arc::clone(&self.writer),
+            max_record: self.max_record,
+        }
     }
 }
 
@@ -430,6 +471,15 @@ impl<C: RaftTypeConfig> RaftLog<C> {
         for rec in wal.read_from(Lsn::FIRST)? {
             let rec = rec?;
             let Some((lsn, bytes)) = joiner.feed(rec.lsn(), rec.data()) else { continue };
+            if let Some((id, _)) = entry_id::<LogId<C::NodeId>>(&bytes) {
+                if !st.push(id, lsn) {
+                    return Err(corrupt(&wal, lsn, "raft entry does not follow the previous one"));
+                }
+                continue;
+            }
+            if bytes.first() == Some(&ENTRY) {
+                return Err(corrupt(&wal, lsn, "raft entry's log id does not decode"));
+            }
             let op: OpOf<C, C::Entry> =
                 decode(&bytes).ok_or_else(|| corrupt(&wal, lsn, "not an openraft record"))?;
             match op {
@@ -447,7 +497,7 @@ impl<C: RaftTypeConfig> RaftLog<C> {
         if let Some(lsn) = st.check_continuity() {
             return Err(corrupt(&wal, lsn, "raft entries do not continue from the last purged entry"));
         }
-        Ok(RaftLog { wal, state: Arc::new(Mutex::new(st)), max_record })
+        Ok(RaftLog { wal, state: Arc::new(Mutex::new(st)), writer: Default::default(), max_record })
     }
 
     /// The aiowal log underneath (for stats and the recovery report).
@@ -470,6 +520,8 @@ impl<C: RaftTypeConfig> RaftLog<C> {
     /// # Errors
     /// As for [`Wal::close`], and a failed write of the committed id.
     pub async fn close(&self) -> Result<(), Error> {
+        let mut writer = self.writer.lock().await;
+        writer.finish().await;
         let unsaved = self.take_unsaved_committed();
         if let Some(bytes) =
             unsaved.map_err(|e| Error::io(crate::IoOp::Write, self.wal.dir(), io::Error::other(e)))?
@@ -504,6 +556,7 @@ impl<C: RaftTypeConfig> RaftLog<C> {
     /// failure names what was being written (openraft tells a vote's from
     /// the log's).
     /// An unsaved committed log id goes first, in the same atomic batch.
+    /// The caller holds the writer lock.
     async fn log_op(&self, op: &OpOf<C, &C::Entry>) -> Result<Lsn, StorageError<C::NodeId>> {
         let vote = matches!(op, Op::Vote(_));
         let bytes = encode(op).map_err(|e| op_err(vote, &e))?;
@@ -598,6 +651,10 @@ fn decode_entry<C: RaftTypeConfig>(
     bytes: &[u8],
     lsn: Lsn,
 ) -> Result<C::Entry, StorageError<C::NodeId>> {
+    if let Some((_, rest)) = entry_id::<LogId<C::NodeId>>(bytes) {
+        return postcard::from_bytes(rest)
+            .map_err(|_| read_err(corrupt(wal, lsn, "raft entry does not decode")));
+    }
     match decode::<OpOf<C, C::Entry>>(bytes) {
         Some(Op::Entry(e)) => Ok(e),
         _ => Err(read_err(corrupt(wal, lsn, "record is not a raft entry"))),
@@ -627,6 +684,7 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for RaftLog<C> {
     }
 
     async fn save_vote(&mut self, vote: &Vote<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+        let _writer = self.writer.lock().await;
         self.log_op(&Op::Vote(vote.clone())).await?;
         self.lock().vote = Some(vote.clone());
         Ok(())
@@ -661,9 +719,11 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for RaftLog<C> {
     {
         let mut items = Vec::new();
         for e in entries {
-            let bytes = encode(&OpOf::<C, &C::Entry>::Entry(&e)).map_err(write_err)?;
+            let bytes = encode_entry(e.get_log_id(), &e).map_err(write_err)?;
             items.push((e.get_log_id().clone(), Arc::new(bytes)));
         }
+        // From the checks to the index update: no other write in between.
+        let _writer = self.writer.lock().await;
         {
             let st = self.lock();
             // With no entry live, entries at or below the last purged one
@@ -739,7 +799,11 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for RaftLog<C> {
                 let Some(first) = lsns.next() else { break };
                 let last = lsns.by_ref().take(n - 1).last().unwrap_or(first);
                 st.pending.insert(first, (last, bytes));
-                st.push(id, first);
+                // Checked above under the same writer lock: cannot fail.
+                if !st.push(id.clone(), first) {
+                    let e = io::Error::other(format!("raft entry {id} does not follow the index"));
+                    return Err(StorageIOError::write_log_entry(id, AnyError::new(&e)).into());
+                }
             }
         }
         let this = self.clone();
@@ -756,12 +820,14 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for RaftLog<C> {
     }
 
     async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+        let _writer = self.writer.lock().await;
         self.log_op(&Op::Truncate(log_id.clone())).await?;
         self.lock().truncate(log_id.index);
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+        let mut writer = self.writer.lock().await;
         // The checkpoint may be all that is left of older purges once
         // segments are retired: it records the furthest purge, not this call's.
         let (vote, committed, log_id) = {
@@ -789,7 +855,18 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for RaftLog<C> {
             st.purge(log_id);
             st.entries.front().map_or(checkpoint, |(_, lsn)| (*lsn).min(checkpoint))
         };
-        self.wal.truncate_before(keep).await.map_err(write_err)?;
+        // Whole segments before `keep` are removed in the background, so
+        // that openraft's core does not wait for the file system (measured:
+        // 95 ms for 298 segments). One removal at a time: the next purge
+        // or `close` waits for this one. Nothing depends on it having
+        // happened: a failure leaves segments that the next purge retires.
+        writer.finish().await;
+        let wal = self.wal.clone();
+        writer.0 = Some(tokio::spawn(async move {
+            if let Err(e) = wal.truncate_before(keep).await {
+                tracing::warn!(dir = %wal.dir().display(), error = %e, "aiowal raft: purge could not remove old segments; the next purge retries");
+            }
+        }));
         Ok(())
     }
 }
