@@ -65,10 +65,21 @@
 //!   no entry is live; anything else is reported as corruption.
 //!
 //! `purge` writes one atomic checkpoint batch (the current vote and
-//! committed log id, then the `Purge`), then calls
-//! [`Wal::truncate_before`] with the LSN of the oldest record still needed
-//! (the first live entry or the checkpoint), so whole segments are
-//! reclaimed and the vote is never lost with them.
+//! committed log id, then the `Purge`) and returns once it is durable; a
+//! task then calls [`Wal::truncate_before`] with the LSN of the oldest
+//! record still needed (the first live entry or the checkpoint), so whole
+//! segments are reclaimed in the background and the vote is never lost
+//! with them. The next purge and [`RaftLog::close`] wait for it; a failure
+//! is traced and the next purge retries.
+//!
+//! # Purging needs a durable state machine or snapshot
+//!
+//! After a purge, openraft rebuilds a restarted node's state machine from
+//! the state machine itself or its snapshot, not from the purged entries: a
+//! state machine kept only in memory, without a persisted snapshot, cannot
+//! restart once the log was purged (`Raft::new` fails with `expected
+//! index: [0, N)`). Persist the snapshot before `build_snapshot` and
+//! `install_snapshot` return (the `raft_kv` example shows how).
 //!
 //! One [`RaftLog`] per aiowal directory: the log holds one Raft group.
 
@@ -101,6 +112,10 @@ const PART_FIRST: u8 = 2;
 const PART_MORE: u8 = 3;
 /// or the last part.
 const PART_LAST: u8 = 4;
+/// The smallest `max_record_bytes` the adapter accepts: the first part of a
+/// split entry holds its log id (a few dozen bytes at most).
+const MIN_RECORD_BYTES: usize = 128;
+
 /// An entry: its log id, then the entry. (Entries written as a `FORMAT`
 /// operation, `Op::Entry`, by earlier versions are read too.)
 const ENTRY: u8 = 5;
@@ -165,6 +180,9 @@ fn split(bytes: &Arc<Vec<u8>>, max: usize) -> Vec<Rec> {
 struct Joiner {
     /// The LSN of the first part and the pieces so far.
     open: Option<(Lsn, Vec<u8>)>,
+    /// Keeps only the first part of split entries (where their log id
+    /// is): what replay needs, without copying the rest.
+    first_only: bool,
     /// Inside parts whose first part is gone (retired with an older
     /// segment by a purge: below the oldest live entry): skipped.
     skipping: bool,
@@ -186,6 +204,7 @@ impl Joiner {
             PART_MORE | PART_LAST => {
                 let last = *tag == PART_LAST;
                 match &mut self.open {
+                    Some(_) if self.first_only && !self.skipping => {}
                     Some((_, bytes)) if !self.skipping => bytes.extend_from_slice(rest),
                     _ => {
                         self.skipping = !last;
@@ -465,9 +484,17 @@ impl<C: RaftTypeConfig> RaftLog<C> {
 
     async fn replay(dir: impl AsRef<Path>, opts: Options) -> Result<RaftLog<C>, Error> {
         let max_record = usize::try_from(opts.get_max_record_bytes()).unwrap_or(usize::MAX);
+        if max_record < MIN_RECORD_BYTES {
+            return Err(Error::InvalidOption {
+                name: "max_record_bytes",
+                reason: format!(
+                    "{max_record} is too small for Raft records: the adapter needs at least {MIN_RECORD_BYTES} (a part record carries a tag and the first part an entry's log id)"
+                ),
+            });
+        }
         let wal = Wal::open(dir, opts).await?;
         let mut st = State::new();
-        let mut joiner = Joiner::default();
+        let mut joiner = Joiner { first_only: true, ..Joiner::default() };
         for rec in wal.read_from(Lsn::FIRST)? {
             let rec = rec?;
             let Some((lsn, bytes)) = joiner.feed(rec.lsn(), rec.data()) else { continue };
@@ -522,17 +549,25 @@ impl<C: RaftTypeConfig> RaftLog<C> {
     pub async fn close(&self) -> Result<(), Error> {
         let mut writer = self.writer.lock().await;
         writer.finish().await;
+        let saved = self.save_unsaved_committed().await;
+        // Closed even if that failed: the error is returned after.
+        let closed = self.wal.close().await;
+        saved.and(closed)
+    }
+
+    /// Writes the committed log id if it changed since it was last written.
+    async fn save_unsaved_committed(&self) -> Result<(), Error> {
         let unsaved = self.take_unsaved_committed();
-        if let Some(bytes) =
-            unsaved.map_err(|e| Error::io(crate::IoOp::Write, self.wal.dir(), io::Error::other(e)))?
-        {
+        let bytes =
+            unsaved.map_err(|e| Error::io(crate::IoOp::Write, self.wal.dir(), io::Error::other(e)))?;
+        if let Some(bytes) = bytes {
             let staged = self.wal.stage(&bytes).await;
             if staged.is_err() {
                 self.lock().committed_unsaved = true;
             }
             staged?.durable().await?;
         }
-        self.wal.close().await
+        Ok(())
     }
 
     /// The encoded committed log id if it changed since it was last
@@ -602,31 +637,28 @@ impl<C: RaftTypeConfig> RaftLog<C> {
                     None => iter.insert(self.wal.read_from(first_lsn.max(lsn)).map_err(read_err)?),
                 };
                 let mut joiner = Joiner::default();
-                let bytes = loop {
+                let found = loop {
                     match it.next() {
                         Some(Ok(r)) if r.lsn() < lsn => continue,
                         Some(Ok(r)) => match joiner.feed(r.lsn(), r.data()) {
-                            Some((at, bytes)) if at == lsn => break bytes.into_owned(),
-                            Some(_) => {
-                                return Err(read_err(corrupt(
-                                    &self.wal,
-                                    lsn,
-                                    "raft entry missing from the log",
-                                )));
-                            }
+                            Some((at, bytes)) if at == lsn => break Some(Ok(bytes.into_owned())),
+                            Some(_) => break None, // past it
                             None => continue,
                         },
-                        // A purge that ran since the index was read may have
-                        // retired it (the iterator then ends early, or fails
-                        // to map a segment deleted under it): the reader
-                        // contract allows fewer entries than asked for;
-                        // anything else is damage.
-                        _ if self.lock().first_index().is_none_or(|f| index < f) => return Ok(out),
-                        Some(Err(e)) => return Err(read_err(e)),
-                        _ => {
-                            return Err(read_err(corrupt(&self.wal, lsn, "raft entry missing from the log")));
-                        }
+                        Some(Err(e)) => break Some(Err(e)),
+                        None => break None,
                     }
+                };
+                let bytes = match found {
+                    Some(Ok(bytes)) => bytes,
+                    // A purge that ran since the index was read may have
+                    // retired it (the iterator then starts past it, ends
+                    // early, or fails to map a segment deleted under it):
+                    // the reader contract allows fewer entries than asked
+                    // for; anything else is damage.
+                    _ if self.lock().first_index().is_none_or(|f| index < f) => return Ok(out),
+                    Some(Err(e)) => return Err(read_err(e)),
+                    None => return Err(read_err(corrupt(&self.wal, lsn, "raft entry missing from the log"))),
                 };
                 decode_entry::<C>(&self.wal, &bytes, lsn)?
             };
@@ -843,12 +875,18 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for RaftLog<C> {
         if let Some(v) = vote {
             batch.push(encode(&OpOf::<C, &C::Entry>::Vote(v)).map_err(write_err)?);
         }
+        let committed_written = committed.clone();
         batch.push(encode(&OpOf::<C, &C::Entry>::Committed(committed)).map_err(write_err)?);
         batch.push(encode(&OpOf::<C, &C::Entry>::Purge(log_id.clone())).map_err(write_err)?);
         let staged = self.wal.stage_batch(&batch).await.map_err(write_err)?;
-        // The checkpoint carries the committed id (`&mut self`: it cannot
-        // have changed since it was read).
-        self.lock().committed_unsaved = false;
+        // The checkpoint carries the committed id, unless a clone saved a
+        // newer one meanwhile (then that one is still unsaved).
+        {
+            let mut st = self.lock();
+            if st.committed == committed_written {
+                st.committed_unsaved = false;
+            }
+        }
         let checkpoint = staged.durable().await.map_err(write_err)?.first();
         let keep = {
             let mut st = self.lock();

@@ -171,7 +171,14 @@ fn matching_prefix(calls: &[Call], acked: usize, got: &View) -> Result<(usize, O
         if matches(&view) {
             return Ok((k, None));
         }
-        if let Some(Call::Append(es)) = calls.get(k) {
+        // Only an append too large for one atomic batch can survive in
+        // part. A batch here holds 2 KiB less a 512-byte block reserved
+        // for a segment header; appends well under that (with frame
+        // headers and a committed record carried along) never split.
+        let large = |es: &[Entry<Config>]| {
+            es.iter().map(|e| postcard::to_stdvec(e).unwrap().len() + 32).sum::<usize>() + 64 > 1300
+        };
+        if let Some(Call::Append(es)) = calls.get(k).filter(|c| matches!(c, Call::Append(es) if large(es))) {
             for j in 1..es.len() {
                 let part = Call::Append(es[..j].to_vec());
                 let mut v = view.clone();
@@ -461,6 +468,72 @@ async fn entries_in_the_earlier_record_format_are_still_read() {
     let mut log = RaftLog::<Config>::open(dir.path(), opts()).await.unwrap();
     assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(log_id(2, 1)));
     assert_eq!(log.try_get_log_entries(..).await.unwrap().len(), 2);
+    log.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clones_appending_at_once_cannot_both_pass_the_checks() {
+    // Before: the hole check, the write and the index update were separate
+    // steps, so two clones appending the same index both passed the check,
+    // both were written, and the log no longer reopened.
+    for round in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let log = RaftLog::<Config>::open(dir.path(), opts()).await.unwrap();
+        let (mut a, mut b) = (log.clone(), log.clone());
+        a.blocking_append([put(1, 0, 10)]).await.unwrap();
+        let (ra, rb) = tokio::join!(
+            tokio::spawn(async move { a.blocking_append([put(1, 1, 10)]).await.is_ok() }),
+            tokio::spawn(async move { b.blocking_append([put(2, 1, 20)]).await.is_ok() }),
+        );
+        assert_eq!(
+            u8::from(ra.unwrap()) + u8::from(rb.unwrap()),
+            1,
+            "round {round}: exactly one append of index 1"
+        );
+        log.close().await.unwrap();
+        drop(log);
+        let mut log = RaftLog::<Config>::open(dir.path(), opts()).await.unwrap();
+        assert_eq!(log.try_get_log_entries(..).await.unwrap().len(), 2, "round {round}");
+        log.close().await.unwrap();
+    }
+}
+
+#[test]
+fn purge_returns_before_its_segments_are_removed() {
+    // Before: purge removed the segments before returning, blocking
+    // openraft's core (95 ms for 298 segments). On a current-thread
+    // runtime the removal task cannot have run when purge returns.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let disk = SimDisk::new(1);
+        let mut log = RaftLog::<Config>::open(DIR, opts().sim(&disk)).await.unwrap();
+        for i in 0..60 {
+            log.blocking_append([put(1, i, 200)]).await.unwrap();
+        }
+        let first = log.wal().first_lsn();
+        log.purge(log_id(1, 55)).await.unwrap();
+        assert_eq!(log.wal().first_lsn(), first, "no segment removed yet");
+        assert_eq!(log.get_log_state().await.unwrap().last_purged_log_id, Some(log_id(1, 55)));
+        log.close().await.unwrap();
+        assert!(log.wal().first_lsn() > first, "close waited for the removal");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_reads_log_ids_without_decoding_payloads() {
+    // An entry record whose payload does not decode (written here by hand)
+    // opens: replay reads the log id ahead of it; reading the entry fails.
+    let dir = tempfile::tempdir().unwrap();
+    let wal = aiowal::Wal::open(dir.path(), opts()).await.unwrap();
+    let mut record = vec![5u8];
+    record.extend(postcard::to_stdvec(&log_id(4, 0)).unwrap());
+    record.extend([0xff; 5]);
+    wal.append(&record).await.unwrap();
+    wal.close().await.unwrap();
+    drop(wal);
+    let mut log = RaftLog::<Config>::open(dir.path(), opts()).await.unwrap();
+    assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(log_id(4, 0)));
+    assert!(log.try_get_log_entries(0..1).await.is_err(), "the payload itself is checked when read");
     log.close().await.unwrap();
 }
 

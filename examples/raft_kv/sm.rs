@@ -73,7 +73,18 @@ struct Inner {
 pub struct KvStateMachine {
     inner: Arc<Mutex<Inner>>,
     /// Where the snapshot is kept (none: in memory only, for tests).
-    file: Option<Arc<PathBuf>>,
+    file: Option<Arc<SnapshotFile>>,
+}
+
+/// The snapshot file, and the log id of the snapshot it holds. openraft
+/// builds snapshots in a task of their own while the state machine may be
+/// installing one from the leader: the lock orders the two writers, and an
+/// older snapshot never replaces a newer one (openraft may purge up to the
+/// newer one as soon as it is written).
+#[derive(Debug)]
+struct SnapshotFile {
+    path: PathBuf,
+    holds: Mutex<Option<LogId<NodeId>>>,
 }
 
 fn sm_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -145,7 +156,11 @@ impl KvStateMachine {
             inner.data = postcard::from_bytes(&bytes).map_err(std::io::Error::other)?;
             inner.snapshot = Some((meta, bytes));
         }
-        Ok(KvStateMachine { inner: Arc::new(Mutex::new(inner)), file: Some(Arc::new(path)) })
+        let holds = Mutex::new(inner.snapshot.as_ref().and_then(|(m, _)| m.last_log_id));
+        Ok(KvStateMachine {
+            inner: Arc::new(Mutex::new(inner)),
+            file: Some(Arc::new(SnapshotFile { path, holds })),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -160,10 +175,14 @@ impl KvStateMachine {
     // openraft's traits return its (large) StorageError as it is.
     #[allow(clippy::result_large_err)]
     fn persist(&self, meta: &Meta, bytes: &[u8]) -> Result<(), StorageError<NodeId>> {
-        match &self.file {
-            Some(path) => save_snapshot(path, meta, bytes).map_err(snapshot_err),
-            None => Ok(()),
+        let Some(file) = &self.file else { return Ok(()) };
+        let mut holds = file.holds.lock().unwrap_or_else(PoisonError::into_inner);
+        if *holds > meta.last_log_id {
+            return Ok(()); // the file holds a newer snapshot already
         }
+        save_snapshot(&file.path, meta, bytes).map_err(snapshot_err)?;
+        *holds = meta.last_log_id;
+        Ok(())
     }
 
     /// The value of `key`, as applied on this node.
@@ -179,22 +198,29 @@ impl KvStateMachine {
 
 impl RaftSnapshotBuilder<Config> for KvStateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<Config>, StorageError<NodeId>> {
-        let mut inner = self.lock();
-        let bytes = postcard::to_stdvec(&inner.data).map_err(sm_err)?;
-        inner.snapshots_built += 1;
-        let last = inner.data.last_applied;
-        let id = match last {
-            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, inner.snapshots_built),
-            None => format!("empty-{}", inner.snapshots_built),
+        let (meta, bytes) = {
+            let mut inner = self.lock();
+            let bytes = postcard::to_stdvec(&inner.data).map_err(sm_err)?;
+            inner.snapshots_built += 1;
+            let last = inner.data.last_applied;
+            let id = match last {
+                Some(l) => format!("{}-{}-{}", l.leader_id, l.index, inner.snapshots_built),
+                None => format!("empty-{}", inner.snapshots_built),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: last,
+                last_membership: inner.data.membership.clone(),
+                snapshot_id: id,
+            };
+            (meta, bytes)
         };
-        let meta = SnapshotMeta {
-            last_log_id: last,
-            last_membership: inner.data.membership.clone(),
-            snapshot_id: id,
-        };
-        // Durable before openraft purges the entries it covers.
+        // Durable before openraft purges the entries it covers (outside
+        // the state machine's lock: applying goes on meanwhile).
         self.persist(&meta, &bytes)?;
-        inner.snapshot = Some((meta.clone(), bytes.clone()));
+        let mut inner = self.lock();
+        if inner.snapshot.as_ref().is_none_or(|(m, _)| m.last_log_id <= meta.last_log_id) {
+            inner.snapshot = Some((meta.clone(), bytes.clone()));
+        }
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
     }
 }
