@@ -191,6 +191,17 @@ pub enum Error {
         /// The oldest LSN the log still holds.
         first: u64,
     },
+    /// `truncate_after` below the records the log still holds.
+    #[error(
+        "cannot cut the log after LSN {lsn}: it starts at {first} (truncate_before dropped what precedes it); cut at {} or later",
+        first - 1
+    )]
+    CutBeforeStart {
+        /// The LSN asked for.
+        lsn: u64,
+        /// The oldest LSN the log still holds.
+        first: u64,
+    },
     /// Called outside a tokio runtime (or on one that cannot run the log).
     #[error("{0}")]
     Runtime(&'static str),

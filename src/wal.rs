@@ -217,6 +217,61 @@ impl Wal {
         self.handle.core.sync().await
     }
 
+    /// Drops every record above `lsn`, durably: the next append gets
+    /// `lsn + 1`, and after a crash the dropped records never come back,
+    /// under their old LSNs or the new ones. What a Raft follower does with
+    /// entries that conflict with its leader's; a database undoing a
+    /// transaction it logged but must not commit. Returns the last LSN the
+    /// log now holds (`lsn`, or the last one if it holds none above `lsn`).
+    ///
+    /// Everything appended before the call is made durable first. Then the
+    /// log continues in a new segment whose header says that every record
+    /// from `lsn + 1` on in the segments before it is void; the call
+    /// returns once that header is durable. A crash before that leaves the
+    /// log as it was (the call had not returned); after it, recovery ends
+    /// the older segments' records at `lsn` and removes segments that start
+    /// above it. Appends that race the call land either before the cut (and
+    /// are dropped with it) or after it; run it when nothing else appends.
+    ///
+    /// Readers made before the call, and [`Tail`](crate::Tail)s that already
+    /// returned records above `lsn`, are not told: the LSNs they saw above
+    /// `lsn` will name other records. The durable watermark goes back to
+    /// `lsn`. Segment files that start above `lsn` stay on disk until the
+    /// next [`Wal::open`] removes them.
+    ///
+    /// # Errors
+    /// [`Error::CutBeforeStart`] if `lsn + 1` is below the oldest record
+    /// still held ([`Wal::first_lsn`]); [`Error::Poisoned`] after a failed
+    /// write or sync; [`Error::Closed`] after `close`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), aiowal::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use aiowal::{Lsn, Options, Wal};
+    ///
+    /// let wal = Wal::open(dir.path(), Options::default()).await?;
+    /// for r in [&b"begin"[..], b"write x", b"write y"] {
+    ///     wal.append(r).await?;
+    /// }
+    /// // Undo the two writes: LSNs 2 and 3 are dropped, durably.
+    /// wal.truncate_after(Lsn::new(1)).await?;
+    /// assert_eq!(wal.append(b"abort").await?, Lsn::new(2));
+    /// let got: Vec<Vec<u8>> = wal.read_from(Lsn::FIRST)?.map(|r| r.map(|r| r.to_vec())).collect::<Result<_, _>>()?;
+    /// assert_eq!(got, [b"begin".to_vec(), b"abort".to_vec()]);
+    /// wal.close().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Cancel safety
+    /// Once the new segment is queued the cut happens even if the future is
+    /// dropped; before that, dropping it leaves the log as it was.
+    pub async fn truncate_after(&self, lsn: Lsn) -> Result<Lsn> {
+        self.handle.core.truncate_after(lsn.0).await
+    }
+
     /// Iterates over the durable records with LSN `>= from`, in order.
     ///
     /// Records below the oldest segment still in the log (see

@@ -100,6 +100,9 @@ struct Batch {
     header: Option<SegmentHeader>,
     /// The clean-end mark `close` writes: no records, everything before durable.
     clean_end: bool,
+    /// The first batch of the segment `truncate_after` starts: no records,
+    /// its header voids every record above the cut.
+    cut: bool,
 }
 
 impl Batch {
@@ -158,6 +161,11 @@ pub(crate) struct State {
     lock: Option<LockRef>,
     /// Told when the clean-end mark `close` queued is durable (or failed).
     clean_end: Option<oneshot::Sender<bool>>,
+    /// The next new segment's header voids what follows its first LSN
+    /// (`truncate_after`).
+    cut_pending: bool,
+    /// Told when the batch `truncate_after` queued is durable (or failed).
+    cut_done: Option<oneshot::Sender<bool>>,
     stats: stats::Counters,
 }
 
@@ -324,6 +332,8 @@ impl Core {
                 shutdown: Shutdown::Running,
                 lock: Some(start.lock),
                 clean_end: None,
+                cut_pending: false,
+                cut_done: None,
                 stats: stats::Counters::default(),
             }),
             durable_lsn: AtomicU64::new(start.next_lsn - 1),
@@ -484,7 +494,7 @@ impl Core {
                 first_lsn: st.next_lsn,
                 salt: st.place.salt,
                 segment_bytes: self.opts.segment_bytes,
-                flags: 0,
+                flags: if std::mem::take(&mut st.cut_pending) { format::SEGMENT_CUTS } else { 0 },
                 record_bytes_max: self.opts.max_record_bytes,
                 window_bytes: 0,
                 log_id: self.log_id,
@@ -505,6 +515,7 @@ impl Core {
             end_lsn: lsn,
             header,
             clean_end: false,
+            cut: false,
         });
     }
 
@@ -542,7 +553,7 @@ impl Core {
             return None;
         }
         if st.sealed.is_empty() {
-            if st.open.as_ref().is_none_or(|b| b.records() == 0 && !b.clean_end) {
+            if st.open.as_ref().is_none_or(|b| b.records() == 0 && !b.clean_end && !b.cut) {
                 return None;
             }
             self.seal_open(st);
@@ -578,6 +589,7 @@ impl Core {
             seq: batch.place.seq,
             header: batch.header,
             clean_end: batch.clean_end,
+            cut: batch.cut,
         };
         let file = self.target(st, batch.place.seq);
         debug_assert!(
@@ -675,6 +687,9 @@ impl Core {
         st.open = None;
         st.sealed.clear();
         if let Some(tx) = st.clean_end.take() {
+            let _ = tx.send(false);
+        }
+        if let Some(tx) = st.cut_done.take() {
             let _ = tx.send(false);
         }
         let _ = self.poisoned.set(p);
@@ -825,6 +840,67 @@ impl Core {
             "aiowal: segments retired"
         );
         Ok(victims.len() as u64)
+    }
+
+    /// Drops every record above `lsn` durably; the next append gets
+    /// `lsn + 1`. See [`crate::Wal::truncate_after`].
+    ///
+    /// Everything staged is made durable first; then, with nothing staged
+    /// or in flight (appends that raced in are made durable and it tries
+    /// again), the log continues in a new segment whose header carries
+    /// `SEGMENT_CUTS` and first LSN `lsn + 1`: recovery ends every earlier
+    /// segment's records there, and voids segments that start above it.
+    /// Returns once that segment's first batch (no records) is durable.
+    pub(crate) async fn truncate_after(&self, lsn: u64) -> Result<Lsn> {
+        loop {
+            let last = self.sync().await?.0;
+            let last = last.max(self.next_lsn() - 1);
+            if lsn >= last {
+                return Ok(Lsn(last));
+            }
+            let (rx, kick) = {
+                let mut st = lock(&self.state);
+                Self::check_open(&st)?;
+                let quiet = st.sealed.is_empty()
+                    && st.in_flight.is_empty()
+                    && st.open.as_ref().is_none_or(|b| b.records() == 0 && !b.clean_end && !b.cut);
+                if !quiet || st.next_lsn - 1 > self.durable_lsn.load(Ordering::Acquire) {
+                    continue; // appends raced in: make them durable first
+                }
+                let first = self.first_segment_lsn().unwrap_or(st.next_lsn);
+                if lsn + 1 < first {
+                    return Err(Error::CutBeforeStart { lsn, first });
+                }
+                if let Some(b) = st.open.take() {
+                    st.free_bufs.push(b.buf);
+                }
+                let seq = if st.place.offset == 0 { st.place.seq } else { st.place.seq + 1 };
+                st.place = Place { seq, salt: 0, offset: 0, seg_end: self.opts.segment_bytes };
+                st.next_lsn = lsn + 1;
+                // Headers of the new segment carry watermarks up to the cut
+                // only: LSNs above it are about to mean other records.
+                st.synced_lsn = lsn;
+                self.durable_lsn.store(lsn, Ordering::Release);
+                st.cut_pending = true;
+                self.open_batch(&mut st, 0);
+                if let Some(b) = st.open.as_mut() {
+                    b.cut = true;
+                }
+                self.seal_open(&mut st);
+                // Readers stop at the cut: segments that start above it are
+                // void (recovery removes their files at the next open).
+                lock(&self.segments).retain(|s| s.header.first_lsn <= lsn);
+                let (tx, rx) = oneshot::channel();
+                st.cut_done = Some(tx);
+                tracing::info!(dir = %self.dir.display(), lsn, segment = seq, "aiowal: records after the cut dropped");
+                (rx, self.take_next(&mut st))
+            };
+            self.submit(kick);
+            return match rx.await {
+                Ok(true) => Ok(Lsn(lsn)),
+                _ => Err(self.poisoned.get().map_or(Error::Closed, Poison::error)),
+            };
+        }
     }
 
     /// Refuses new appends, waits for staged records to become durable,
@@ -1020,6 +1096,11 @@ impl Core {
         }
         if batch.meta.clean_end {
             if let Some(tx) = st.clean_end.take() {
+                let _ = tx.send(true);
+            }
+        }
+        if batch.meta.cut {
+            if let Some(tx) = st.cut_done.take() {
                 let _ = tx.send(true);
             }
         }

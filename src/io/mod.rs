@@ -81,6 +81,8 @@ pub(crate) struct BatchMeta {
     pub header: Option<SegmentHeader>,
     /// The clean-end mark `close` writes.
     pub clean_end: bool,
+    /// The first batch of a segment `truncate_after` starts.
+    pub cut: bool,
 }
 
 /// Poisons the log if its batch is dropped before the pipeline got it back

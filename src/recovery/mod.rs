@@ -693,6 +693,16 @@ fn walk_log(
     while let Some((i, m)) = iter.next() {
         let last = i + 1 == count;
         let prev = segments.last().map(|s| s.path.clone()).unwrap_or_default();
+        // A later segment voids every record of this one (`truncate_after`
+        // cut below its first LSN): set aside for removal before its LSNs
+        // are checked against the log's, which no longer reach it.
+        if let Ok(h) = &m.header {
+            let same_log = segments.first().is_none_or(|f| f.header.log_id == h.log_id);
+            if same_log && h.sequence == m.seq && limit_of(i).is_some_and(|l| l <= h.first_lsn) {
+                void.push(m.path);
+                continue;
+            }
+        }
         let h = match check_header(&m, segments.first().map(|s| &s.header), next_lsn) {
             Ok(h) => h,
             Err((_, CorruptKind::Header(e)))

@@ -103,6 +103,7 @@ mod tests {
             seq: 1,
             header: None,
             clean_end: false,
+            cut: false,
         };
         IoBatch {
             file: FileTarget::Open(Arc::clone(file)),

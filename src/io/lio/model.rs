@@ -1198,6 +1198,7 @@ mod tests {
             seq: 1,
             header: None,
             clean_end: false,
+            cut: false,
         };
         IoBatch {
             file: FileTarget::Open(Arc::clone(file)),

@@ -1,0 +1,216 @@
+//! `Wal::truncate_after`: records above a cut are dropped durably and their
+//! LSNs reused, on every backend and the crash simulator's disk; and power
+//! loss at every operation of a cut (simulator).
+
+mod common;
+
+use aiowal::{Backend, Error, Lsn, Wal};
+use common::*;
+
+per_backend_and_sim!(
+    sim: [
+        a_cut_drops_what_follows_and_appends_reuse_its_lsns,
+        a_cut_below_the_log_is_refused,
+        a_cut_at_or_past_the_end_changes_nothing,
+    ],
+    real: [],
+);
+
+fn old(i: u64) -> Vec<u8> {
+    record(1, i, 500 + (i as usize * 97) % 2500)
+}
+
+fn new(round: u64, i: u64) -> Vec<u8> {
+    record(100 + round, i, 300 + (i as usize * 53) % 1800)
+}
+
+/// A log of 1..=n from `old`.
+async fn filled(dir: &std::path::Path, backend: Backend, n: u64) -> Wal {
+    let wal = Wal::open(dir, small(backend)).await.unwrap();
+    for i in 1..=n {
+        assert_eq!(wal.append(&old(i)).await.unwrap(), Lsn::new(i));
+    }
+    wal
+}
+
+/// Cuts in the middle of an early segment (voiding the later ones), then
+/// after a reopen at a later LSN and at 0 (everything): each time the next
+/// append gets the LSN after the cut, reads see the kept records then the
+/// new ones, and a reopen (clean, and after a drop without close) too.
+async fn a_cut_drops_what_follows_and_appends_reuse_its_lsns(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    // About 1.7 MB of records in 256 KiB segments: 6 or more segments.
+    let mut wal = filled(&path, backend, 1000).await;
+    let segments_before = wal.stats().segments_live;
+    assert!(segments_before >= 6, "{segments_before} segments");
+    let mut want: Vec<(u64, Vec<u8>)> = (1..=1000).map(|i| (i, old(i))).collect();
+    for (round, cut) in [(0u64, 140u64), (1, 150), (2, 0)] {
+        assert_eq!(wal.truncate_after(Lsn::new(cut)).await.unwrap(), Lsn::new(cut));
+        assert_eq!(wal.durable_lsn(), Lsn::new(cut), "the durable watermark goes back to the cut");
+        want.truncate(cut as usize);
+        assert_eq!(read_all(&wal, Lsn::FIRST), want, "round {round}: only what precedes the cut");
+        for i in 1..=30 {
+            let lsn = wal.append(&new(round, i)).await.unwrap();
+            assert_eq!(lsn, Lsn::new(cut + i), "round {round}: LSNs after the cut are reused");
+            want.push((lsn.get(), new(round, i)));
+        }
+        assert_eq!(read_all(&wal, Lsn::FIRST), want, "round {round}");
+        // Reading from the middle (seek marks of the cut segment).
+        assert_eq!(read_all(&wal, Lsn::new(cut + 10)), want[(cut + 9) as usize..], "round {round}");
+        if round == 0 {
+            assert!(wal.stats().segments_live < segments_before, "segments above the cut are void");
+        }
+        wal.close().await.unwrap();
+        drop(wal);
+        wal = Wal::open(&path, small(backend)).await.unwrap();
+        assert_eq!(read_all(&wal, Lsn::FIRST), want, "round {round}: after reopening");
+    }
+    // Cut, append, and stop without close (what a process kill leaves).
+    wal.truncate_after(Lsn::new(20)).await.unwrap();
+    want.truncate(20);
+    for i in 1..=5 {
+        let lsn = wal.append(&new(9, i)).await.unwrap();
+        want.push((lsn.get(), new(9, i)));
+    }
+    drop(wal);
+    let wal = loop {
+        match Wal::open(&path, small(backend)).await {
+            Ok(w) => break w,
+            Err(Error::Locked { .. }) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+            Err(e) => panic!("reopen after drop: {e}"),
+        }
+    };
+    assert_eq!(read_all(&wal, Lsn::FIRST), want, "after a drop without close");
+    wal.close().await.unwrap();
+}
+
+/// Below what `truncate_before` left: refused, typed, and the log unchanged.
+async fn a_cut_below_the_log_is_refused(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = filled(&dir.path().join("log"), backend, 600).await;
+    assert!(wal.truncate_before(Lsn::new(400)).await.unwrap() > 0);
+    let first = wal.first_lsn().get();
+    assert!(first > 1);
+    match wal.truncate_after(Lsn::new(first - 2)).await {
+        Err(Error::CutBeforeStart { lsn, first: f }) => assert_eq!((lsn, f), (first - 2, first)),
+        other => panic!("expected CutBeforeStart, got {other:?}"),
+    }
+    assert_eq!(wal.append(b"next").await.unwrap(), Lsn::new(601), "the log is unchanged");
+    // Right below the first record held: everything dropped.
+    assert_eq!(wal.truncate_after(Lsn::new(first - 1)).await.unwrap(), Lsn::new(first - 1));
+    assert!(read_all(&wal, Lsn::FIRST).is_empty());
+    assert_eq!(wal.append(b"again").await.unwrap(), Lsn::new(first));
+    wal.close().await.unwrap();
+}
+
+/// At the last LSN or past it: nothing to drop, nothing written.
+async fn a_cut_at_or_past_the_end_changes_nothing(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = filled(&dir.path().join("log"), backend, 50).await;
+    let batches = wal.stats().batches;
+    assert_eq!(wal.truncate_after(Lsn::new(50)).await.unwrap(), Lsn::new(50));
+    assert_eq!(wal.truncate_after(Lsn::new(5000)).await.unwrap(), Lsn::new(50));
+    assert_eq!(wal.stats().batches, batches);
+    assert_eq!(wal.append(b"x").await.unwrap(), Lsn::new(51));
+    wal.close().await.unwrap();
+}
+
+#[cfg(feature = "sim")]
+mod crashes {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use aiowal::sim::SimDisk;
+    use aiowal::{Lsn, Options, Wal};
+
+    use super::{new, old, read_all};
+
+    const DIR: &str = "/sim/cut";
+
+    fn opts() -> Options {
+        Options::default().alignment(512).batch_bytes_max(4096).segment_bytes(16384).max_record_bytes(3000)
+    }
+
+    /// Power loss (or a process kill) at the k-th operation of a cut and of
+    /// the appends after it, for every k: the recovered log holds the
+    /// records up to the cut, then either all the old ones (the cut had not
+    /// returned) or a prefix of the new ones holding every acknowledged
+    /// one, never an old record above the cut after the cut returned.
+    #[test]
+    fn power_loss_at_every_operation_of_a_cut() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (mut k, mut kept_old, mut cut_seen) = (0u64, 0, 0);
+        let old_small = |i: u64| old(i)[..(100 + i as usize * 13 % 400)].to_vec();
+        loop {
+            let (done, crashed_during_cut) = rt.block_on(async {
+                let disk = SimDisk::new(k);
+                let wal = Wal::open(DIR, opts().sim(&disk)).await.unwrap();
+                // Several segments: the cut voids all but the first.
+                for i in 1..=80 {
+                    wal.append(&old_small(i)).await.unwrap();
+                }
+                assert!(wal.stats().segments_live >= 3);
+                let seen = Arc::new(AtomicU64::new(0));
+                {
+                    let seen = Arc::clone(&seen);
+                    disk.crash_when(move |_| seen.fetch_add(1, Ordering::SeqCst) == k);
+                }
+                let cut = wal.truncate_after(Lsn::new(15)).await.is_ok();
+                let mut acked = 0u64;
+                if cut {
+                    for i in 1..=12 {
+                        if wal.append(&new(0, i)).await.is_err() {
+                            break;
+                        }
+                        acked = i;
+                    }
+                }
+                let crashed = disk.crashed();
+                drop(wal);
+                let disk = if k % 3 == 2 { disk.restart_process() } else { disk.restart() };
+                let wal = Wal::open(DIR, opts().sim(&disk))
+                    .await
+                    .unwrap_or_else(|e| panic!("crash point {k}: reopen failed: {e}"));
+                let got = read_all(&wal, Lsn::FIRST);
+                let head: Vec<(u64, Vec<u8>)> = (1..=15).map(|i| (i, old_small(i))).collect();
+                assert_eq!(got.get(..15), Some(&head[..]), "crash point {k}: records up to the cut");
+                let rest = &got[15..];
+                let all_old: Vec<(u64, Vec<u8>)> = (16..=80).map(|i| (i, old_small(i))).collect();
+                let is_new_prefix = rest
+                    .iter()
+                    .enumerate()
+                    .all(|(j, (lsn, r))| *lsn == 16 + j as u64 && *r == new(0, j as u64 + 1));
+                if cut {
+                    assert!(is_new_prefix, "crash point {k}: an old record came back after the cut returned");
+                    assert!(
+                        rest.len() as u64 >= acked,
+                        "crash point {k}: acknowledged appends after the cut lost"
+                    );
+                } else {
+                    assert!(
+                        rest == &all_old[..] || rest.is_empty(),
+                        "crash point {k}: a cut that did not return left {} records above it",
+                        rest.len()
+                    );
+                }
+                let kept = usize::from(!cut && rest == &all_old[..]);
+                // Life goes on: append after recovery and reopen.
+                let next = wal.append(b"after").await.unwrap();
+                assert_eq!(next.get(), got.len() as u64 + 1, "crash point {k}");
+                wal.close().await.unwrap();
+                (!crashed, (crashed && !cut, kept))
+            });
+            if crashed_during_cut.0 {
+                cut_seen += 1;
+                kept_old += crashed_during_cut.1;
+            }
+            if done {
+                break;
+            }
+            k += 1;
+        }
+        println!("{k} crash points; {cut_seen} during the cut, {kept_old} of them kept the old records");
+        assert!(cut_seen >= 2 && kept_old >= 1, "{k} crash points, {cut_seen} during the cut, {kept_old} kept");
+    }
+}
