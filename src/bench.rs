@@ -60,6 +60,9 @@ pub struct Config {
     pub direct_io: crate::DirectIo,
     /// How new segments get their space.
     pub preallocate: crate::Preallocate,
+    /// What an acknowledged append promises (the backend column says when
+    /// it is not `Immediate`).
+    pub durability: crate::Durability,
     /// Runs of each point (baseline and aiowal interleaved).
     pub repeat: usize,
     /// Which workloads to run.
@@ -98,6 +101,7 @@ impl Default for Config {
             uring_sync: crate::UringSync::Fsync,
             direct_io: crate::DirectIo::Auto,
             preallocate: crate::Preallocate::Auto,
+            durability: crate::Durability::Immediate,
             repeat: 3,
             workloads: vec![Workload::Checkpointed, Workload::Growing],
         }
@@ -388,6 +392,7 @@ pub fn wal(
         .uring_sync(cfg.uring_sync)
         .direct_io(cfg.direct_io)
         .preallocate(cfg.preallocate)
+        .durability(cfg.durability)
         .segment_bytes(cfg.segment_bytes)
         .max_record_bytes(u32::try_from(size.max(1 << 16)).unwrap_or(u32::MAX));
     let duration = cfg.duration;
@@ -398,6 +403,15 @@ pub fn wal(
             ("threaded", true) => "thread+dio",
             ("lio", true) => "lio+dio",
             (n, _) => n,
+        };
+        // The level beside the backend when it is not the default (a
+        // handful of rows per run: leaking their names is fine).
+        let name: &'static str = match cfg.durability {
+            crate::Durability::Immediate => name,
+            crate::Durability::Periodic(d) => {
+                Box::leak(format!("{name}/periodic-{}ms", d.as_millis()).into_boxed_str())
+            }
+            crate::Durability::None => Box::leak(format!("{name}/none").into_boxed_str()),
         };
         let cpu0 = CpuTicks::now();
         let start = Instant::now();

@@ -108,7 +108,7 @@ mod wal;
 pub use commit::Stats;
 pub use error::{CorruptKind, Error, IoOp, Result};
 pub use lsn::{Lsn, LsnRange};
-pub use options::{Backend, DirectIo, Options, Preallocate, RecoveryMode, UringSync};
+pub use options::{Backend, DirectIo, Durability, Options, Preallocate, RecoveryMode, UringSync};
 pub use recovery::{ReadIter, Record, RecoveryReport, StopReason};
 pub use tail::Tail;
 pub use wal::{Staged, Wal, dump, verify};

@@ -102,6 +102,44 @@ impl Preallocate {
     }
 }
 
+/// What an acknowledged append promises: when `append` returns, and when
+/// the log syncs.
+///
+/// | level | `append` returns once the record is | aiowal syncs |
+/// |---|---|---|
+/// | `Immediate` (default) | durable (its batch synced) | every batch |
+/// | `Periodic(d)` | written (in the page cache, or on a device that may still cache it) | at least every `d`, at a segment switch, on `sync()` and `close` |
+/// | `None` | written | only at a segment switch, on `sync()` and `close` |
+///
+/// Under the relaxed levels a power loss (or a kernel crash) can lose
+/// acknowledged records that no sync covered yet: after recovery the log
+/// holds every record up to the last completed sync, then possibly more, a
+/// prefix as always (atomic batches whole or absent). A process crash loses
+/// nothing written. [`Wal::durable_lsn`](crate::Wal::durable_lsn) is the
+/// synced watermark, [`Wal::written_lsn`](crate::Wal::written_lsn) the
+/// acknowledged one; [`Wal::sync`](crate::Wal::sync) and
+/// [`Staged::durable`](crate::Staged::durable) wait for a sync (starting one).
+/// Recovery's proof of what must survive uses the synced watermark only, so
+/// records lost beyond it are a torn tail, not corruption.
+///
+/// A segment switch syncs the old segment first under every level: a crash
+/// can then tear only the newest segment, which is what lets recovery tell a
+/// crash from damage. The `lio` backend syncs every batch under every level
+/// (its write-only path is not built): there the relaxed levels act as
+/// `Immediate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Durability {
+    /// Every batch is synced before its records are acknowledged.
+    #[default]
+    Immediate,
+    /// Records are acknowledged once written; everything written is synced
+    /// at least this often (and as `None` says).
+    Periodic(std::time::Duration),
+    /// Records are acknowledged once written; aiowal syncs only at a segment
+    /// switch, on `sync()` and at `close`.
+    None,
+}
+
 /// How the io_uring backend makes a batch durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum UringSync {
@@ -174,6 +212,7 @@ pub struct Options {
     pub(crate) direct_io: DirectIo,
     pub(crate) segments_recycled_max: usize,
     pub(crate) preallocate: Preallocate,
+    pub(crate) durability: Durability,
     /// Resolved at open from `direct_io`: whether segments use O_DIRECT.
     pub(crate) direct: bool,
     /// Resolved at open where the lio backend may run: whether it can
@@ -218,6 +257,7 @@ impl Default for Options {
             direct_io: DirectIo::Auto,
             segments_recycled_max: 4,
             preallocate: Preallocate::Auto,
+            durability: Durability::Immediate,
             direct: false,
             lio_probe: None,
             vfs: crate::vfs::Vfs::Os,
@@ -328,6 +368,30 @@ impl Options {
         self
     }
 
+    /// What an acknowledged append promises (default
+    /// [`Durability::Immediate`]: durable). See [`Durability`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), aiowal::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use std::time::Duration;
+    /// use aiowal::{Durability, Options, Wal};
+    ///
+    /// let opts = Options::default().durability(Durability::Periodic(Duration::from_millis(10)));
+    /// let wal = Wal::open(dir.path(), opts).await?;
+    /// let lsn = wal.append(b"fast, written").await?; // in the page cache now
+    /// assert!(wal.written_lsn() >= lsn);
+    /// wal.sync().await?; // durable now (the periodic sync would get there too)
+    /// assert!(wal.durable_lsn() >= lsn);
+    /// wal.close().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn durability(mut self, level: Durability) -> Self {
+        self.durability = level;
+        self
+    }
+
     /// Whether `open` may create the directory and the first segment (default true).
     pub fn create(mut self, create: bool) -> Self {
         self.create = create;
@@ -352,6 +416,11 @@ impl Options {
     /// The configured recovery mode.
     pub fn get_recovery_mode(&self) -> RecoveryMode {
         self.recovery_mode
+    }
+
+    /// The configured durability level.
+    pub fn get_durability(&self) -> Durability {
+        self.durability
     }
 
     /// Checks that the settings fit together.

@@ -115,10 +115,29 @@ impl Wal {
         let core = Core::new(dir, opts.clone(), start);
         let sink: Arc<dyn io::Completion> = core.clone();
         core.set_backend(io::start(opts.backend, sink, &opts)?);
+        if let crate::Durability::Periodic(every) = opts.durability {
+            // Holds the core weakly: the log closes when its handles go.
+            let core = Arc::downgrade(&core);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every.max(std::time::Duration::from_micros(100)));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    match core.upgrade() {
+                        Some(core) if core.periodic_sync() => {}
+                        _ => return,
+                    }
+                }
+            });
+        }
         Ok(Wal { handle: Arc::new(Handle { core, report }) })
     }
 
-    /// Appends one record and waits until it (and everything before it) is durable.
+    /// Appends one record and waits until it (and everything before it) is
+    /// durable; under a relaxed [`Durability`](crate::Durability) level,
+    /// until it is written (then [`Wal::written_lsn`] covers it, and
+    /// [`Wal::durable_lsn`] once a sync did).
     ///
     /// Concurrent appends share group commits: one write and one data sync
     /// per batch, however many records it holds.
@@ -344,9 +363,18 @@ impl Wal {
         Lsn(core.first_segment_lsn().unwrap_or_else(|| core.next_lsn()))
     }
 
-    /// The highest durable LSN.
+    /// The highest durable LSN: every record up to it survives a power
+    /// loss (the synced watermark).
     pub fn durable_lsn(&self) -> Lsn {
         Lsn(self.handle.core.durable_lsn())
+    }
+
+    /// The highest written LSN: every record up to it was written and, under
+    /// a relaxed [`Durability`](crate::Durability) level, acknowledged,
+    /// though maybe not synced yet. Equal to [`Wal::durable_lsn`] under
+    /// `Durability::Immediate`; never below it.
+    pub fn written_lsn(&self) -> Lsn {
+        Lsn(self.handle.core.written_lsn())
     }
 
     /// Retires whole segments whose records all precede `lsn` (a checkpoint),
@@ -456,15 +484,18 @@ impl Staged {
         self.range
     }
 
-    /// Waits until the staged records (and everything before them) are durable.
+    /// Waits until the staged records (and everything before them) are
+    /// durable, under every [`Durability`](crate::Durability) level (a
+    /// relaxed level starts a sync for them).
     ///
     /// # Errors
     /// [`Error::Poisoned`] if a write or sync failed first.
     ///
     /// # Cancel safety
-    /// Safe to drop; the records become durable regardless.
+    /// Safe to drop; the records become durable regardless under
+    /// `Immediate` (under a relaxed level, at the sync already started).
     pub async fn durable(self) -> Result<LsnRange> {
-        self.wal.handle.core.wait_durable(self.range.last.0).await?;
+        self.wal.handle.core.sync_upto(self.range.last.0).await?;
         Ok(self.range)
     }
 }

@@ -211,6 +211,9 @@ mod crashes {
             k += 1;
         }
         println!("{k} crash points; {cut_seen} during the cut, {kept_old} of them kept the old records");
-        assert!(cut_seen >= 2 && kept_old >= 1, "{k} crash points, {cut_seen} during the cut, {kept_old} kept");
+        assert!(
+            cut_seen >= 2 && kept_old >= 1,
+            "{k} crash points, {cut_seen} during the cut, {kept_old} kept"
+        );
     }
 }

@@ -40,6 +40,18 @@ enum DirectArg {
     Off,
 }
 
+/// `immediate`, `none` or `periodic:MS`.
+fn parse_durability(s: &str) -> Result<aiowal::Durability, String> {
+    match s {
+        "immediate" => Ok(aiowal::Durability::Immediate),
+        "none" => Ok(aiowal::Durability::None),
+        _ => match s.strip_prefix("periodic:").map(str::parse::<u64>) {
+            Some(Ok(ms)) if ms > 0 => Ok(aiowal::Durability::Periodic(Duration::from_millis(ms))),
+            _ => Err(format!("{s:?}: expected immediate, none or periodic:MS (MS > 0 milliseconds)")),
+        },
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum PreallocateArg {
     Auto,
@@ -102,6 +114,11 @@ enum Cmd {
         /// allocated (fallocate).
         #[arg(long, value_enum, default_value = "auto")]
         preallocate: PreallocateArg,
+        /// What an acknowledged append promises: immediate (durable),
+        /// periodic:MS (written; synced at least every MS milliseconds) or
+        /// none (written; synced at segment switches).
+        #[arg(long, default_value = "immediate", value_parser = parse_durability)]
+        durability: aiowal::Durability,
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
@@ -305,6 +322,7 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
             dir,
             segment_mib,
             preallocate,
+            durability,
             quiet,
             csv,
         } => {
@@ -345,6 +363,7 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
                     PreallocateArg::Zeroes => aiowal::Preallocate::Zeroes,
                     PreallocateArg::Allocate => aiowal::Preallocate::Allocate,
                 },
+                durability,
                 repeat,
                 workloads: match workload {
                     WorkloadArg::Ckpt => vec![bench::Workload::Checkpointed],

@@ -37,7 +37,7 @@ pub use stats::Stats;
 use crate::error::{Error, IoOp, Result};
 use crate::format::{self, BATCH_HEADER_LEN, BatchHeader, FrameKind, SegmentHeader};
 use crate::io::{
-    BatchGuard, BatchMeta, Completion, FileTarget, Inline, IoBackend, IoBatch, IoFailure, WriteBuf,
+    BatchGuard, BatchMeta, Completion, FileTarget, Inline, IoBackend, IoBatch, IoFailure, SyncKind, WriteBuf,
 };
 use crate::lsn::{Lsn, LsnRange};
 use crate::options::Options;
@@ -127,14 +127,31 @@ pub(crate) enum Next {
     Ready(u64, SegFile),
 }
 
+/// A batch the backend holds: its id, last LSN, whether it completed and
+/// whether completing it makes everything up to its last LSN durable.
+#[derive(Debug, Clone, Copy)]
+struct Flight {
+    id: u64,
+    last: u64,
+    done: bool,
+    syncs: bool,
+}
+
 pub(crate) struct State {
     next_lsn: u64,
+    /// The last LSN of the newest batch handed to the backend.
+    submitted_lsn: u64,
+    /// Under a relaxed durability level: `sync` (or the periodic timer)
+    /// wants everything up to here synced...
+    sync_to: u64,
+    /// ...and a batch that syncs up to here was taken already.
+    sync_taken: u64,
     open: Option<Batch>,
     sealed: VecDeque<Batch>,
     /// Batches submitted and not yet completed, oldest first: id, last LSN
     /// and whether it completed (completions may arrive out of order; the
     /// durable watermark only advances over a completed prefix).
-    in_flight: VecDeque<(u64, u64, bool)>,
+    in_flight: VecDeque<Flight>,
     /// Identifies batches in `in_flight` (a batch of no records shares its
     /// last LSN with the batch before it).
     next_batch_id: u64,
@@ -178,8 +195,14 @@ pub(crate) struct Core {
     /// This core, for the guards of batches handed to the backend.
     me: std::sync::Weak<Core>,
     state: Mutex<State>,
-    /// The durable watermark: every LSN up to it is durable.
+    /// The durable watermark: every LSN up to it is durable (synced).
     durable_lsn: AtomicU64,
+    /// The written watermark: every LSN up to it is written (durable too
+    /// under `Durability::Immediate`); what relaxed levels acknowledge.
+    written_lsn: AtomicU64,
+    /// Waiters for the durable watermark (`sync`, tails, `close`), by LSN;
+    /// `waiters` are the appenders waiting for their acknowledgement.
+    synced: Waiters,
     /// Set once, when the log is poisoned.
     poisoned: OnceLock<Poison>,
     /// Appenders waiting for the two above, by LSN.
@@ -318,6 +341,9 @@ impl Core {
                 open: None,
                 sealed: VecDeque::new(),
                 in_flight: VecDeque::new(),
+                submitted_lsn: start.next_lsn - 1,
+                sync_to: 0,
+                sync_taken: 0,
                 next_batch_id: 1,
                 synced_lsn: start.next_lsn - 1,
                 spares: start.spares,
@@ -337,6 +363,8 @@ impl Core {
                 stats: stats::Counters::default(),
             }),
             durable_lsn: AtomicU64::new(start.next_lsn - 1),
+            written_lsn: AtomicU64::new(start.next_lsn - 1),
+            synced: Waiters::default(),
             poisoned: OnceLock::new(),
             waiters: Waiters::default(),
             closed: watch::Sender::new(false),
@@ -372,11 +400,107 @@ impl Core {
         }
     }
 
-    /// Appends `records` (one record, or an atomic batch) and waits until durable.
+    /// Appends `records` (one record, or an atomic batch) and waits for
+    /// the acknowledgement the durability level promises: durable, or
+    /// written under a relaxed level.
     pub(crate) async fn append(&self, records: &[&[u8]], atomic: bool) -> Result<LsnRange> {
         let range = self.reserve(records, atomic, true).await?;
-        self.wait_durable(range.last.0).await?;
+        self.wait_acked(range.last.0).await?;
         Ok(range)
+    }
+
+    /// Whether batches are written without a sync and acknowledged once
+    /// written (a relaxed durability level on a backend that honours it).
+    fn relaxed(&self) -> bool {
+        self.opts.durability != crate::options::Durability::Immediate
+            && self.backend.get().is_some_and(|b| !b.syncs_every_batch())
+    }
+
+    /// Waits for `lsn`'s acknowledgement: durable, or written when relaxed.
+    pub(crate) async fn wait_acked(&self, lsn: u64) -> Result<Lsn> {
+        if !self.relaxed() {
+            return self.wait_durable(lsn).await;
+        }
+        WaitFor::new(&self.waiters, lsn, || {
+            let written = self.written_lsn.load(Ordering::Acquire);
+            if written >= lsn {
+                return Some(Ok(Lsn(written)));
+            }
+            self.poisoned.get().map(|p| Err(p.error()))
+        })
+        .await
+    }
+
+    /// The written watermark (the durable one under `Immediate`).
+    pub(crate) fn written_lsn(&self) -> u64 {
+        self.written_lsn.load(Ordering::Acquire).max(self.durable_lsn.load(Ordering::Acquire))
+    }
+
+    /// Under a relaxed level, asks for everything up to `lsn` to be synced
+    /// (by the next batch, or a batch of its own) and starts it if the
+    /// backend is idle. Nothing to do otherwise: every batch syncs.
+    fn request_sync(&self, lsn: u64) {
+        if !self.relaxed() {
+            return;
+        }
+        let kick = {
+            let mut st = lock(&self.state);
+            st.sync_to = st.sync_to.max(lsn);
+            self.take_next(&mut st)
+        };
+        self.submit(kick);
+    }
+
+    /// Makes everything up to `lsn` durable (starting a sync under a
+    /// relaxed level) and waits for it.
+    pub(crate) async fn sync_upto(&self, lsn: u64) -> Result<Lsn> {
+        self.request_sync(lsn);
+        self.wait_durable(lsn).await
+    }
+
+    /// The periodic sync of `Durability::Periodic`: everything handed to
+    /// the backend so far. False once the log is closing or poisoned.
+    pub(crate) fn periodic_sync(&self) -> bool {
+        let kick = {
+            let mut st = lock(&self.state);
+            if st.closing || st.poison.is_some() {
+                return false;
+            }
+            if st.submitted_lsn > st.synced_lsn.max(st.sync_taken) {
+                st.sync_to = st.sync_to.max(st.submitted_lsn);
+            }
+            self.take_next(&mut st)
+        };
+        self.submit(kick);
+        true
+    }
+
+    /// A batch of no writes whose sync covers everything written to the
+    /// active segment (a relaxed level's sync when nothing is staged, or
+    /// the old segment's before a switch).
+    fn sync_only(&self, st: &mut State) -> Option<IoBatch> {
+        let a = st.active.as_ref()?;
+        let (file, seq) = (FileTarget::Open(Arc::clone(&a.file)), a.seq);
+        let id = st.next_batch_id;
+        st.next_batch_id += 1;
+        let last = st.submitted_lsn;
+        st.sync_taken = st.sync_taken.max(last);
+        st.in_flight.push_back(Flight { id, last, done: false, syncs: true });
+        st.writing = true;
+        let meta = BatchMeta {
+            id,
+            first_lsn: last + 1,
+            last_lsn: last,
+            bytes: 0,
+            submitted: Instant::now(),
+            seq,
+            header: None,
+            clean_end: false,
+            cut: false,
+            sync: SyncKind::All,
+        };
+        let guard = BatchGuard::new(self.me.clone());
+        Some(IoBatch { file, writes: Vec::new(), meta, guard, _lock: st.lock.clone() })
     }
 
     /// Stages `records` (LSNs assigned, bytes in a batch) and starts the
@@ -552,20 +676,45 @@ impl Core {
         if st.writing || st.in_flight.len() >= self.depth() || st.poison.is_some() {
             return None;
         }
+        let relaxed = self.relaxed();
         if st.sealed.is_empty() {
             if st.open.as_ref().is_none_or(|b| b.records() == 0 && !b.clean_end && !b.cut) {
+                // Nothing to write: a relaxed level's sync of what was.
+                if relaxed && st.sync_to > st.sync_taken && st.submitted_lsn > st.sync_taken {
+                    return self.sync_only(st);
+                }
                 return None;
             }
             self.seal_open(st);
         }
         let seq = st.sealed.front()?.place.seq;
-        if !st.in_flight.is_empty() && st.active.as_ref().is_none_or(|a| a.seq != seq) {
+        let new_segment = st.active.as_ref().is_none_or(|a| a.seq != seq);
+        if !st.in_flight.is_empty() && new_segment {
             return None;
+        }
+        // A segment switch syncs the old segment first, under every level:
+        // a crash can then tear only the newest segment.
+        if relaxed && new_segment && st.active.is_some() && st.synced_lsn < st.submitted_lsn {
+            return self.sync_only(st);
         }
         let mut batch = st.sealed.pop_front()?;
         let id = st.next_batch_id;
         st.next_batch_id += 1;
-        st.in_flight.push_back((id, batch.end_lsn - 1, false));
+        let sync = if !relaxed {
+            SyncKind::Own
+        } else if batch.clean_end || batch.cut || st.sync_to > st.sync_taken {
+            st.sync_taken = st.sync_taken.max(batch.end_lsn - 1);
+            SyncKind::All
+        } else {
+            SyncKind::None
+        };
+        st.in_flight.push_back(Flight {
+            id,
+            last: batch.end_lsn - 1,
+            done: false,
+            syncs: sync != SyncKind::None,
+        });
+        st.submitted_lsn = batch.end_lsn - 1;
         st.writing = true;
         let bytes = u32::try_from(batch.buf.len() - batch.header_at).unwrap_or(u32::MAX);
         let bh = BatchHeader {
@@ -590,6 +739,7 @@ impl Core {
             header: batch.header,
             clean_end: batch.clean_end,
             cut: batch.cut,
+            sync,
         };
         let file = self.target(st, batch.place.seq);
         debug_assert!(
@@ -694,6 +844,7 @@ impl Core {
         }
         let _ = self.poisoned.set(p);
         self.waiters.wake_all();
+        self.synced.wake_all();
         self.space.notify_waiters();
     }
 
@@ -710,7 +861,7 @@ impl Core {
     /// `lsn` was never appended (it never will be); the log's error if it
     /// was poisoned. For readers that follow the log ([`crate::Tail`]).
     pub(crate) async fn wait_tail(&self, lsn: u64) -> Result<Option<Lsn>> {
-        WaitFor::new(&self.waiters, lsn, || {
+        WaitFor::new(&self.synced, lsn, || {
             let durable = self.durable_lsn.load(Ordering::Acquire);
             if durable >= lsn {
                 return Some(Ok(Some(Lsn(durable))));
@@ -726,7 +877,7 @@ impl Core {
 
     /// Waits until `lsn` is durable (or the log is poisoned).
     pub(crate) async fn wait_durable(&self, lsn: u64) -> Result<Lsn> {
-        WaitFor::new(&self.waiters, lsn, || self.durable_outcome(lsn)).await
+        WaitFor::new(&self.synced, lsn, || self.durable_outcome(lsn)).await
     }
 
     /// Makes everything appended so far durable; returns the durable LSN.
@@ -734,7 +885,11 @@ impl Core {
         let (target, kick) = {
             let mut st = lock(&self.state);
             Self::check_open(&st)?;
-            (st.next_lsn - 1, self.take_next(&mut st))
+            let target = st.next_lsn - 1;
+            if self.relaxed() {
+                st.sync_to = st.sync_to.max(target);
+            }
+            (target, self.take_next(&mut st))
         };
         self.dispatch(kick);
         self.wait_durable(target).await
@@ -880,7 +1035,11 @@ impl Core {
                 // Headers of the new segment carry watermarks up to the cut
                 // only: LSNs above it are about to mean other records.
                 st.synced_lsn = lsn;
+                st.submitted_lsn = lsn;
+                st.sync_to = st.sync_to.min(lsn);
+                st.sync_taken = st.sync_taken.min(lsn);
                 self.durable_lsn.store(lsn, Ordering::Release);
+                self.written_lsn.store(lsn, Ordering::Release);
                 st.cut_pending = true;
                 self.open_batch(&mut st, 0);
                 if let Some(b) = st.open.as_mut() {
@@ -923,6 +1082,7 @@ impl Core {
         // Readers following the log past its end learn that it ends; the
         // others find their LSN not yet durable and wait on.
         self.waiters.wake_all();
+        self.synced.wake_all();
         if start {
             let me = Arc::clone(self);
             let guard = CloseGuard(Some(Arc::clone(self)));
@@ -944,7 +1104,7 @@ impl Core {
     /// The shutdown `close` runs: staged records durable, the clean-end
     /// mark, the backend stopped, the lock released.
     async fn finish_close(&self, target: u64) -> Result<()> {
-        let flushed = self.wait_durable(target).await.map(|_| ());
+        let flushed = self.sync_upto(target).await.map(|_| ());
         let marked = if flushed.is_ok() { self.write_clean_end().await } else { Ok(()) };
         let stopped = self.shut_down().await;
         flushed.and(marked).and(stopped)
@@ -1011,6 +1171,7 @@ impl Core {
             (st.lock.clone(), running)
         };
         self.waiters.wake_all();
+        self.synced.wake_all();
         if let Some(held) = held {
             held.dropped(&self.entry);
         }
@@ -1052,7 +1213,7 @@ impl Core {
         &self,
         batch: &mut IoBatch,
         result: std::result::Result<(), IoFailure>,
-    ) -> (Option<IoBatch>, Option<u64>) {
+    ) -> (Option<IoBatch>, Option<u64>, Option<u64>) {
         let mut st = lock(&self.state);
         let id = batch.meta.id;
         if let Err(f) = result {
@@ -1064,15 +1225,15 @@ impl Core {
             st.in_flight.clear();
             st.writing = false;
             self.poison(&mut st, Poison { op: f.op, cause: Arc::new(f.error) });
-            return (None, None);
+            return (None, None, None);
         }
         if st.poison.is_some() {
-            return (None, None); // completed after the log died: counts for nothing
+            return (None, None, None); // completed after the log died: counts for nothing
         }
-        if let Some(slot) = st.in_flight.iter_mut().find(|(i, _, _)| *i == id) {
-            slot.2 = true;
+        if let Some(slot) = st.in_flight.iter_mut().find(|f| f.id == id) {
+            slot.done = true;
         }
-        if st.in_flight.back().is_some_and(|(i, _, _)| *i == id) {
+        if st.in_flight.back().is_some_and(|f| f.id == id) {
             st.writing = false;
         }
         if st.active.as_ref().is_none_or(|a| a.seq != batch.meta.seq) {
@@ -1087,9 +1248,18 @@ impl Core {
                 st.free_bufs.push(w.buf);
             }
         }
-        let mut durable = None;
-        while st.in_flight.front().is_some_and(|(_, _, done)| *done) {
-            durable = st.in_flight.pop_front().map(|(_, l, _)| l);
+        // Over the completed prefix: everything is written, and durable up
+        // to the last batch that synced (a sync covers every write that
+        // completed before it started, which is every earlier batch's:
+        // the next batch is taken only once the previous one's writes are
+        // done).
+        let (mut written, mut durable) = (None, None);
+        while let Some(f) = st.in_flight.front().copied().filter(|f| f.done) {
+            st.in_flight.pop_front();
+            written = Some(f.last);
+            if f.syncs {
+                durable = Some(f.last);
+            }
         }
         if let Some(l) = durable {
             st.synced_lsn = st.synced_lsn.max(l);
@@ -1104,7 +1274,7 @@ impl Core {
                 let _ = tx.send(true);
             }
         }
-        (self.take_next(&mut st), durable)
+        (self.take_next(&mut st), written, durable)
     }
 }
 
@@ -1160,12 +1330,16 @@ impl Completion for Core {
     fn complete(&self, mut batch: IoBatch, result: std::result::Result<(), IoFailure>) {
         // The guard stays armed until the state is updated: a panic in
         // between drops the batch and so poisons the log.
-        let (next, durable) = self.settle(&mut batch, result);
+        let (next, written, durable) = self.settle(&mut batch, result);
         batch.guard.disarm();
         drop(batch);
         self.submit(next);
         if let Some(lsn) = durable {
             self.durable_lsn.fetch_max(lsn, Ordering::Release);
+            self.synced.wake_upto(lsn);
+        }
+        if let Some(lsn) = written {
+            self.written_lsn.fetch_max(lsn, Ordering::Release);
             self.waiters.wake_upto(lsn);
             self.space.notify_waiters();
         }

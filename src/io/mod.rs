@@ -83,6 +83,21 @@ pub(crate) struct BatchMeta {
     pub clean_end: bool,
     /// The first batch of a segment `truncate_after` starts.
     pub cut: bool,
+    /// What must be durable when the batch completes.
+    pub sync: SyncKind,
+}
+
+/// What must be durable when a batch completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SyncKind {
+    /// Nothing: written is enough (a relaxed durability level).
+    None,
+    /// The batch's own writes (`Durability::Immediate`): a `RWF_DSYNC`
+    /// write does, as does an `fdatasync`.
+    Own,
+    /// Everything written to the file so far (a relaxed level's sync):
+    /// an `fdatasync` after the writes, never a `RWF_DSYNC` write alone.
+    All,
 }
 
 /// Poisons the log if its batch is dropped before the pipeline got it back
@@ -232,6 +247,12 @@ pub(crate) trait IoBackend: Send + Sync + 'static {
     /// batch N+1 while batch N's sync runs (and reports `written`).
     fn depth(&self) -> usize {
         1
+    }
+    /// Whether every batch is synced whatever its [`SyncKind`] (the lio
+    /// backends): the pipeline then treats relaxed durability levels as
+    /// `Immediate` and never sends a batch without writes.
+    fn syncs_every_batch(&self) -> bool {
+        false
     }
     /// Completes every queued batch, then stops and calls `done`.
     fn stop(&self, done: Box<dyn FnOnce() + Send>);

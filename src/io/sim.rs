@@ -84,7 +84,7 @@ async fn run(disk: SimDisk, sink: Arc<dyn Completion>, running: Running, mut bat
     let _running = running;
     pause(&disk).await;
     let mut result = write(&mut batch);
-    if result.is_ok() {
+    if result.is_ok() && batch.meta.sync != crate::io::SyncKind::None {
         sink.written();
         pause(&disk).await;
         result = sync(&mut batch);

@@ -35,12 +35,20 @@ pub(crate) struct Threaded {
     op: BatchOp,
     /// Whether a lone appender may run `op` on its own thread.
     inline: bool,
+    /// `op` syncs every batch, whatever its `SyncKind` (the glibc lio op).
+    always_sync: bool,
 }
 
 impl Threaded {
     /// The portable backend: `pwrite` + `fdatasync`.
     pub(crate) fn start(sink: Arc<dyn Completion>) -> Result<Threaded> {
         Self::start_with(sink, "threaded", write_and_sync, true)
+    }
+
+    /// A worker whose `op` syncs every batch (see `syncs_every_batch`).
+    pub(crate) fn always_syncing(mut self) -> Threaded {
+        self.always_sync = true;
+        self
     }
 
     /// A worker thread running `op` for each batch.
@@ -56,7 +64,7 @@ impl Threaded {
             .name(format!("aiowal-{name}"))
             .spawn(move || run(&worker, sink, op))
             .map_err(|e| Error::io(IoOp::Spawn, PathBuf::from("aiowal-io"), e))?;
-        Ok(Threaded { shared, name, op, inline })
+        Ok(Threaded { shared, name, op, inline, always_sync: false })
     }
 }
 
@@ -64,6 +72,9 @@ fn write_and_sync(batch: &mut IoBatch) -> std::result::Result<(), IoFailure> {
     let file = batch.file.resolve()?;
     for w in &batch.writes {
         file.write_all_at(w.data(), w.offset).map_err(|error| IoFailure { op: IoOp::Write, error })?;
+    }
+    if batch.meta.sync == super::SyncKind::None {
+        return Ok(());
     }
     file.sync_data().map_err(|error| IoFailure { op: IoOp::Sync, error })
 }
@@ -113,6 +124,10 @@ fn run(shared: &Shared, sink: Arc<dyn Completion>, op: BatchOp) {
 impl IoBackend for Threaded {
     fn name(&self) -> &'static str {
         self.name
+    }
+
+    fn syncs_every_batch(&self) -> bool {
+        self.always_sync
     }
 
     fn submit(&self, batch: IoBatch) {

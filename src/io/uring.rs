@@ -26,7 +26,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use super::{Completion, IoBackend, IoBatch, IoFailure};
+use super::{Completion, IoBackend, IoBatch, IoFailure, SyncKind};
 use crate::error::IoOp;
 use crate::options::UringSync;
 use crate::sync::lock;
@@ -208,7 +208,12 @@ impl Shared {
         let id = r.next_id;
         r.next_id += 1;
         let mut entries = Vec::with_capacity(batch.writes.len() + 1);
-        let dsync = self.mode == UringSync::Dsync;
+        // Immediate batches: RWF_DSYNC writes or writes + fdatasync, per
+        // the mode. A relaxed level's sync must cover earlier writes too,
+        // which only fdatasync does; its other batches are plain writes.
+        let kind = batch.meta.sync;
+        let dsync = self.mode == UringSync::Dsync && kind == SyncKind::Own && !batch.writes.is_empty();
+        let fsync = kind != SyncKind::None && !dsync;
         for (i, w) in batch.writes.iter().enumerate() {
             let Ok(len) = u32::try_from(w.data().len()) else {
                 drop(r);
@@ -220,13 +225,13 @@ impl Shared {
                 .rw_flags(if dsync { libc::RWF_DSYNC } else { 0 })
                 .build()
                 .user_data(id << 16 | i as u64);
-            if !dsync {
+            if fsync {
                 // A failed or short write cancels the sync linked after it.
                 e = e.flags(squeue::Flags::IO_LINK);
             }
             entries.push(e);
         }
-        if !dsync {
+        if fsync {
             entries.push(
                 opcode::Fsync::new(fd)
                     .flags(types::FsyncFlags::DATASYNC)

@@ -133,6 +133,16 @@ impl Checker {
         self.acked = self.acked.max(lsn.get());
     }
 
+    /// Everything up to `lsn` was covered by a completed sync
+    /// ([`Wal::sync`], [`Staged::durable`](crate::Staged::durable) or
+    /// [`Wal::durable_lsn`]). Under a relaxed
+    /// [`Durability`](crate::Durability) level that is the only promise
+    /// that survives a power loss: an acknowledged append is not one, so a
+    /// harness tells the checker this, not [`Checker::acked`], for those.
+    pub fn synced(&mut self, lsn: Lsn) {
+        self.acked(lsn);
+    }
+
     /// `truncate_before(lsn)` was called (whether or not it finished).
     pub fn truncated_before(&mut self, lsn: Lsn) {
         self.floor = self.floor.max(lsn.get());

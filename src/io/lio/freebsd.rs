@@ -104,6 +104,7 @@ mod tests {
             header: None,
             clean_end: false,
             cut: false,
+            sync: crate::io::SyncKind::Own,
         };
         IoBatch {
             file: FileTarget::Open(Arc::clone(file)),

@@ -19,7 +19,7 @@ use crate::io::{Completion, IoBatch, IoFailure};
 /// Starts the Linux lio backend.
 pub(crate) fn start(sink: Arc<dyn Completion>) -> Result<Threaded> {
     // Never inline: the point of this backend is to run the shared AIO code.
-    Threaded::start_with(sink, "lio", write_and_sync, false)
+    Threaded::start_with(sink, "lio", write_and_sync, false).map(Threaded::always_syncing)
 }
 
 /// Submits with `lio_listio`, waits with `aio_suspend`, then `aio_fsync`.
