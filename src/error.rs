@@ -202,6 +202,24 @@ pub enum Error {
         /// The oldest LSN the log still holds.
         first: u64,
     },
+    /// `truncate_after` at an LSN inside an atomic batch (part of it would
+    /// stay).
+    #[error(
+        "cannot cut the log after LSN {lsn}: it is inside an atomic batch; cut before the batch or after it"
+    )]
+    CutInsideBatch {
+        /// The LSN asked for.
+        lsn: u64,
+    },
+    /// The record waited for was dropped by `truncate_after` before it was
+    /// acknowledged: its LSN names another record now (or none yet).
+    #[error("record {lsn} was dropped by truncate_after({cut}) before it was acknowledged")]
+    DroppedByCut {
+        /// The record's LSN.
+        lsn: u64,
+        /// The LSN the log was cut after.
+        cut: u64,
+    },
     /// Called outside a tokio runtime (or on one that cannot run the log).
     #[error("{0}")]
     Runtime(&'static str),

@@ -205,8 +205,8 @@ impl Wal {
     /// ```
     pub async fn stage(&self, record: &[u8]) -> Result<Staged> {
         let core = &self.handle.core;
-        let range = core.reserve(&[record], false, false).await?;
-        Ok(Staged { range, wal: self.clone() })
+        let (range, epoch) = core.reserve(&[record], false, false).await?;
+        Ok(Staged { range, epoch, wal: self.clone() })
     }
 
     /// Stages an atomic batch without waiting for durability; see [`Wal::stage`].
@@ -219,8 +219,8 @@ impl Wal {
         R: AsRef<[u8]>,
     {
         let owned: Vec<R> = records.into_iter().collect();
-        let range = self.handle.core.reserve(&batch_refs(&owned)?, true, false).await?;
-        Ok(Staged { range, wal: self.clone() })
+        let (range, epoch) = self.handle.core.reserve(&batch_refs(&owned)?, true, false).await?;
+        Ok(Staged { range, epoch, wal: self.clone() })
     }
 
     /// Waits until everything appended so far is durable; returns the durable LSN
@@ -252,16 +252,21 @@ impl Wal {
     /// above it. Appends that race the call land either before the cut (and
     /// are dropped with it) or after it; run it when nothing else appends.
     ///
-    /// Readers made before the call, and [`Tail`](crate::Tail)s that already
-    /// returned records above `lsn`, are not told: the LSNs they saw above
-    /// `lsn` will name other records. The durable watermark goes back to
-    /// `lsn`. Segment files that start above `lsn` stay on disk until the
-    /// next [`Wal::open`] removes them.
+    /// The durable (and written) watermark goes back to `lsn`. Waiting for
+    /// a record that was dropped (a [`Staged`] not yet awaited, an append
+    /// racing the call) ends with [`Error::DroppedByCut`]. Readers made
+    /// after the call never see a dropped record; readers and
+    /// [`Tail`](crate::Tail)s made before it are not told, and may return
+    /// records above `lsn` that the cut dropped (the LSNs then name other
+    /// records). Segment files that start above `lsn` are removed once the
+    /// cut is durable. One cut runs at a time.
     ///
     /// # Errors
     /// [`Error::CutBeforeStart`] if `lsn + 1` is below the oldest record
-    /// still held ([`Wal::first_lsn`]); [`Error::Poisoned`] after a failed
-    /// write or sync; [`Error::Closed`] after `close`.
+    /// still held ([`Wal::first_lsn`]); [`Error::CutInsideBatch`] if `lsn`
+    /// is inside an atomic batch; [`Error::Poisoned`] after a failed write
+    /// or sync; [`Error::Closed`] after `close`; [`Error::Io`] if a voided
+    /// segment file cannot be removed (the cut itself is durable then).
     ///
     /// # Examples
     ///
@@ -475,6 +480,8 @@ fn batch_refs<R: AsRef<[u8]>>(owned: &[R]) -> Result<Vec<&[u8]>> {
 #[must_use = "a staged record is not durable until `durable()` resolves"]
 pub struct Staged {
     range: LsnRange,
+    /// The cut epoch the LSNs were given in (see `Wal::truncate_after`).
+    epoch: u64,
     wal: Wal,
 }
 
@@ -495,7 +502,7 @@ impl Staged {
     /// Safe to drop; the records become durable regardless under
     /// `Immediate` (under a relaxed level, at the sync already started).
     pub async fn durable(self) -> Result<LsnRange> {
-        self.wal.handle.core.sync_upto(self.range.last.0).await?;
+        self.wal.handle.core.sync_upto(self.range.last.0, self.epoch).await?;
         Ok(self.range)
     }
 }

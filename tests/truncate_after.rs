@@ -12,6 +12,9 @@ per_backend_and_sim!(
         a_cut_drops_what_follows_and_appends_reuse_its_lsns,
         a_cut_below_the_log_is_refused,
         a_cut_at_or_past_the_end_changes_nothing,
+        a_cut_inside_an_atomic_batch_is_refused,
+        checkpoints_after_a_cut_never_bring_dropped_records_back,
+        waiting_for_a_dropped_record_ends_with_an_error,
     ],
     real: [],
 );
@@ -113,6 +116,80 @@ async fn a_cut_at_or_past_the_end_changes_nothing(backend: Backend) {
     assert_eq!(wal.truncate_after(Lsn::new(5000)).await.unwrap(), Lsn::new(50));
     assert_eq!(wal.stats().batches, batches);
     assert_eq!(wal.append(b"x").await.unwrap(), Lsn::new(51));
+    wal.close().await.unwrap();
+}
+
+/// A cut that would keep part of an atomic batch is refused; before or
+/// after the batch is fine.
+async fn a_cut_inside_an_atomic_batch_is_refused(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = filled(&dir.path().join("log"), backend, 10).await;
+    let batch = wal.append_batch([old(11), old(12), old(13), old(14)]).await.unwrap();
+    assert_eq!(batch.first(), Lsn::new(11));
+    wal.append(&old(15)).await.unwrap();
+    for inside in [11, 12, 13] {
+        match wal.truncate_after(Lsn::new(inside)).await {
+            Err(Error::CutInsideBatch { lsn }) => assert_eq!(lsn, inside),
+            other => panic!("cut after {inside}: expected CutInsideBatch, got {other:?}"),
+        }
+    }
+    assert_eq!(wal.truncate_after(Lsn::new(14)).await.unwrap(), Lsn::new(14));
+    assert_eq!(wal.truncate_after(Lsn::new(10)).await.unwrap(), Lsn::new(10));
+    assert_eq!(read_all(&wal, Lsn::FIRST).len(), 10);
+    wal.close().await.unwrap();
+}
+
+/// A cut voids later segments; checkpoints afterwards retire the cut
+/// segment itself. The voided files must be gone by then, or a reopen would
+/// find their dropped records with nothing voiding them.
+async fn checkpoints_after_a_cut_never_bring_dropped_records_back(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let wal = filled(&path, backend, 700).await;
+    assert!(wal.stats().segments_live >= 4);
+    assert_eq!(wal.truncate_after(Lsn::new(150)).await.unwrap(), Lsn::new(150));
+    let live_after_cut = wal.stats().segments_live;
+    if wal.backend_name() != "sim" {
+        assert_eq!(
+            segments(&path).len() as u64,
+            live_after_cut + 1,
+            "voided files removed (+1: the next one, prepared)"
+        );
+    }
+    let mut want: Vec<(u64, Vec<u8>)> = (1..=150).map(|i| (i, old(i))).collect();
+    let mut i = 0;
+    while wal.stats().segments_live < live_after_cut + 3 {
+        i += 1;
+        let lsn = wal.append(&new(5, i)).await.unwrap();
+        want.push((lsn.get(), new(5, i)));
+    }
+    // Retire everything but the newest segment, the cut segment included.
+    let newest = read_all(&wal, Lsn::FIRST).last().unwrap().0;
+    wal.truncate_before(Lsn::new(newest)).await.unwrap();
+    let first = wal.first_lsn().get();
+    want.retain(|(l, _)| *l >= first);
+    assert_eq!(read_all(&wal, Lsn::FIRST), want);
+    wal.close().await.unwrap();
+    drop(wal);
+    let wal = Wal::open(&path, small(backend)).await.unwrap();
+    assert_eq!(read_all(&wal, Lsn::FIRST), want, "no dropped record came back");
+    wal.close().await.unwrap();
+}
+
+/// A record staged, then dropped by a cut before anyone waited for it:
+/// waiting ends with `DroppedByCut`, not with another record's ack.
+async fn waiting_for_a_dropped_record_ends_with_an_error(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = filled(&dir.path().join("log"), backend, 20).await;
+    let staged = wal.stage(&old(21)).await.unwrap();
+    assert_eq!(staged.lsns().last(), Lsn::new(21));
+    wal.truncate_after(Lsn::new(20)).await.unwrap();
+    let other = wal.append(b"another record under 21").await.unwrap();
+    assert_eq!(other, Lsn::new(21));
+    match staged.durable().await {
+        Err(Error::DroppedByCut { lsn: 21, cut: 20 }) => {}
+        r => panic!("expected DroppedByCut, got {r:?}"),
+    }
     wal.close().await.unwrap();
 }
 

@@ -203,6 +203,13 @@ pub(crate) struct Core {
     /// Waiters for the durable watermark (`sync`, tails, `close`), by LSN;
     /// `waiters` are the appenders waiting for their acknowledgement.
     synced: Waiters,
+    /// How many `truncate_after` cuts were made (changed under the state
+    /// lock), and the LSN of each: an LSN above a cut made after a waiter
+    /// began names another record now.
+    epoch: AtomicU64,
+    cuts: Mutex<Vec<u64>>,
+    /// One `truncate_after` at a time.
+    cutting: tokio::sync::Mutex<()>,
     /// Set once, when the log is poisoned.
     poisoned: OnceLock<Poison>,
     /// Appenders waiting for the two above, by LSN.
@@ -311,7 +318,7 @@ fn nonblocking_random() -> Option<u64> {
 #[allow(clippy::large_enum_variant)]
 enum StageOutcome {
     /// The records are in a batch; wait for this LSN range to be durable.
-    Done(LsnRange, Option<IoBatch>),
+    Done(LsnRange, Option<IoBatch>, u64),
     /// No room: wait for the backend to take a batch, then retry.
     Full,
 }
@@ -365,6 +372,9 @@ impl Core {
             durable_lsn: AtomicU64::new(start.next_lsn - 1),
             written_lsn: AtomicU64::new(start.next_lsn - 1),
             synced: Waiters::default(),
+            epoch: AtomicU64::new(0),
+            cuts: Mutex::new(Vec::new()),
+            cutting: tokio::sync::Mutex::new(()),
             poisoned: OnceLock::new(),
             waiters: Waiters::default(),
             closed: watch::Sender::new(false),
@@ -404,8 +414,8 @@ impl Core {
     /// the acknowledgement the durability level promises: durable, or
     /// written under a relaxed level.
     pub(crate) async fn append(&self, records: &[&[u8]], atomic: bool) -> Result<LsnRange> {
-        let range = self.reserve(records, atomic, true).await?;
-        self.wait_acked(range.last.0).await?;
+        let (range, epoch) = self.reserve(records, atomic, true).await?;
+        self.wait_acked(range.last.0, epoch).await?;
         Ok(range)
     }
 
@@ -417,18 +427,39 @@ impl Core {
     }
 
     /// Waits for `lsn`'s acknowledgement: durable, or written when relaxed.
-    pub(crate) async fn wait_acked(&self, lsn: u64) -> Result<Lsn> {
-        if !self.relaxed() {
-            return self.wait_durable(lsn).await;
-        }
-        WaitFor::new(&self.waiters, lsn, || {
-            let written = self.written_lsn.load(Ordering::Acquire);
-            if written >= lsn {
-                return Some(Ok(Lsn(written)));
+    /// `epoch` is the cut epoch `lsn` was given in: if a `truncate_after`
+    /// since dropped it, the wait ends with [`Error::DroppedByCut`] (its
+    /// LSN names another record now, or none yet).
+    pub(crate) async fn wait_acked(&self, lsn: u64, epoch: u64) -> Result<Lsn> {
+        let relaxed = self.relaxed();
+        let list = if relaxed { &self.waiters } else { &self.synced };
+        WaitFor::new(list, lsn, || {
+            if let Some(e) = self.dropped_since(lsn, epoch) {
+                return Some(Err(e));
+            }
+            let mark = if relaxed { &self.written_lsn } else { &self.durable_lsn };
+            let at = mark.load(Ordering::Acquire);
+            if at >= lsn {
+                return Some(Ok(Lsn(at)));
             }
             self.poisoned.get().map(|p| Err(p.error()))
         })
         .await
+    }
+
+    /// The cut epoch now.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// If a cut made after `epoch` began dropped `lsn`: the error saying so.
+    fn dropped_since(&self, lsn: u64, epoch: u64) -> Option<Error> {
+        if self.epoch.load(Ordering::Acquire) == epoch {
+            return None;
+        }
+        let cuts = lock(&self.cuts);
+        let cut = cuts.iter().skip(usize::try_from(epoch).unwrap_or(usize::MAX)).min().copied()?;
+        (lsn > cut).then_some(Error::DroppedByCut { lsn, cut })
     }
 
     /// The written watermark (the durable one under `Immediate`).
@@ -452,10 +483,17 @@ impl Core {
     }
 
     /// Makes everything up to `lsn` durable (starting a sync under a
-    /// relaxed level) and waits for it.
-    pub(crate) async fn sync_upto(&self, lsn: u64) -> Result<Lsn> {
+    /// relaxed level) and waits for it; [`Error::DroppedByCut`] if a cut
+    /// made after `epoch` dropped `lsn`.
+    pub(crate) async fn sync_upto(&self, lsn: u64, epoch: u64) -> Result<Lsn> {
         self.request_sync(lsn);
-        self.wait_durable(lsn).await
+        WaitFor::new(&self.synced, lsn, || {
+            if let Some(e) = self.dropped_since(lsn, epoch) {
+                return Some(Err(e));
+            }
+            self.durable_outcome(lsn)
+        })
+        .await
     }
 
     /// The periodic sync of `Durability::Periodic`: everything handed to
@@ -507,14 +545,22 @@ impl Core {
     /// batch if the backend is idle, without waiting for durability. With
     /// `inline`, an idle threaded backend writes on this thread (the lone
     /// appender's fast path); otherwise the batch is handed off.
-    pub(crate) async fn reserve(&self, records: &[&[u8]], atomic: bool, inline: bool) -> Result<LsnRange> {
+    ///
+    /// Returns the LSNs and the cut epoch they were given in (see
+    /// [`Core::wait_acked`]).
+    pub(crate) async fn reserve(
+        &self,
+        records: &[&[u8]],
+        atomic: bool,
+        inline: bool,
+    ) -> Result<(LsnRange, u64)> {
         let max = self.opts.max_record_bytes;
         if let Some(r) = records.iter().find(|r| r.len() > max as usize) {
             return Err(Error::RecordTooLarge { len: r.len() as u64, max: u64::from(max) });
         }
         loop {
-            if let StageOutcome::Done(range, kick) = self.stage(records, atomic)? {
-                return Ok(self.kick(range, kick, inline));
+            if let StageOutcome::Done(range, kick, epoch) = self.stage(records, atomic)? {
+                return Ok((self.kick(range, kick, inline), epoch));
             }
             // Full: wait until the backend takes a batch. Registered before
             // trying again, so a batch taken in between is not missed; only
@@ -522,8 +568,8 @@ impl Core {
             let notified = self.space.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let StageOutcome::Done(range, kick) = self.stage(records, atomic)? {
-                return Ok(self.kick(range, kick, inline));
+            if let StageOutcome::Done(range, kick, epoch) = self.stage(records, atomic)? {
+                return Ok((self.kick(range, kick, inline), epoch));
             }
             notified.await;
         }
@@ -593,7 +639,8 @@ impl Core {
         st.stats.appends += n;
         st.stats.bytes += records.iter().map(|r| r.len() as u64).sum::<u64>();
         let kick = self.take_next(&mut st);
-        Ok(StageOutcome::Done(LsnRange { first: Lsn(first), last: Lsn(first + n - 1) }, kick))
+        let epoch = self.epoch.load(Ordering::Acquire);
+        Ok(StageOutcome::Done(LsnRange { first: Lsn(first), last: Lsn(first + n - 1) }, kick, epoch))
     }
 
     /// Starts a new open batch at the placement cursor, moving it to a new
@@ -875,24 +922,31 @@ impl Core {
         .await
     }
 
-    /// Waits until `lsn` is durable (or the log is poisoned).
-    pub(crate) async fn wait_durable(&self, lsn: u64) -> Result<Lsn> {
-        WaitFor::new(&self.synced, lsn, || self.durable_outcome(lsn)).await
-    }
-
     /// Makes everything appended so far durable; returns the durable LSN.
     pub(crate) async fn sync(&self) -> Result<Lsn> {
-        let (target, kick) = {
+        let (target, kick, epoch) = {
             let mut st = lock(&self.state);
             Self::check_open(&st)?;
             let target = st.next_lsn - 1;
             if self.relaxed() {
                 st.sync_to = st.sync_to.max(target);
             }
-            (target, self.take_next(&mut st))
+            (target, self.take_next(&mut st), self.epoch())
         };
         self.dispatch(kick);
-        self.wait_durable(target).await
+        self.wait_durable_since(target, epoch).await
+    }
+
+    /// Waits until `lsn` is durable, or a cut made after `epoch` (which made
+    /// everything before it durable first) took the LSNs above it away.
+    async fn wait_durable_since(&self, lsn: u64, epoch: u64) -> Result<Lsn> {
+        WaitFor::new(&self.synced, lsn, || {
+            if self.epoch.load(Ordering::Acquire) != epoch {
+                return Some(Ok(Lsn(self.durable_lsn.load(Ordering::Acquire))));
+            }
+            self.durable_outcome(lsn)
+        })
+        .await
     }
 
     /// The durable watermark.
@@ -922,8 +976,15 @@ impl Core {
 
     /// Records from `from` through `until`, over the segments pinned now:
     /// what `Wal::read_from` and the live tail read with.
+    ///
+    /// Taken under the state lock, where `truncate_after` lowers the
+    /// durable watermark and drops segments: `until` is clamped to the
+    /// watermark, so a reader never reads past a cut made before it.
     pub(crate) fn reader(&self, from: u64, until: u64) -> ReadIter {
+        let st = lock(&self.state);
+        let until = until.min(self.durable_lsn.load(Ordering::Acquire));
         let (segments, pin) = self.segments_pinned(from);
+        drop(st);
         ReadIter::new(self.opts.vfs.clone(), segments, from, until, Some(pin))
     }
 
@@ -1007,58 +1068,107 @@ impl Core {
     /// segment's records there, and voids segments that start above it.
     /// Returns once that segment's first batch (no records) is durable.
     pub(crate) async fn truncate_after(&self, lsn: u64) -> Result<Lsn> {
+        let _one = self.cutting.lock().await;
         loop {
             let last = self.sync().await?.0;
             let last = last.max(self.next_lsn() - 1);
             if lsn >= last {
                 return Ok(Lsn(last));
             }
-            let (rx, kick) = {
+            // A cut inside an atomic batch would keep part of it (and
+            // recovery would not find the log's LSNs meeting the cut).
+            if lsn > 0 && !self.ends_group(lsn)? {
+                return Err(Error::CutInsideBatch { lsn });
+            }
+            let cut = {
                 let mut st = lock(&self.state);
                 Self::check_open(&st)?;
                 let quiet = st.sealed.is_empty()
                     && st.in_flight.is_empty()
                     && st.open.as_ref().is_none_or(|b| b.records() == 0 && !b.clean_end && !b.cut);
-                if !quiet || st.next_lsn - 1 > self.durable_lsn.load(Ordering::Acquire) {
-                    continue; // appends raced in: make them durable first
+                let durable = self.durable_lsn.load(Ordering::Acquire);
+                if !quiet || st.next_lsn - 1 > durable {
+                    None
+                } else {
+                    let first = self.first_segment_lsn().unwrap_or(st.next_lsn);
+                    if lsn + 1 < first {
+                        return Err(Error::CutBeforeStart { lsn, first });
+                    }
+                    if let Some(b) = st.open.take() {
+                        st.free_bufs.push(b.buf);
+                    }
+                    let seq = if st.place.offset == 0 { st.place.seq } else { st.place.seq + 1 };
+                    st.place = Place { seq, salt: 0, offset: 0, seg_end: self.opts.segment_bytes };
+                    st.next_lsn = lsn + 1;
+                    // Headers of the new segment carry watermarks up to the cut
+                    // only: LSNs above it are about to mean other records.
+                    st.synced_lsn = lsn;
+                    st.submitted_lsn = lsn;
+                    st.sync_to = st.sync_to.min(lsn);
+                    st.sync_taken = st.sync_taken.min(lsn);
+                    self.durable_lsn.store(lsn, Ordering::Release);
+                    self.written_lsn.store(lsn, Ordering::Release);
+                    lock(&self.cuts).push(lsn);
+                    self.epoch.fetch_add(1, Ordering::AcqRel);
+                    st.cut_pending = true;
+                    self.open_batch(&mut st, 0);
+                    if let Some(b) = st.open.as_mut() {
+                        b.cut = true;
+                    }
+                    self.seal_open(&mut st);
+                    // Readers stop at the cut: segments that start above it are
+                    // void, and their files go once the cut is durable.
+                    let void: Vec<PathBuf> = {
+                        let mut segs = lock(&self.segments);
+                        let (keep, void): (Vec<_>, Vec<_>) =
+                            std::mem::take(&mut *segs).into_iter().partition(|s| s.header.first_lsn <= lsn);
+                        *segs = keep;
+                        void.into_iter().map(|s| s.path).collect()
+                    };
+                    let (tx, rx) = oneshot::channel();
+                    st.cut_done = Some(tx);
+                    tracing::info!(dir = %self.dir.display(), lsn, segment = seq, "aiowal: records after the cut dropped");
+                    Some((rx, self.take_next(&mut st), (void, st.lock.clone())))
                 }
-                let first = self.first_segment_lsn().unwrap_or(st.next_lsn);
-                if lsn + 1 < first {
-                    return Err(Error::CutBeforeStart { lsn, first });
-                }
-                if let Some(b) = st.open.take() {
-                    st.free_bufs.push(b.buf);
-                }
-                let seq = if st.place.offset == 0 { st.place.seq } else { st.place.seq + 1 };
-                st.place = Place { seq, salt: 0, offset: 0, seg_end: self.opts.segment_bytes };
-                st.next_lsn = lsn + 1;
-                // Headers of the new segment carry watermarks up to the cut
-                // only: LSNs above it are about to mean other records.
-                st.synced_lsn = lsn;
-                st.submitted_lsn = lsn;
-                st.sync_to = st.sync_to.min(lsn);
-                st.sync_taken = st.sync_taken.min(lsn);
-                self.durable_lsn.store(lsn, Ordering::Release);
-                self.written_lsn.store(lsn, Ordering::Release);
-                st.cut_pending = true;
-                self.open_batch(&mut st, 0);
-                if let Some(b) = st.open.as_mut() {
-                    b.cut = true;
-                }
-                self.seal_open(&mut st);
-                // Readers stop at the cut: segments that start above it are
-                // void (recovery removes their files at the next open).
-                lock(&self.segments).retain(|s| s.header.first_lsn <= lsn);
-                let (tx, rx) = oneshot::channel();
-                st.cut_done = Some(tx);
-                tracing::info!(dir = %self.dir.display(), lsn, segment = seq, "aiowal: records after the cut dropped");
-                (rx, self.take_next(&mut st))
             };
+            let Some((rx, kick, void)) = cut else {
+                // Appends raced in: let them finish, then again.
+                tokio::task::yield_now().await;
+                continue;
+            };
+            // Waiters for dropped LSNs learn it.
+            self.waiters.wake_all();
+            self.synced.wake_all();
             self.submit(kick);
-            return match rx.await {
-                Ok(true) => Ok(Lsn(lsn)),
-                _ => Err(self.poisoned.get().map_or(Error::Closed, Poison::error)),
-            };
+            if !matches!(rx.await, Ok(true)) {
+                return Err(self.poisoned.get().map_or(Error::Closed, Poison::error));
+            }
+            // The cut is durable: segments it voids can go (until they do,
+            // a later `truncate_before` could retire the cut segment and
+            // leave their stale records to an open).
+            let (paths, held) = void;
+            if !paths.is_empty() {
+                let (vfs, dir) = (self.opts.vfs.clone(), self.dir.clone());
+                let vfs2 = vfs.clone();
+                vfs2.run_blocking(move || {
+                    let _held = held;
+                    segment::remove(&vfs, &dir, &paths)
+                })
+                .await?;
+            }
+            return Ok(Lsn(lsn));
+        }
+    }
+
+    /// Whether record `lsn` ends a group (it is not followed by more
+    /// records of its atomic batch). Reads the durable log.
+    fn ends_group(&self, lsn: u64) -> Result<bool> {
+        let mut it = self.reader(lsn, lsn.saturating_add(1));
+        match it.next() {
+            Some(Ok(r)) if r.lsn().get() == lsn => Ok(it.ended_group()),
+            Some(Err(e)) => Err(e),
+            // Not readable (below the log): the caller's range check decides.
+            _ => Ok(true),
         }
     }
 
@@ -1070,14 +1180,14 @@ impl Core {
     /// it finishes even if that `close` is dropped, and every `close` waits
     /// for it.
     pub(crate) async fn close(self: &Arc<Self>) -> Result<()> {
-        let (target, start) = {
+        let (target, start, epoch) = {
             let mut st = lock(&self.state);
             st.closing = true;
             let start = st.shutdown == Shutdown::Running;
             if start {
                 st.shutdown = Shutdown::Closing;
             }
-            (st.next_lsn - 1, start)
+            (st.next_lsn - 1, start, self.epoch())
         };
         // Readers following the log past its end learn that it ends; the
         // others find their LSN not yet durable and wait on.
@@ -1094,7 +1204,7 @@ impl Core {
                 guard.0 = None;
             });
         }
-        let flushed = self.wait_durable(target).await.map(|_| ());
+        let flushed = self.wait_durable_since(target, epoch).await.map(|_| ());
         let mut closed = self.closed.subscribe();
         let _ = closed.wait_for(|c| *c).await;
         let shut = if start { lock(&self.close_result).take() } else { None };
@@ -1104,7 +1214,8 @@ impl Core {
     /// The shutdown `close` runs: staged records durable, the clean-end
     /// mark, the backend stopped, the lock released.
     async fn finish_close(&self, target: u64) -> Result<()> {
-        let flushed = self.sync_upto(target).await.map(|_| ());
+        self.request_sync(target);
+        let flushed = self.wait_durable_since(target, self.epoch()).await.map(|_| ());
         let marked = if flushed.is_ok() { self.write_clean_end().await } else { Ok(()) };
         let stopped = self.shut_down().await;
         flushed.and(marked).and(stopped)
@@ -1263,6 +1374,12 @@ impl Core {
         }
         if let Some(l) = durable {
             st.synced_lsn = st.synced_lsn.max(l);
+            // Published under the state lock, where a cut lowers them: a
+            // completion cannot raise them above a later cut.
+            self.durable_lsn.fetch_max(l, Ordering::Release);
+        }
+        if let Some(w) = written {
+            self.written_lsn.fetch_max(w, Ordering::Release);
         }
         if batch.meta.clean_end {
             if let Some(tx) = st.clean_end.take() {
@@ -1335,11 +1452,9 @@ impl Completion for Core {
         drop(batch);
         self.submit(next);
         if let Some(lsn) = durable {
-            self.durable_lsn.fetch_max(lsn, Ordering::Release);
             self.synced.wake_upto(lsn);
         }
         if let Some(lsn) = written {
-            self.written_lsn.fetch_max(lsn, Ordering::Release);
             self.waiters.wake_upto(lsn);
             self.space.notify_waiters();
         }

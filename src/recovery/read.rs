@@ -79,6 +79,9 @@ pub struct ReadIter {
     until: u64,
     failed: bool,
     pin: Option<Arc<Pin>>,
+    /// Whether the record returned last ends a group (is not followed by
+    /// more records of its atomic batch).
+    ended_group: bool,
 }
 
 impl fmt::Debug for ReadIter {
@@ -104,7 +107,25 @@ impl ReadIter {
     ) -> ReadIter {
         let idx = segments.iter().rposition(|s| s.header.first_lsn <= from).unwrap_or(0);
         let next_lsn = segments.get(idx).map_or(from, |s| s.header.first_lsn);
-        ReadIter { segments, idx, map: None, walker: None, vfs, next_lsn, from, until, failed: false, pin }
+        ReadIter {
+            segments,
+            idx,
+            map: None,
+            walker: None,
+            vfs,
+            next_lsn,
+            from,
+            until,
+            failed: false,
+            pin,
+            ended_group: true,
+        }
+    }
+
+    /// Whether the record returned last ends a group: it is not followed by
+    /// more records of its atomic batch.
+    pub(crate) fn ended_group(&self) -> bool {
+        self.ended_group
     }
 
     fn fail(&mut self, offset: u64, kind: CorruptKind) -> Option<Result<Record>> {
@@ -170,6 +191,7 @@ impl Iterator for ReadIter {
                 Step::Batch { .. } => {}
                 Step::Record { pos, lsn, payload, .. } => {
                     self.next_lsn = lsn + 1;
+                    self.ended_group = walker.at_group_boundary();
                     if lsn >= self.from {
                         let start =
                             usize::try_from(pos).unwrap_or(usize::MAX) + crate::format::FRAME_HEADER_LEN;
