@@ -116,10 +116,18 @@ impl Wal {
         let sink: Arc<dyn io::Completion> = core.clone();
         core.set_backend(io::start(opts.backend, sink, &opts)?);
         if let crate::Durability::Periodic(every) = opts.durability {
+            // Made here, where a runtime without timers is an error rather
+            // than a panic in a task (which would leave the log unsynced).
+            let every = every.max(std::time::Duration::from_micros(100));
+            let Ok(mut tick) = std::panic::catch_unwind(|| tokio::time::interval(every)) else {
+                core.shutdown();
+                return Err(Error::Runtime(
+                    "Durability::Periodic needs a tokio runtime with its time driver (Builder::enable_time or enable_all)",
+                ));
+            };
             // Holds the core weakly: the log closes when its handles go.
             let core = Arc::downgrade(&core);
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every.max(std::time::Duration::from_micros(100)));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 tick.tick().await;
                 loop {

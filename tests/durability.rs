@@ -15,6 +15,7 @@ per_backend_and_sim!(
         a_segment_switch_syncs_the_old_segment,
         periodic_syncs_without_being_asked,
         immediate_acknowledges_only_durable_records,
+        syncs_requested_across_segment_switches_cover_the_right_files,
     ],
     real: [],
 );
@@ -110,6 +111,48 @@ async fn immediate_acknowledges_only_durable_records(backend: Backend) {
         assert_eq!(wal.written_lsn(), wal.durable_lsn().max(wal.written_lsn()));
     }
     wal.close().await.unwrap();
+}
+
+/// Under `None`, each record staged then awaited durable, across many
+/// segment switches (a sync asked for while a new segment's first batch
+/// is in flight must sync that segment, not the one before), then
+/// reopened: every record is there.
+async fn syncs_requested_across_segment_switches_cover_the_right_files(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let wal = Wal::open(&path, small(backend).durability(Durability::None)).await.unwrap();
+    let mut i = 0;
+    while wal.stats().segments_live < 6 {
+        i += 1;
+        let staged = wal.stage(&rec(i)).await.unwrap();
+        assert_eq!(staged.durable().await.unwrap().last(), Lsn::new(i));
+        assert!(wal.durable_lsn() >= Lsn::new(i));
+        if i % 7 == 0 {
+            wal.append(&rec(1_000_000 + i)).await.unwrap();
+            i += 1;
+            assert!(wal.sync().await.unwrap() >= Lsn::new(i));
+        }
+    }
+    let want = read_all(&wal, Lsn::FIRST);
+    assert_eq!(want.len() as u64, i);
+    wal.close().await.unwrap();
+    drop(wal);
+    let wal = Wal::open(&path, small(backend)).await.unwrap();
+    assert_eq!(read_all(&wal, Lsn::FIRST), want);
+    wal.close().await.unwrap();
+}
+
+#[test]
+fn periodic_on_a_runtime_without_timers_is_refused() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_io().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = aiowal::Options::default()
+        .backend(Backend::Threaded)
+        .durability(Durability::Periodic(Duration::from_millis(5)));
+    match rt.block_on(Wal::open(dir.path(), opts)) {
+        Err(aiowal::Error::Runtime(why)) => assert!(why.contains("time driver"), "{why}"),
+        other => panic!("expected Error::Runtime, got {other:?}"),
+    }
 }
 
 #[cfg(feature = "sim")]

@@ -349,8 +349,9 @@ impl Core {
                 sealed: VecDeque::new(),
                 in_flight: VecDeque::new(),
                 submitted_lsn: start.next_lsn - 1,
-                sync_to: 0,
-                sync_taken: 0,
+                // What open found is synced (recovery made it so).
+                sync_to: start.next_lsn - 1,
+                sync_taken: start.next_lsn - 1,
                 next_batch_id: 1,
                 synced_lsn: start.next_lsn - 1,
                 spares: start.spares,
@@ -727,7 +728,14 @@ impl Core {
         if st.sealed.is_empty() {
             if st.open.as_ref().is_none_or(|b| b.records() == 0 && !b.clean_end && !b.cut) {
                 // Nothing to write: a relaxed level's sync of what was.
-                if relaxed && st.sync_to > st.sync_taken && st.submitted_lsn > st.sync_taken {
+                // Only with nothing in flight: a batch in flight may be the
+                // first of a segment `active` does not name yet, and the
+                // sync must cover the file that batch went to.
+                if relaxed
+                    && st.in_flight.is_empty()
+                    && st.sync_to > st.sync_taken
+                    && st.submitted_lsn > st.sync_taken
+                {
                     return self.sync_only(st);
                 }
                 return None;
@@ -1347,7 +1355,9 @@ impl Core {
         if st.in_flight.back().is_some_and(|f| f.id == id) {
             st.writing = false;
         }
-        if st.active.as_ref().is_none_or(|a| a.seq != batch.meta.seq) {
+        // (Only a batch that wrote starts a segment: a batch that only
+        // synced never names a segment `active` does not.)
+        if st.active.as_ref().is_none_or(|a| a.seq != batch.meta.seq) && !batch.writes.is_empty() {
             if let FileTarget::Open(f) = &batch.file {
                 self.rotated(&mut st, &batch.meta, Arc::clone(f));
             }
