@@ -45,7 +45,9 @@ impl Threaded {
         Self::start_with(sink, "threaded", write_and_sync, true)
     }
 
-    /// A worker whose `op` syncs every batch (see `syncs_every_batch`).
+    /// A worker whose `op` syncs every batch (see `syncs_every_batch`):
+    /// the glibc lio backend.
+    #[cfg(target_os = "linux")]
     pub(crate) fn always_syncing(mut self) -> Threaded {
         self.always_sync = true;
         self
