@@ -111,6 +111,8 @@ pub use lsn::{Lsn, LsnRange};
 pub use options::{Backend, DirectIo, Durability, Options, Preallocate, RecoveryMode, UringSync};
 pub use recovery::{ReadIter, Record, RecoveryReport, StopReason};
 pub use tail::Tail;
+#[cfg(feature = "stream")]
+pub use tail::TailStream;
 pub use wal::{Staged, Wal, dump, verify};
 
 #[cfg(not(unix))]

@@ -117,3 +117,79 @@ impl Tail {
         }
     }
 }
+
+/// A [`Tail`] as a [`futures_core::Stream`] of records (feature `stream`),
+/// from [`Tail::into_stream`]. Each item is what [`Tail::next`] returns.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), aiowal::Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// use std::pin::Pin;
+/// use futures_core::Stream;
+/// use aiowal::{Lsn, Options, Wal};
+///
+/// let wal = Wal::open(dir.path(), Options::default()).await?;
+/// let mut records = wal.tail(Lsn::FIRST).into_stream();
+/// wal.append(b"shipped").await?;
+/// // Any Stream consumer works; here, by hand.
+/// let first = std::future::poll_fn(|cx| Pin::new(&mut records).poll_next(cx)).await;
+/// assert_eq!(first.unwrap()?.data(), b"shipped");
+/// wal.close().await?;
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "stream")]
+pub struct TailStream {
+    tail: Option<Tail>,
+    next: Option<NextRecord>,
+}
+
+/// A [`Tail::next`] in progress, owning its tail.
+#[cfg(feature = "stream")]
+type NextRecord = std::pin::Pin<Box<dyn std::future::Future<Output = (Tail, Option<Result<Record>>)> + Send>>;
+
+#[cfg(feature = "stream")]
+impl fmt::Debug for TailStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TailStream").field("tail", &self.tail).field("waiting", &self.next.is_some()).finish()
+    }
+}
+
+#[cfg(feature = "stream")]
+impl Tail {
+    /// This tail as a [`futures_core::Stream`] (feature `stream`).
+    pub fn into_stream(self) -> TailStream {
+        TailStream { tail: Some(self), next: None }
+    }
+}
+
+#[cfg(feature = "stream")]
+impl futures_core::Stream for TailStream {
+    type Item = Result<Record>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.next.is_none() {
+            let Some(mut tail) = this.tail.take() else { return Poll::Ready(None) };
+            this.next = Some(Box::pin(async move {
+                let r = tail.next().await;
+                (tail, r)
+            }));
+        }
+        let Some(next) = this.next.as_mut() else { return Poll::Ready(None) };
+        match next.as_mut().poll(cx) {
+            Poll::Ready((tail, r)) => {
+                this.next = None;
+                if r.is_some() {
+                    this.tail = Some(tail);
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

@@ -184,3 +184,36 @@ async fn tail_of_a_new_log_starts_at_its_first_record() {
         assert_eq!(got.len(), 2, "round {round}: {got:?}");
     }
 }
+
+/// `Tail::into_stream` (feature `stream`): the same records as `next`, in
+/// order, across rotations, ending after `close`.
+#[cfg(feature = "stream")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_as_a_stream_yields_every_record_then_ends() {
+    use std::pin::Pin;
+
+    use futures_core::Stream;
+
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path().join("log"), small(Backend::Auto)).await.unwrap();
+    let mut stream = wal.tail(Lsn::FIRST).into_stream();
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while let Some(r) = std::future::poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await {
+            let r = r.unwrap();
+            got.push((r.lsn().get(), r.to_vec()));
+        }
+        // Ended: it stays ended.
+        assert!(std::future::poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await.is_none());
+        got
+    });
+    let mut want = Vec::new();
+    for i in 1..=400u64 {
+        let r = record(3, i, 100 + (i as usize * 37) % 2000);
+        assert_eq!(wal.append(&r).await.unwrap(), Lsn::new(i));
+        want.push((i, r));
+    }
+    assert!(wal.stats().segments_live >= 2);
+    wal.close().await.unwrap();
+    assert_eq!(reader.await.unwrap(), want);
+}
