@@ -428,4 +428,70 @@ mod crashes {
         println!("{SEEDS} seeds: {cuts} cuts, {refused} refused, {crashes} crashes");
         assert!(cuts > 200 && crashes > 200, "{cuts} cuts, {crashes} crashes");
     }
+
+    /// A cut whose future is dropped part way (after any number of its
+    /// steps), then checkpoints that retire the cut segment, then a
+    /// reopen: the log is the cut one or the uncut one, never the cut one
+    /// with dropped records back (voided files go before a checkpoint may
+    /// retire the segment that voids them).
+    #[test]
+    fn a_cut_dropped_part_way_then_checkpointed_never_brings_records_back() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (mut cut_seen, mut uncut_seen) = (0, 0);
+        let small = |i: u64| old(i)[..(100 + i as usize * 13 % 400)].to_vec();
+        for polls in 0..40u64 {
+            let cut = rt.block_on(async {
+                let disk = SimDisk::new(polls);
+                let wal = Wal::open(DIR, opts().sim(&disk)).await.unwrap();
+                for i in 1..=80 {
+                    wal.append(&small(i)).await.unwrap();
+                }
+                tokio::select! {
+                    biased;
+                    _ = async {
+                        for _ in 0..polls {
+                            tokio::task::yield_now().await;
+                        }
+                    } => {}
+                    r = wal.truncate_after(Lsn::new(15)) => { r.unwrap(); }
+                }
+                let next = wal.append(b"probe").await.unwrap().get();
+                let cut = next == 16;
+                assert!(cut || next == 81, "polls {polls}: next LSN {next}");
+                let mut want: Vec<(u64, Vec<u8>)> =
+                    (1..=if cut { 15 } else { 80 }).map(|i| (i, small(i))).collect();
+                want.push((next, b"probe".to_vec()));
+                let mut i = 0;
+                while wal.stats().segments_live < 4 {
+                    i += 1;
+                    let lsn = wal.append(&new(1, i)[..300]).await.unwrap();
+                    want.push((lsn.get(), new(1, i)[..300].to_vec()));
+                }
+                let newest = want.last().unwrap().0;
+                wal.truncate_before(Lsn::new(newest)).await.unwrap();
+                let first = wal.first_lsn().get();
+                want.retain(|r| r.0 >= first);
+                wal.close().await.unwrap();
+                drop(wal);
+                let disk = disk.restart();
+                let wal = Wal::open(DIR, opts().sim(&disk)).await.unwrap();
+                let got = read_all(&wal, Lsn::FIRST);
+                let lsns = |v: &[(u64, Vec<u8>)]| v.iter().map(|r| r.0).collect::<Vec<_>>();
+                assert!(
+                    got == want,
+                    "polls {polls} (cut: {cut}): got {:?}, want {:?}",
+                    lsns(&got),
+                    lsns(&want)
+                );
+                wal.close().await.unwrap();
+                cut
+            });
+            if cut {
+                cut_seen += 1;
+            } else {
+                uncut_seen += 1;
+            }
+        }
+        assert!(cut_seen > 0 && uncut_seen > 0, "{cut_seen} cut, {uncut_seen} not");
+    }
 }

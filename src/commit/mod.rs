@@ -183,6 +183,9 @@ pub(crate) struct State {
     cut_pending: bool,
     /// Told when the batch `truncate_after` queued is durable (or failed).
     cut_done: Option<oneshot::Sender<bool>>,
+    /// Segment files a durable cut voided, not removed yet: removed before
+    /// `truncate_before` may retire the cut segment (which voids them).
+    void_files: Vec<PathBuf>,
     stats: stats::Counters,
 }
 
@@ -368,6 +371,7 @@ impl Core {
                 clean_end: None,
                 cut_pending: false,
                 cut_done: None,
+                void_files: Vec::new(),
                 stats: stats::Counters::default(),
             }),
             durable_lsn: AtomicU64::new(start.next_lsn - 1),
@@ -487,6 +491,9 @@ impl Core {
     /// relaxed level) and waits for it; [`Error::DroppedByCut`] if a cut
     /// made after `epoch` dropped `lsn`.
     pub(crate) async fn sync_upto(&self, lsn: u64, epoch: u64) -> Result<Lsn> {
+        if let Some(e) = self.dropped_since(lsn, epoch) {
+            return Err(e);
+        }
         self.request_sync(lsn);
         WaitFor::new(&self.synced, lsn, || {
             if let Some(e) = self.dropped_since(lsn, epoch) {
@@ -897,6 +904,10 @@ impl Core {
         if let Some(tx) = st.cut_done.take() {
             let _ = tx.send(false);
         }
+        // A cut that may not be durable must not lose the files it would
+        // void (a reopen brings their records back); after a durable one,
+        // recovery voids and removes them.
+        st.void_files.clear();
         let _ = self.poisoned.set(p);
         self.waiters.wake_all();
         self.synced.wake_all();
@@ -1012,6 +1023,8 @@ impl Core {
     /// reader may still map: those are deleted); the rest are removed.
     /// Returns how many segments were retired.
     pub(crate) fn truncate_before(&self, lsn: u64) -> Result<u64> {
+        // Files a cut voided go before the cut segment may be retired.
+        self.remove_void_files()?;
         let (active, _held) = {
             let st = lock(&self.state);
             Self::check_open(&st)?;
@@ -1083,6 +1096,12 @@ impl Core {
             if lsn >= last {
                 return Ok(Lsn(last));
             }
+            if lsn > self.durable_lsn() {
+                // Appends raced the sync: the record at `lsn` must be
+                // durable (readable) before its batch can be checked.
+                tokio::task::yield_now().await;
+                continue;
+            }
             // A cut inside an atomic batch would keep part of it (and
             // recovery would not find the log's LSNs meeting the cut).
             if lsn > 0 && !self.ends_group(lsn)? {
@@ -1133,13 +1152,16 @@ impl Core {
                         *segs = keep;
                         void.into_iter().map(|s| s.path).collect()
                     };
+                    // Removed once the cut is durable (below), or by the
+                    // next truncate_before before it retires anything.
+                    st.void_files.extend(void);
                     let (tx, rx) = oneshot::channel();
                     st.cut_done = Some(tx);
                     tracing::info!(dir = %self.dir.display(), lsn, segment = seq, "aiowal: records after the cut dropped");
-                    Some((rx, self.take_next(&mut st), (void, st.lock.clone())))
+                    Some((rx, self.take_next(&mut st)))
                 }
             };
-            let Some((rx, kick, void)) = cut else {
+            let Some((rx, kick)) = cut else {
                 // Appends raced in: let them finish, then again.
                 tokio::task::yield_now().await;
                 continue;
@@ -1153,19 +1175,33 @@ impl Core {
             }
             // The cut is durable: segments it voids can go (until they do,
             // a later `truncate_before` could retire the cut segment and
-            // leave their stale records to an open).
-            let (paths, held) = void;
-            if !paths.is_empty() {
-                let (vfs, dir) = (self.opts.vfs.clone(), self.dir.clone());
-                let vfs2 = vfs.clone();
-                vfs2.run_blocking(move || {
-                    let _held = held;
-                    segment::remove(&vfs, &dir, &paths)
-                })
-                .await?;
+            // leave their stale records to an open; it removes them first).
+            if let Some(me) = self.me.upgrade() {
+                self.opts.vfs.clone().run_blocking(move || me.remove_void_files()).await?;
             }
             return Ok(Lsn(lsn));
         }
+    }
+
+    /// Removes the segment files a durable cut voided; on a failure the
+    /// rest stay listed for the next try. Blocking.
+    fn remove_void_files(&self) -> Result<()> {
+        let (files, held) = {
+            let mut st = lock(&self.state);
+            // Only once the cut is durable (its header voids them).
+            if st.void_files.is_empty() || st.cut_done.is_some() {
+                return Ok(());
+            }
+            (std::mem::take(&mut st.void_files), st.lock.clone())
+        };
+        let _held = held;
+        for (i, f) in files.iter().enumerate() {
+            if let Err(e) = segment::remove(&self.opts.vfs, &self.dir, std::slice::from_ref(f)) {
+                lock(&self.state).void_files.extend(files.iter().skip(i).cloned());
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Whether record `lsn` ends a group (it is not followed by more
