@@ -4,7 +4,10 @@
 //!
 //! * [`Wal::append`] resolves with an [`Lsn`] only once the record and every
 //!   record before it are on disk (written and data-synced). Concurrent
-//!   appends share one write and one sync per batch (group commit).
+//!   appends share one write and one sync per batch (group commit). That is
+//!   [`Durability::Immediate`], the default; the relaxed levels
+//!   ([`Options::durability`]) acknowledge written records and sync less
+//!   often ([`Wal::written_lsn`] beside [`Wal::durable_lsn`]).
 //! * [`Wal::append_batch`] is atomic: after a crash, all of it or none.
 //! * [`Wal::open`] verifies every checksummed frame, cuts the torn tail a
 //!   crash leaves, and refuses (or, in [`RecoveryMode::PointInTime`], stops
@@ -52,11 +55,14 @@
 //! over a model of FreeBSD's AIO and kqueue (see the README). Segments are
 //! written with `O_DIRECT` where the file system takes it ([`DirectIo`]).
 //!
-//! # Checkpoints and segment reuse
+//! # Checkpoints, suffix truncation, following the log
 //!
 //! [`Wal::truncate_before`] retires whole segments below a checkpoint LSN;
 //! a few are kept and reused for new segments instead of zero-filling new
-//! space ([`Options::segments_recycled_max`]).
+//! space ([`Options::segments_recycled_max`]). [`Wal::truncate_after`]
+//! drops the newest records durably, and their LSNs are reused.
+//! [`Wal::tail`] follows the durable records as they come (with the
+//! `stream` feature, also as a `futures_core::Stream`).
 //!
 //! # Tools
 //!
