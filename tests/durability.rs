@@ -44,8 +44,14 @@ async fn relaxed_appends_are_acknowledged_written_and_synced_on_request(backend:
     }
     if honours(backend) {
         assert_eq!(wal.durable_lsn(), Lsn::ZERO, "nothing synced without being asked");
+        assert_eq!(wal.stats().syncs, 0, "stats count syncs, not batches");
+        assert!(wal.stats().batches >= 1);
     }
+    let syncs = wal.stats().syncs;
     assert_eq!(wal.sync().await.unwrap(), Lsn::new(20));
+    if honours(backend) {
+        assert_eq!(wal.stats().syncs, syncs + 1, "one sync for everything written");
+    }
     assert_eq!(wal.durable_lsn(), Lsn::new(20));
     let staged = wal.stage(&rec(21)).await.unwrap();
     assert_eq!(staged.durable().await.unwrap().last(), Lsn::new(21), "Staged::durable waits for a sync");
@@ -108,6 +114,7 @@ async fn immediate_acknowledges_only_durable_records(backend: Backend) {
     for i in 1..=30 {
         let lsn = wal.append(&rec(i)).await.unwrap();
         assert!(wal.durable_lsn() >= lsn);
+        assert_eq!(wal.stats().syncs, wal.stats().batches, "one sync per batch");
         assert_eq!(wal.written_lsn(), wal.durable_lsn().max(wal.written_lsn()));
     }
     wal.close().await.unwrap();

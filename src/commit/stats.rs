@@ -14,15 +14,19 @@ pub struct Stats {
     pub appends: u64,
     /// Payload bytes appended.
     pub bytes: u64,
-    /// Batches written (each is one write followed by one data sync).
+    /// Batches written (under `Durability::Immediate` each is one write
+    /// followed by one data sync).
     pub batches: u64,
-    /// Data syncs completed.
+    /// Data syncs completed: one per batch under `Durability::Immediate`,
+    /// fewer under the relaxed levels (some alone, with no write).
     pub syncs: u64,
     /// Bytes written to segments, headers and padding included.
     pub bytes_written: u64,
-    /// Records made durable per data sync, on average.
+    /// Records written per data sync, on average (under
+    /// `Durability::Immediate`, the records each sync made durable).
     pub records_per_sync: f64,
-    /// Median time from submitting a batch to its completed sync.
+    /// Median time from submitting a batch that syncs to its completed
+    /// sync (batches written without a sync are not counted).
     pub sync_latency_p50: Duration,
     /// 99th percentile of the same.
     pub sync_latency_p99: Duration,
@@ -56,7 +60,8 @@ pub(crate) struct Counters {
     pub appends: u64,
     pub bytes: u64,
     batches: u64,
-    durable_records: u64,
+    syncs: u64,
+    records: u64,
     bytes_written: u64,
     sync_ns: Histogram<u64>,
 }
@@ -68,7 +73,8 @@ impl Default for Counters {
             appends: 0,
             bytes: 0,
             batches: 0,
-            durable_records: 0,
+            syncs: 0,
+            records: 0,
             bytes_written: 0,
             // 3 significant digits, auto-resizing: a few KiB, bounded by the
             // range of u64 nanoseconds.
@@ -78,12 +84,19 @@ impl Default for Counters {
 }
 
 impl Counters {
+    /// A completed batch: counted as a batch if it wrote (a batch that only
+    /// syncs writes nothing), as a sync (with its latency) if it synced.
     pub fn record_sync(&mut self, m: &BatchMeta) {
-        self.batches += 1;
-        self.durable_records += m.last_lsn + 1 - m.first_lsn;
-        self.bytes_written += m.bytes;
-        let ns = u64::try_from(m.submitted.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let _ = self.sync_ns.record(ns.max(1));
+        if m.bytes > 0 {
+            self.batches += 1;
+            self.records += m.last_lsn + 1 - m.first_lsn;
+            self.bytes_written += m.bytes;
+        }
+        if m.sync != crate::io::SyncKind::None {
+            self.syncs += 1;
+            let ns = u64::try_from(m.submitted.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            let _ = self.sync_ns.record(ns.max(1));
+        }
     }
 
     /// Batches and bytes written so far.
@@ -97,13 +110,9 @@ impl Counters {
             appends: self.appends,
             bytes: self.bytes,
             batches: self.batches,
-            syncs: self.batches,
+            syncs: self.syncs,
             bytes_written: self.bytes_written,
-            records_per_sync: if self.batches == 0 {
-                0.0
-            } else {
-                self.durable_records as f64 / self.batches as f64
-            },
+            records_per_sync: if self.syncs == 0 { 0.0 } else { self.records as f64 / self.syncs as f64 },
             sync_latency_p50: q(0.5),
             sync_latency_p99: q(0.99),
             sync_latency_p999: q(0.999),
