@@ -314,10 +314,16 @@ async fn append_refuses_a_hole_and_splits_a_batch_too_large_for_one_write() {
     assert_eq!(got.iter().map(text).collect::<Vec<_>>(), big.iter().map(text).collect::<Vec<_>>());
     log.close().await.unwrap();
     drop(log);
-    let mut log = RaftLog::<Config>::open(dir.path(), opts()).await.unwrap();
-    assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(log_id(1, 9)));
-    assert_eq!(log.try_get_log_entries(..).await.unwrap().len(), 10);
+    assert_eq!(reopened(dir.path()).await, (Some(log_id(1, 9)), 10));
+}
+
+/// The last log id and the number of entries of the log in `dir`, reopened.
+async fn reopened(dir: &std::path::Path) -> (Option<LogId<NodeId>>, usize) {
+    let mut log = RaftLog::<Config>::open(dir, opts()).await.unwrap();
+    let last = log.get_log_state().await.unwrap().last_log_id;
+    let n = log.try_get_log_entries(..).await.unwrap().len();
     log.close().await.unwrap();
+    (last, n)
 }
 
 fn put(term: u64, index: u64, len: usize) -> Entry<Config> {
@@ -465,10 +471,7 @@ async fn entries_in_the_earlier_record_format_are_still_read() {
     assert_eq!(got.iter().map(text).collect::<Vec<_>>(), [text(&old), text(&put(2, 1, 3000))]);
     log.close().await.unwrap();
     drop(log);
-    let mut log = RaftLog::<Config>::open(dir.path(), opts()).await.unwrap();
-    assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(log_id(2, 1)));
-    assert_eq!(log.try_get_log_entries(..).await.unwrap().len(), 2);
-    log.close().await.unwrap();
+    assert_eq!(reopened(dir.path()).await, (Some(log_id(2, 1)), 2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -738,12 +738,10 @@ fn walk_log(
                 break;
             }
         };
+        // (A segment a later one voids entirely was set aside above: the
+        // header check passing means same log and sequence, so `limit`
+        // is above its first LSN here.)
         let limit = limit_of(i);
-        if limit.is_some_and(|l| l <= h.first_lsn) {
-            // A later segment voids every record of this one.
-            void.push(m.path);
-            continue;
-        }
         if segments.is_empty() {
             report.first_lsn = Lsn(h.first_lsn);
         }
