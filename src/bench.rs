@@ -67,6 +67,100 @@ pub struct Config {
     pub repeat: usize,
     /// Which workloads to run.
     pub workloads: Vec<Workload>,
+    /// Whether the log compresses its batches (the backend column says
+    /// when it does).
+    pub compression: crate::Compression,
+    /// What the records hold.
+    pub payload: Payload,
+}
+
+/// What the benchmark's records hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Payload {
+    /// One repeated byte (the default; what a log without compression
+    /// cannot tell from any other content).
+    #[default]
+    Fill,
+    /// Text-like: JSON rows of words and numbers drawn at random, every
+    /// record different (see [`text_record`]); LZ4 shrinks them about 2-3x.
+    Text,
+}
+
+const WORDS: [&str; 48] = [
+    "order",
+    "customer",
+    "invoice",
+    "shipped",
+    "pending",
+    "warehouse",
+    "berlin",
+    "lisbon",
+    "tokyo",
+    "quantity",
+    "price",
+    "discount",
+    "status",
+    "created",
+    "updated",
+    "account",
+    "balance",
+    "transfer",
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "green",
+    "blue",
+    "red",
+    "small",
+    "large",
+    "priority",
+    "normal",
+    "express",
+    "refund",
+    "credit",
+    "debit",
+    "session",
+    "login",
+    "logout",
+    "region",
+    "north",
+    "south",
+    "east",
+    "west",
+    "product",
+    "widget",
+    "gadget",
+    "sprocket",
+    "review",
+];
+
+/// A text-like record of `size` bytes: JSON rows (`{"id":..,"user":..,
+/// "event":"..","amount":..,"note":"..."}`) of words from a fixed list and
+/// numbers drawn from `seed`, cut to `size`.
+pub fn text_record(size: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut out = String::with_capacity(size + 160);
+    while out.len() < size {
+        let mut word = || WORDS[(next() % WORDS.len() as u64) as usize];
+        let (a, b, c, d) = (word(), word(), word(), word());
+        let (id, user, cents) = (next() % 10_000_000, next() % 100_000, next() % 1_000_000);
+        out.push_str(&format!(
+            "{{\"id\":{id},\"user\":\"{a}_{user}\",\"event\":\"{b}\",\"amount\":{}.{:02},\"note\":\"{c} {d}\"}}\n",
+            cents / 100,
+            cents % 100
+        ));
+    }
+    out.truncate(size);
+    out.into_bytes()
 }
 
 /// How the log is used during a run.
@@ -104,6 +198,8 @@ impl Default for Config {
             durability: crate::Durability::Immediate,
             repeat: 3,
             workloads: vec![Workload::Checkpointed, Workload::Growing],
+            compression: crate::Compression::None,
+            payload: Payload::Fill,
         }
     }
 }
@@ -123,6 +219,9 @@ pub struct Measurement {
     /// threads; the appenders' own loop and latency recording included),
     /// where `/proc/self/stat` tells it.
     pub cpu: Option<Duration>,
+    /// Bytes the log wrote to its segments (after compression, headers and
+    /// padding included); `None` for the baseline.
+    pub bytes_written: Option<u64>,
 }
 
 impl Measurement {
@@ -133,6 +232,11 @@ impl Measurement {
     /// CPU microseconds per durable record, where known.
     pub fn cpu_us_per_record(&self) -> Option<f64> {
         self.cpu.filter(|_| self.appends > 0).map(|c| c.as_secs_f64() * 1e6 / self.appends as f64)
+    }
+
+    /// Bytes written to segments per record, where known.
+    pub fn written_per_record(&self) -> Option<f64> {
+        self.bytes_written.filter(|_| self.appends > 0).map(|b| b as f64 / self.appends as f64)
     }
 
     /// Records per data sync.
@@ -334,7 +438,7 @@ pub fn baseline(dir: &Path, size: usize, n: usize, duration: Duration) -> Result
     let syncs = st.syncs;
     drop(st);
     let _ = std::fs::remove_file(&path);
-    Ok(Measurement { appends: total, elapsed, syncs, latency_ns, cpu })
+    Ok(Measurement { appends: total, elapsed, syncs, latency_ns, cpu, bytes_written: None })
 }
 
 fn baseline_writer(file: &File, shared: &(Mutex<Staged>, Condvar, Condvar), stop: &AtomicBool) {
@@ -393,6 +497,7 @@ pub fn wal(
         .direct_io(cfg.direct_io)
         .preallocate(cfg.preallocate)
         .durability(cfg.durability)
+        .compression(cfg.compression)
         .segment_bytes(cfg.segment_bytes)
         .max_record_bytes(u32::try_from(size.max(1 << 16)).unwrap_or(u32::MAX));
     let duration = cfg.duration;
@@ -413,6 +518,18 @@ pub fn wal(
             }
             crate::Durability::None => Box::leak(format!("{name}/none").into_boxed_str()),
         };
+        let name: &'static str = match (cfg.compression, cfg.payload) {
+            (crate::Compression::None, Payload::Fill) => name,
+            (c, p) => Box::leak(
+                format!(
+                    "{name}{}{}",
+                    if c == crate::Compression::None { "" } else { "+lz4" },
+                    if p == Payload::Text { "/text" } else { "" }
+                )
+                .into_boxed_str(),
+            ),
+        };
+        let payload = cfg.payload;
         let cpu0 = CpuTicks::now();
         let start = Instant::now();
         let deadline = start + duration;
@@ -429,15 +546,20 @@ pub fn wal(
             })
         };
         let tasks: Vec<_> = (0..n)
-            .map(|_| {
+            .map(|t| {
                 let wal = wal.clone();
                 tokio::spawn(async move {
-                    let rec = vec![0xA5u8; size];
+                    // Text: 16 different records per appender, in turn.
+                    let recs: Vec<Vec<u8>> = match payload {
+                        Payload::Fill => vec![vec![0xA5u8; size]],
+                        Payload::Text => (0..16).map(|i| text_record(size, (t * 16 + i) as u64)).collect(),
+                    };
                     let mut h = histogram();
                     let mut count = 0u64;
                     while Instant::now() < deadline {
                         let t0 = Instant::now();
-                        wal.append(&rec).await?;
+                        let rec = &recs[count as usize % recs.len()];
+                        wal.append(rec).await?;
                         let _ = h.record(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
                         count += 1;
                     }
@@ -455,9 +577,10 @@ pub fn wal(
         let elapsed = start.elapsed();
         let cpu = CpuTicks::now().ours_since(&cpu0);
         checkpointer.await.map_err(|e| bench_err("wal", e))??;
-        let syncs = wal.stats().syncs;
+        let stats = wal.stats();
         wal.close().await?;
-        Ok::<_, Error>((Measurement { appends, elapsed, syncs, latency_ns, cpu }, name))
+        let (syncs, bytes_written) = (stats.syncs, Some(stats.bytes_written));
+        Ok::<_, Error>((Measurement { appends, elapsed, syncs, latency_ns, cpu, bytes_written }, name))
     });
     let _ = std::fs::remove_dir_all(dir.join("wal"));
     r
@@ -602,7 +725,7 @@ fn progress_bar(cfg: &Config, total: usize) -> indicatif::ProgressBar {
 
 /// The header of `--csv` output: one line per run of each point.
 pub fn csv_header() -> &'static str {
-    "workload,backend,size,n,run,raw_per_s,raw_p50_us,raw_p99_us,wal_per_s,wal_p50_us,wal_p99_us,wal_records_per_sync,raw_cpu_us_per_record,wal_cpu_us_per_record"
+    "workload,backend,size,n,run,raw_per_s,raw_p50_us,raw_p99_us,wal_per_s,wal_p50_us,wal_p99_us,wal_records_per_sync,raw_cpu_us_per_record,wal_cpu_us_per_record,wal_bytes_written_per_record"
 }
 
 /// A point's runs as CSV lines (see [`csv_header`]), absolute numbers.
@@ -611,7 +734,7 @@ pub fn format_csv(r: &Row) -> String {
     for (i, (b, w)) in r.baseline.iter().zip(&r.wal).enumerate() {
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{:.0},{:.1},{:.1},{:.0},{:.1},{:.1},{:.1},{},{}",
+            "{},{},{},{},{},{:.0},{:.1},{:.1},{:.0},{:.1},{:.1},{:.1},{},{},{}",
             r.workload.name(),
             r.backend,
             r.size,
@@ -626,6 +749,7 @@ pub fn format_csv(r: &Row) -> String {
             w.per_sync(),
             b.cpu_us_per_record().map_or(String::new(), |c| format!("{c:.2}")),
             w.cpu_us_per_record().map_or(String::new(), |c| format!("{c:.2}")),
+            w.written_per_record().map_or(String::new(), |c| format!("{c:.0}")),
         );
     }
     s.pop();

@@ -132,6 +132,19 @@ pub enum Error {
         /// Its format version.
         version: u32,
     },
+    /// A segment that needs a cargo feature this build lacks (compressed
+    /// batches need `compression`).
+    #[error(
+        "{path} holds {what}: build aiowal with the `{feature}` feature to read it (the file was left untouched)"
+    )]
+    NeedsFeature {
+        /// The segment.
+        path: PathBuf,
+        /// What the segment holds.
+        what: &'static str,
+        /// The cargo feature that reads it.
+        feature: &'static str,
+    },
     /// A directory entry aiowal will not manage (a symlink in place of a segment).
     #[error("{path}: {reason}; replace it with the segment file itself")]
     BadDirectoryEntry {

@@ -64,6 +64,12 @@
 //! [`Wal::tail`] follows the durable records as they come (with the
 //! `stream` feature, also as a `futures_core::Stream`).
 //!
+//! # Compression
+//!
+//! With the `compression` feature, [`Options::compression`] stores write
+//! batches LZ4-compressed where that saves a block; records of such
+//! batches are read back as owned bytes ([`Compression`]).
+//!
 //! # Tools
 //!
 //! With the `cli` feature, the `aiowal` binary runs the benchmark
@@ -114,7 +120,9 @@ mod wal;
 pub use commit::Stats;
 pub use error::{CorruptKind, Error, IoOp, Result};
 pub use lsn::{Lsn, LsnRange};
-pub use options::{Backend, DirectIo, Durability, Options, Preallocate, RecoveryMode, UringSync};
+pub use options::{
+    Backend, Compression, DirectIo, Durability, Options, Preallocate, RecoveryMode, UringSync,
+};
 pub use recovery::{ReadIter, Record, RecoveryReport, StopReason};
 pub use tail::Tail;
 #[cfg(feature = "stream")]

@@ -102,6 +102,40 @@ impl Preallocate {
     }
 }
 
+/// Whether write batches are stored compressed ([`Options::compression`]).
+///
+/// Compression works per write batch: the records of a batch are
+/// compressed together when that saves at least one block (a batch of one
+/// block is never compressed, so a lightly loaded log of small records
+/// pays nothing). Every frame keeps its own checksum inside the compressed
+/// data, and the compressed data has its own. Records read back from a
+/// compressed batch own their bytes (decompressed once per batch) instead
+/// of borrowing them from the mapped segment.
+///
+/// The batch is compressed on the write path, under the pipeline's lock,
+/// at a few hundred MB/s on one core: on a disk faster than that, a
+/// compressed log commits fewer records per second than a plain one
+/// (measured in the README, "Compression"); it writes 2-2.6x fewer bytes
+/// of text-like records.
+///
+/// Segments written with compression carry a flag that makes builds
+/// without the `compression` feature refuse them
+/// ([`Error::NeedsFeature`](crate::Error::NeedsFeature)) rather
+/// than take compressed batches for damage. A log can be reopened with
+/// compression turned on or off: batches already written stay as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Compression {
+    /// Batches are written as they are (the default).
+    #[default]
+    None,
+    /// LZ4 (block format, `lz4_flex`): hundreds of MB/s per core, for
+    /// records with repetition (text, JSON, row images).
+    #[cfg(feature = "compression")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "compression")))]
+    Lz4,
+}
+
 /// What an acknowledged append promises: when `append` returns, and when
 /// the log syncs.
 ///
@@ -213,6 +247,7 @@ pub struct Options {
     pub(crate) segments_recycled_max: usize,
     pub(crate) preallocate: Preallocate,
     pub(crate) durability: Durability,
+    pub(crate) compression: Compression,
     /// Resolved at open from `direct_io`: whether segments use O_DIRECT.
     pub(crate) direct: bool,
     /// Resolved at open where the lio backend may run: whether it can
@@ -258,6 +293,7 @@ impl Default for Options {
             segments_recycled_max: 4,
             preallocate: Preallocate::Auto,
             durability: Durability::Immediate,
+            compression: Compression::None,
             direct: false,
             lio_probe: None,
             vfs: crate::vfs::Vfs::Os,
@@ -392,6 +428,34 @@ impl Options {
         self
     }
 
+    /// Whether write batches are compressed (default [`Compression::None`];
+    /// [`Compression::Lz4`] needs the `compression` feature).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> aiowal::Result<()> {
+    /// # #[cfg(feature = "compression")] {
+    /// use aiowal::{Compression, Options, Wal};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let opts = Options::default().compression(Compression::Lz4);
+    /// let wal = Wal::open(dir.path(), opts.clone()).await?;
+    /// let row = br#"{"user": 42, "name": "ada", "balance": 100}"#.repeat(100);
+    /// let lsns = wal.append_batch([&row[..], &row[..]]).await?;
+    /// wal.close().await?;
+    ///
+    /// let wal = Wal::open(dir.path(), opts).await?;
+    /// for r in wal.read_from(lsns.first())? {
+    ///     assert_eq!(r?.data(), &row[..]); // the bytes given, decompressed
+    /// }
+    /// wal.close().await?;
+    /// # }
+    /// # Ok(()) }
+    /// ```
+    pub fn compression(mut self, codec: Compression) -> Self {
+        self.compression = codec;
+        self
+    }
+
     /// Whether `open` may create the directory and the first segment (default true).
     pub fn create(mut self, create: bool) -> Self {
         self.create = create;
@@ -416,6 +480,11 @@ impl Options {
     /// The configured recovery mode.
     pub fn get_recovery_mode(&self) -> RecoveryMode {
         self.recovery_mode
+    }
+
+    /// The configured compression ([`Options::compression`]).
+    pub fn get_compression(&self) -> Compression {
+        self.compression
     }
 
     /// The configured durability level.

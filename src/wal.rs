@@ -657,14 +657,21 @@ fn apply(
                 reuse_or_prepare(dir, opts, unused, last.seq, true, &mut spares, &held)?
             };
             segment::remove(vfs, dir, &void)?;
-            let place = Place { seq: last.seq, salt: 0, offset: 0, seg_end: opts.segment_bytes };
+            let place =
+                Place { seq: last.seq, salt: 0, offset: 0, seg_end: opts.segment_bytes, compress: false };
             Ok((start(place, None, next, segments, spares, held), 0, set_aside))
         }
         (Tail::Continue { offset }, Some(last)) if last.header.alignment == opts.alignment => {
             // A clean close left it here: nothing to write.
             let file = segment::open_for_write(vfs, &last.path, opts.direct)?;
             let h = &last.header;
-            let place = Place { seq: last.seq, salt: h.salt, offset, seg_end: h.segment_bytes };
+            let place = Place {
+                seq: last.seq,
+                salt: h.salt,
+                offset,
+                seg_end: h.segment_bytes,
+                compress: compresses(opts, h),
+            };
             let active = Active { seq: last.seq, file: Arc::new(file), marks: Arc::clone(&last.marks) };
             let next = reuse_or_prepare(dir, opts, unused, last.seq + 1, false, &mut spares, &held)?;
             segment::remove(vfs, dir, &void)?;
@@ -685,7 +692,13 @@ fn apply(
                 }
             }
             let (seq, h) = (copied.meta.seq, copied.meta.header);
-            let place = Place { seq, salt: h.salt, offset: copied.offset, seg_end: h.segment_bytes };
+            let place = Place {
+                seq,
+                salt: h.salt,
+                offset: copied.offset,
+                seg_end: h.segment_bytes,
+                compress: compresses(opts, &h),
+            };
             let active = Active { seq, file: Arc::new(copied.file), marks: Arc::clone(&copied.meta.marks) };
             segments.push(copied.meta);
             let next = reuse_or_prepare(dir, opts, Vec::new(), seq + 1, false, &mut spares, &held)?;
@@ -698,10 +711,17 @@ fn apply(
             let seq = last.map_or_else(|| unused.first().map_or(1, |u| u.0), |l| l.seq + 1);
             let next = reuse_or_prepare(dir, opts, unused, seq, true, &mut spares, &held)?;
             segment::remove(vfs, dir, &void)?;
-            let place = Place { seq, salt: 0, offset: 0, seg_end: opts.segment_bytes };
+            let place = Place { seq, salt: 0, offset: 0, seg_end: opts.segment_bytes, compress: false };
             Ok((start(place, None, next, segments, spares, held), 0, set_aside))
         }
     }
+}
+
+/// Whether appends continuing in the segment with header `h` may compress:
+/// the options ask for it and the header allows it (a segment written
+/// without compression stays readable by builds without the feature).
+fn compresses(opts: &Options, h: &format::SegmentHeader) -> bool {
+    opts.compression != crate::Compression::None && h.flags & format::SEGMENT_COMPRESSED != 0
 }
 
 /// A segment `open` wrote the uncertain records into.
@@ -748,7 +768,8 @@ fn copy_forward(
         first_lsn: from,
         salt,
         segment_bytes,
-        flags: format::SEGMENT_CUTS,
+        flags: format::SEGMENT_CUTS
+            | if opts.compression == crate::Compression::None { 0 } else { format::SEGMENT_COMPRESSED },
         record_bytes_max: opts.max_record_bytes,
         window_bytes: 0,
         log_id,

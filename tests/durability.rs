@@ -187,7 +187,8 @@ mod crashes {
     /// level, syncing now and then, with power lost (or the process killed)
     /// at a random operation, over several restarts: after every recovery
     /// the log holds every record a completed sync covered, then a prefix
-    /// of the rest, atomic pairs whole, LSNs dense.
+    /// of the rest, atomic pairs whole, LSNs dense. Half the seeds compress
+    /// their batches.
     #[test]
     fn relaxed_levels_keep_every_synced_record_through_crashes() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -200,7 +201,13 @@ mod crashes {
                 let mut disk = SimDisk::new(seed);
                 let checker = Arc::new(Mutex::new(Checker::new()));
                 for round in 0..3 {
-                    let wal = Wal::open(DIR, opts(level).sim(&disk))
+                    let mut o = opts(level);
+                    // Half the seeds compress (their records do).
+                    #[cfg(feature = "compression")]
+                    if seed % 4 < 2 {
+                        o = o.compression(aiowal::Compression::Lz4);
+                    }
+                    let wal = Wal::open(DIR, o.sim(&disk))
                         .await
                         .unwrap_or_else(|e| panic!("seed {seed} round {round}: reopen: {e}"));
                     if round > 0 {

@@ -5,7 +5,7 @@
 //! `cargo test --features sim --test sim_crash` runs 2,000 seeds; the long
 //! run is `cargo test --release --features sim --test sim_crash -- --ignored`
 //! (100,000 seeds). A failing seed prints itself; replay it alone with
-//! `AIOWAL_SIM_SEED=<seed> cargo test --features sim --test sim_crash replay_one_seed -- --nocapture`.
+//! `AIOWAL_SIM_SEED=<seed> cargo test --features sim,compression --test sim_crash replay_one_seed -- --nocapture`.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,20 +26,33 @@ fn options(rng: &mut Rng) -> Options {
     let blocks = if rng.below(4) == 0 { 0 } else { 6 + rng.below(10) }; // segments of 6..=15 blocks, or tiny
     // Room for a header block, the batch header and one record frame.
     let max_record = (batch - align - 128).min(1500) - 8 * rng.below(40) as u32;
-    Options::default()
+    let opts = Options::default()
         .alignment(align)
         .batch_bytes_max(batch.max(align * 2))
         .segment_bytes(u64::from(align) * blocks.max(u64::from(batch / align) + 2))
         .max_record_bytes(max_record)
-        .segments_recycled_max(rng.below(3) as usize)
+        .segments_recycled_max(rng.below(3) as usize);
+    // Half the seeds compress their batches (and an option change between
+    // opens may switch it): the records below compress half the time.
+    #[cfg(feature = "compression")]
+    if rng.below(2) == 0 {
+        return opts.compression(aiowal::Compression::Lz4);
+    }
+    opts
 }
 
+/// A record of random bytes, or (half the time) of a few random bytes
+/// repeated, which compresses.
 fn record(rng: &mut Rng, max: u64) -> Vec<u8> {
     let len = match rng.below(4) {
         0 => rng.below(16),
         1 => rng.below(max + 1),
         _ => rng.below(200),
     };
+    if rng.below(2) == 0 {
+        let word: Vec<u8> = (0..1 + rng.below(6)).map(|_| rng.next_u64() as u8).collect();
+        return word.iter().copied().cycle().take(len as usize).collect();
+    }
     (0..len).map(|_| rng.next_u64() as u8).collect()
 }
 
@@ -105,6 +118,8 @@ struct SeedRun {
     acked_checked: u64,
     recovered: u64,
     lost_unacked: u64,
+    /// Batches written compressed.
+    compressed: u64,
     stats: SimStats,
 }
 
@@ -223,6 +238,7 @@ async fn run_seed(seed: u64) -> Result<SeedRun, String> {
         for h in handles {
             h.await.map_err(|e| format!("appender panicked: {e}"))?;
         }
+        run.compressed += wal.stats().batches_compressed;
         let closed = wal.close().await;
         if std::env::var_os("AIOWAL_SIM_TRACE").is_some() {
             eprintln!(
@@ -272,15 +288,16 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
                 total.open_crashes += r.open_crashes;
                 total.open_faults += r.open_faults;
                 total.option_changes += r.option_changes;
+                total.compressed += r.compressed;
                 add_stats(&mut stats, &r.stats);
             }
             Err(e) => panic!(
-                "seed {seed} failed: {e}\nreplay: AIOWAL_SIM_SEED={seed} cargo test --features sim --test sim_crash replay_one_seed -- --nocapture"
+                "seed {seed} failed: {e}\nreplay: AIOWAL_SIM_SEED={seed} cargo test --features sim,compression --test sim_crash replay_one_seed -- --nocapture"
             ),
         }
     }
     println!(
-        "{n} seeds: {} crashes ({} process kills with the page cache kept; {} opens cut short by a crash or fault, {} faults fired during open; {} option changes between opens), {} records recovered ({} acknowledged checked, {} unacknowledged lost), {} faults fired, {} writes lost, {} torn ({} garbage sectors), {} directory changes lost",
+        "{n} seeds: {} crashes ({} process kills with the page cache kept; {} opens cut short by a crash or fault, {} faults fired during open; {} option changes between opens), {} records recovered ({} acknowledged checked, {} unacknowledged lost), {} batches compressed, {} faults fired, {} writes lost, {} torn ({} garbage sectors), {} directory changes lost",
         stats.crashes,
         stats.process_restarts,
         total.open_crashes,
@@ -289,6 +306,7 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
         total.recovered,
         total.acked_checked,
         total.lost_unacked,
+        total.compressed,
         stats.faults_fired,
         stats.writes_lost,
         stats.writes_torn,
@@ -298,6 +316,7 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
     assert!(stats.crashes >= n, "every seed crashes at least once");
     assert!(total.acked_checked > 0 && stats.writes_torn > 0 && stats.dir_ops_lost > 0);
     assert!(total.open_crashes >= n / 4 && total.open_faults > 0 && total.option_changes > 0, "{total:?}");
+    assert!(!cfg!(feature = "compression") || n < 100 || total.compressed > 0, "{total:?}");
 }
 
 fn add_stats(a: &mut SimStats, b: &SimStats) {

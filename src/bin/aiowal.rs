@@ -60,6 +60,18 @@ enum PreallocateArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum CompressionArg {
+    None,
+    Lz4,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PayloadArg {
+    Fill,
+    Text,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum SyncArg {
     Fsync,
     Dsync,
@@ -119,6 +131,13 @@ enum Cmd {
         /// none (written; synced at segment switches).
         #[arg(long, default_value = "immediate", value_parser = parse_durability)]
         durability: aiowal::Durability,
+        /// Batch compression: none, or lz4.
+        #[arg(long, value_enum, default_value = "none")]
+        compression: CompressionArg,
+        /// What the records hold: fill (one repeated byte) or text (JSON
+        /// rows, every record different: what compression is measured with).
+        #[arg(long, value_enum, default_value = "fill")]
+        payload: PayloadArg,
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
@@ -323,9 +342,15 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
             segment_mib,
             preallocate,
             durability,
+            compression,
+            payload,
             quiet,
             csv,
         } => {
+            let compression = match compression {
+                CompressionArg::None => aiowal::Compression::None,
+                CompressionArg::Lz4 => aiowal::Compression::Lz4,
+            };
             if !duration_secs.is_finite() || duration_secs <= 0.0 {
                 eprintln!("aiowal: --duration-secs must be a positive number of seconds");
                 return Ok(ExitCode::from(2));
@@ -364,6 +389,11 @@ fn run(cli: Cli) -> Result<ExitCode, aiowal::Error> {
                     PreallocateArg::Allocate => aiowal::Preallocate::Allocate,
                 },
                 durability,
+                compression,
+                payload: match payload {
+                    PayloadArg::Fill => bench::Payload::Fill,
+                    PayloadArg::Text => bench::Payload::Text,
+                },
                 repeat,
                 workloads: match workload {
                     WorkloadArg::Ckpt => vec![bench::Workload::Checkpointed],

@@ -71,6 +71,10 @@ pub(crate) struct Place {
     pub salt: u64,
     pub offset: u64,
     pub seg_end: u64,
+    /// Batches may be compressed: the options ask for it and the segment's
+    /// header says so.
+    #[cfg_attr(not(feature = "compression"), allow(dead_code))]
+    pub compress: bool,
 }
 
 /// The segment the backend is writing.
@@ -103,6 +107,8 @@ struct Batch {
     /// The first batch of the segment `truncate_after` starts: no records,
     /// its header voids every record above the cut.
     cut: bool,
+    /// Its record frames were replaced by one compressed records frame.
+    compressed: bool,
 }
 
 impl Batch {
@@ -168,6 +174,10 @@ pub(crate) struct State {
     active: Option<Active>,
     next: Next,
     free_bufs: Vec<Vec<u8>>,
+    /// Compressed records frames are built here before replacing the
+    /// batch's record frames.
+    #[cfg(feature = "compression")]
+    scratch: (Vec<u8>, Vec<u8>),
     poison: Option<Poison>,
     /// Set by `close` or the last handle's drop: new work is refused.
     closing: bool,
@@ -364,6 +374,8 @@ impl Core {
                 active: start.active,
                 next: start.next,
                 free_bufs: Vec::new(),
+                #[cfg(feature = "compression")]
+                scratch: (Vec::new(), Vec::new()),
                 poison: None,
                 closing: false,
                 shutdown: Shutdown::Running,
@@ -664,8 +676,15 @@ impl Core {
             // old one needs no seal: the new header's first LSN says where
             // the old segment's records end.
             let seq = if p.offset == 0 { p.seq } else { p.seq + 1 };
-            st.place =
-                Place { seq, salt: self.opts.vfs.random_u64(), offset: 0, seg_end: self.opts.segment_bytes };
+            let compress = self.opts.compression != crate::Compression::None;
+            st.place = Place {
+                seq,
+                salt: self.opts.vfs.random_u64(),
+                offset: 0,
+                seg_end: self.opts.segment_bytes,
+                compress,
+            };
+            let cuts = if std::mem::take(&mut st.cut_pending) { format::SEGMENT_CUTS } else { 0 };
             let h = SegmentHeader {
                 version: format::VERSION,
                 alignment: self.opts.alignment,
@@ -673,7 +692,7 @@ impl Core {
                 first_lsn: st.next_lsn,
                 salt: st.place.salt,
                 segment_bytes: self.opts.segment_bytes,
-                flags: if std::mem::take(&mut st.cut_pending) { format::SEGMENT_CUTS } else { 0 },
+                flags: cuts | if compress { format::SEGMENT_COMPRESSED } else { 0 },
                 record_bytes_max: self.opts.max_record_bytes,
                 window_bytes: 0,
                 log_id: self.log_id,
@@ -695,13 +714,24 @@ impl Core {
             header,
             clean_end: false,
             cut: false,
+            compressed: false,
         });
     }
 
-    /// Zero-fills the open batch to the alignment and queues it.
+    /// Zero-fills the open batch to the alignment and queues it
+    /// (compressing it first where that saves a block).
     fn seal_open(&self, st: &mut State) {
         let Some(mut b) = st.open.take() else { return };
         let align = u64::from(self.opts.alignment);
+        #[cfg(feature = "compression")]
+        if b.place.compress
+            && b.records() > 0
+            && !b.clean_end
+            && !b.cut
+            && compress_batch(&mut b, &mut st.scratch, align)
+        {
+            st.stats.batches_compressed += 1;
+        }
         let padded = format::align_up(b.used(), align);
         b.buf.resize(b.start + padded as usize, 0);
         st.place.offset = b.place.offset + b.used();
@@ -785,7 +815,8 @@ impl Core {
             synced_lsn: st.synced_lsn,
             acked_lsn: st.synced_lsn,
             batch_bytes: bytes,
-            flags: if batch.clean_end { format::BATCH_CLEAN_END } else { 0 },
+            flags: if batch.clean_end { format::BATCH_CLEAN_END } else { 0 }
+                | if batch.compressed { format::BATCH_COMPRESSED } else { 0 },
         };
         let encoded = bh.encode(batch.place.salt);
         if let Some(dst) = batch.buf.get_mut(batch.header_at..batch.header_at + BATCH_HEADER_LEN) {
@@ -1125,7 +1156,8 @@ impl Core {
                         st.free_bufs.push(b.buf);
                     }
                     let seq = if st.place.offset == 0 { st.place.seq } else { st.place.seq + 1 };
-                    st.place = Place { seq, salt: 0, offset: 0, seg_end: self.opts.segment_bytes };
+                    st.place =
+                        Place { seq, salt: 0, offset: 0, seg_end: self.opts.segment_bytes, compress: false };
                     st.next_lsn = lsn + 1;
                     // Headers of the new segment carry watermarks up to the cut
                     // only: LSNs above it are about to mean other records.
@@ -1465,6 +1497,36 @@ fn encode_records(
         }
     }
     Ok(())
+}
+
+/// Replaces the record frames of `b` (not padded yet) by one compressed
+/// records frame if that makes the batch at least one block shorter;
+/// `scratch` holds the compressed payload and frame meanwhile. Whether it did.
+#[cfg(feature = "compression")]
+fn compress_batch(b: &mut Batch, scratch: &mut (Vec<u8>, Vec<u8>), align: u64) -> bool {
+    let frames_at = b.header_at + BATCH_HEADER_LEN;
+    let Some(frames) = b.buf.get(frames_at..) else { return false };
+    let before = format::align_up(b.used(), align);
+    // A batch of one block cannot get shorter.
+    if before <= align {
+        return false;
+    }
+    let (payload, frame) = (&mut scratch.0, &mut scratch.1);
+    payload.clear();
+    frame.clear();
+    if !format::compress_frames(frames, payload)
+        || format::encode_frame(frame, b.place.salt, b.first_lsn, FrameKind::Compressed, payload).is_err()
+    {
+        return false;
+    }
+    let after = format::align_up((frames_at - b.start + frame.len()) as u64, align);
+    if after >= before {
+        return false;
+    }
+    b.buf.truncate(frames_at);
+    b.buf.extend_from_slice(frame);
+    b.compressed = true;
+    true
 }
 
 /// Whether `more` bytes fit a batch of `used` bytes at `offset`, padding included.

@@ -20,8 +20,11 @@ pub struct Stats {
     /// Data syncs completed: one per batch under `Durability::Immediate`,
     /// fewer under the relaxed levels (some alone, with no write).
     pub syncs: u64,
-    /// Bytes written to segments, headers and padding included.
+    /// Bytes written to segments, headers and padding included (after
+    /// compression).
     pub bytes_written: u64,
+    /// Batches written compressed (`Options::compression`).
+    pub batches_compressed: u64,
     /// Records written per data sync, on average (under
     /// `Durability::Immediate`, the records each sync made durable).
     pub records_per_sync: f64,
@@ -57,6 +60,7 @@ pub struct Stats {
 
 pub(crate) struct Counters {
     pub segments_retired: u64,
+    pub batches_compressed: u64,
     pub appends: u64,
     pub bytes: u64,
     batches: u64,
@@ -70,6 +74,7 @@ impl Default for Counters {
     fn default() -> Self {
         Counters {
             segments_retired: 0,
+            batches_compressed: 0,
             appends: 0,
             bytes: 0,
             batches: 0,
@@ -112,6 +117,7 @@ impl Counters {
             batches: self.batches,
             syncs: self.syncs,
             bytes_written: self.bytes_written,
+            batches_compressed: self.batches_compressed,
             records_per_sync: if self.syncs == 0 { 0.0 } else { self.records as f64 / self.syncs as f64 },
             sync_latency_p50: q(0.5),
             sync_latency_p99: q(0.99),

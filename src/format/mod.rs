@@ -30,7 +30,8 @@
 //!   bit 0 CUTS       records of earlier segments with LSN >= first_lsn are void
 //!                    (written when open copies uncertain records forward, see
 //!                    `recovery`); without it, first_lsn must continue exactly
-//!   bit 1 COMPRESSED reserved: batches may be compressed
+//!   bit 1 COMPRESSED batches may be compressed (see below); a build
+//!                    without the `compression` feature refuses the segment
 //!   a flag this build does not know makes it refuse the segment; a writer
 //!   that uses a batch flag or frame kind this build does not know sets the
 //!   matching segment flag, so an older reader refuses the segment instead
@@ -59,8 +60,23 @@
 //!                             whole number of blocks
 //!      28    4 flags          u32 LE, bit 0 CLEAN_END: written by `close` after
 //!                             every record before it was durable;
-//!                             bit 1 COMPRESSED: reserved
+//!                             bit 1 COMPRESSED: the batch's record frames
+//!                             are stored compressed (below)
+//!
+//! Compressed records frame (kind 7), the only frame after the header of a
+//! COMPRESSED batch; its LSN is the batch's first
+//!  offset size field
+//!       0    1 codec          1: LZ4 block format
+//!       1    3 reserved       zero
+//!       4    4 raw_len        u32 LE, bytes once decompressed
+//!       8    .. compressed    the record frames the batch would hold
+//!                             uncompressed, exactly (with their own
+//!                             headers and checksums), compressed
 //! ```
+//!
+//! A writer compresses a batch only when that saves at least one block,
+//! and only in a segment whose header has the COMPRESSED flag. Seek marks
+//! (LSN, offset) name batch starts, compressed or not.
 //!
 //! A single record is one `Record` frame. An atomic batch of n >= 2 records is
 //! `BatchBegin`, n-2 `BatchMiddle` and `BatchEnd` frames with consecutive LSNs;
@@ -108,10 +124,12 @@ pub const SALT_RANGE: std::ops::Range<usize> = SALT_OFFSET..SALT_OFFSET + 8;
 
 /// Segment flag: records of earlier segments with LSN `>= first_lsn` are void.
 pub const SEGMENT_CUTS: u32 = 1;
-/// Segment flag, reserved: batches may be compressed.
+/// Segment flag: batches may be compressed.
 pub const SEGMENT_COMPRESSED: u32 = 1 << 1;
-/// Every segment flag this build understands.
-const SEGMENT_FLAGS_KNOWN: u32 = SEGMENT_CUTS;
+/// Every segment flag this build understands (compressed segments only
+/// with the `compression` feature).
+const SEGMENT_FLAGS_KNOWN: u32 =
+    if cfg!(feature = "compression") { SEGMENT_CUTS | SEGMENT_COMPRESSED } else { SEGMENT_CUTS };
 
 const FRAME_CRC_OFFSET: usize = 0;
 const FRAME_LEN_OFFSET: usize = FRAME_CRC_OFFSET + 4;
@@ -135,9 +153,17 @@ pub const BATCH_HEADER_LEN: usize = FRAME_HEADER_LEN + BATCH_BODY_LEN;
 
 /// Batch flag: `close` wrote this batch after every earlier record was durable.
 pub const BATCH_CLEAN_END: u32 = 1;
-/// Batch flag, reserved: the batch's records are compressed.
+/// Batch flag: the batch's record frames are stored in one compressed frame.
 pub const BATCH_COMPRESSED: u32 = 1 << 1;
-const BATCH_FLAGS_KNOWN: u32 = BATCH_CLEAN_END;
+const BATCH_FLAGS_KNOWN: u32 = BATCH_CLEAN_END | BATCH_COMPRESSED;
+
+/// Codec byte of a compressed records frame: the LZ4 block format.
+pub const CODEC_LZ4: u8 = 1;
+/// Bytes before the compressed data in a compressed records frame.
+pub const COMPRESSED_PREFIX_LEN: usize = 8;
+/// LZ4 expands at most this many times (a match of 255+ bytes per byte,
+/// with margin): a larger `raw_len` claim is not LZ4's.
+const LZ4_RATIO_MAX: u64 = 256;
 
 /// A segment file that was prepared but never written is zero in its first
 /// this many bytes (or all of it, if smaller): its header block and where
@@ -181,6 +207,10 @@ pub enum FormatError {
     BadChecksum,
     /// The frame kind byte is not a known kind.
     BadKind(u8),
+    /// A compressed records frame of a codec this build does not know.
+    UnsupportedCodec(u8),
+    /// Compressed bytes that do not decompress to the length they claim.
+    Decompress,
     /// A length field larger than the bytes that can hold it.
     TooLong {
         /// The length the bytes claim.
@@ -201,6 +231,8 @@ impl fmt::Display for FormatError {
             Self::BadField(name) => write!(f, "invalid header field `{name}`"),
             Self::BadChecksum => write!(f, "checksum mismatch"),
             Self::BadKind(k) => write!(f, "unknown frame kind {k}"),
+            Self::UnsupportedCodec(c) => write!(f, "compressed with unknown codec {c}"),
+            Self::Decompress => write!(f, "compressed records do not decompress"),
             Self::TooLong { len, max } => write!(f, "length {len} exceeds the {max} bytes there is room for"),
         }
     }
@@ -358,6 +390,8 @@ pub enum FrameKind {
     Padding = 5,
     /// v2 only: the first frame of every write batch ([`BatchHeader`]).
     BatchHeader = 6,
+    /// v2 only: a compressed batch's record frames, compressed.
+    Compressed = 7,
 }
 
 impl FrameKind {
@@ -373,6 +407,7 @@ impl FrameKind {
             4 => Self::BatchEnd,
             5 => Self::Padding,
             6 => Self::BatchHeader,
+            7 => Self::Compressed,
             other => return Err(FormatError::BadKind(other)),
         })
     }
@@ -434,6 +469,11 @@ impl BatchHeader {
     /// Whether `close` wrote this batch after everything before it was durable.
     pub fn clean_end(&self) -> bool {
         self.flags & BATCH_CLEAN_END != 0
+    }
+
+    /// Whether the batch's record frames are stored compressed.
+    pub fn compressed(&self) -> bool {
+        self.flags & BATCH_COMPRESSED != 0
     }
 
     /// Records in the batch.
@@ -623,6 +663,71 @@ pub fn decode_frame(b: &[u8], salt: u64, max_payload: u64) -> Result<Frame<'_>, 
         return Err(FormatError::BadField("lsn"));
     }
     Ok(Frame { kind, lsn, payload, len_on_disk: frame_len(plen) as u64 })
+}
+
+/// Compresses `frames` (a batch's record frames) into the payload of a
+/// compressed records frame, appended to `out`; returns false (and leaves
+/// `out` as it was) when the frames do not shrink or are too large.
+#[cfg(feature = "compression")]
+pub fn compress_frames(frames: &[u8], out: &mut Vec<u8>) -> bool {
+    let Ok(raw_len) = u32::try_from(frames.len()) else { return false };
+    let mark = out.len();
+    let bound = lz4_flex::block::get_maximum_output_size(frames.len());
+    out.extend_from_slice(&[CODEC_LZ4, 0, 0, 0]);
+    out.extend_from_slice(&raw_len.to_le_bytes());
+    out.resize(mark + COMPRESSED_PREFIX_LEN + bound, 0);
+    let dst = out.get_mut(mark + COMPRESSED_PREFIX_LEN..).unwrap_or_default();
+    match lz4_flex::block::compress_into(frames, dst) {
+        Ok(n) if n < frames.len() => {
+            out.truncate(mark + COMPRESSED_PREFIX_LEN + n);
+            true
+        }
+        _ => {
+            out.truncate(mark);
+            false
+        }
+    }
+}
+
+/// Decompresses the payload of a compressed records frame: the record
+/// frames it holds. `max_raw` bounds the claimed length before anything is
+/// allocated.
+///
+/// # Errors
+/// `UnsupportedCodec` for a codec this build does not know (or any codec,
+/// without the `compression` feature), `TooLong` for a claim above
+/// `max_raw` or above what LZ4 can expand to, `Decompress` for bytes that
+/// do not decompress to exactly the claimed length.
+pub fn decompress_frames(payload: &[u8], max_raw: u64) -> Result<Vec<u8>, FormatError> {
+    let prefix = payload.get(..COMPRESSED_PREFIX_LEN).ok_or(FormatError::Truncated)?;
+    let codec = *prefix.first().ok_or(FormatError::Truncated)?;
+    if codec != CODEC_LZ4 || !cfg!(feature = "compression") {
+        return Err(FormatError::UnsupportedCodec(codec));
+    }
+    if prefix.get(1..4).is_none_or(|r| r.iter().any(|&b| b != 0)) {
+        return Err(FormatError::BadField("reserved"));
+    }
+    let raw_len = read_u32(prefix, 4)?;
+    let data = payload.get(COMPRESSED_PREFIX_LEN..).unwrap_or_default();
+    let max = max_raw.min((data.len() as u64 + 1) * LZ4_RATIO_MAX);
+    if u64::from(raw_len) > max {
+        return Err(FormatError::TooLong { len: u64::from(raw_len), max });
+    }
+    decompress_lz4(data, raw_len as usize)
+}
+
+#[cfg(feature = "compression")]
+fn decompress_lz4(data: &[u8], raw_len: usize) -> Result<Vec<u8>, FormatError> {
+    let mut out = vec![0u8; raw_len];
+    match lz4_flex::block::decompress_into(data, &mut out) {
+        Ok(n) if n == raw_len => Ok(out),
+        _ => Err(FormatError::Decompress),
+    }
+}
+
+#[cfg(not(feature = "compression"))]
+fn decompress_lz4(_: &[u8], _: usize) -> Result<Vec<u8>, FormatError> {
+    Err(FormatError::UnsupportedCodec(CODEC_LZ4))
 }
 
 #[cfg(test)]

@@ -56,8 +56,18 @@ fn v1_header_decodes() {
 #[test]
 fn newer_versions_and_unknown_flags_are_refused() {
     let mut h = header(2);
+    h.flags = 1 << 2;
+    assert_eq!(SegmentHeader::decode(&h.encode()), Err(FormatError::UnsupportedFlags(1 << 2)));
     h.flags = SEGMENT_COMPRESSED;
-    assert_eq!(SegmentHeader::decode(&h.encode()), Err(FormatError::UnsupportedFlags(SEGMENT_COMPRESSED)));
+    if cfg!(feature = "compression") {
+        assert_eq!(SegmentHeader::decode(&h.encode()), Ok(h));
+    } else {
+        // Without the codec a compressed segment is refused, not misread.
+        assert_eq!(
+            SegmentHeader::decode(&h.encode()),
+            Err(FormatError::UnsupportedFlags(SEGMENT_COMPRESSED))
+        );
+    }
     h.flags = 0;
     h.version = 3;
     assert_eq!(SegmentHeader::decode(&h.encode()), Err(FormatError::UnsupportedVersion(3)));
@@ -129,7 +139,7 @@ fn batch_header_rejects_impossible_watermarks() {
     assert!(decode(BatchHeader { synced_lsn: 9, acked_lsn: 8, ..good }).is_err(), "acked below synced");
     assert!(decode(BatchHeader { end_lsn: 9, ..good }).is_err());
     assert!(decode(BatchHeader { batch_bytes: 40, ..good }).is_err());
-    assert!(decode(BatchHeader { flags: BATCH_COMPRESSED, ..good }).is_err());
+    assert!(decode(BatchHeader { flags: 1 << 2, ..good }).is_err());
 }
 
 #[test]
@@ -277,4 +287,115 @@ fn nonzero_reserved_bytes_rejected() {
     h.update(b"abc");
     out[..4].copy_from_slice(&h.finalize().to_le_bytes());
     assert_eq!(decode_frame(&out, 3, 10), Err(FormatError::BadField("reserved")));
+}
+
+/// Record frames as a batch holds them, text-like so that they compress.
+#[cfg(feature = "compression")]
+fn text_frames(salt: u64, first: u64, n: u64) -> Vec<u8> {
+    let mut frames = Vec::new();
+    for i in 0..n {
+        let rec = format!("row {i}: status=shipped warehouse=lisbon quantity={} ", i * 7).repeat(20);
+        encode_frame(&mut frames, salt, first + i, FrameKind::Record, rec.as_bytes()).unwrap();
+    }
+    frames
+}
+
+/// The compressed records frame's prefix, byte for byte, and its round trip.
+#[cfg(feature = "compression")]
+#[test]
+fn compressed_frames_round_trip_and_match_diagram() {
+    let frames = text_frames(9, 100, 30);
+    let mut payload = Vec::new();
+    assert!(compress_frames(&frames, &mut payload));
+    assert!(payload.len() < frames.len() / 4, "{} of {}", payload.len(), frames.len());
+    assert_eq!(payload[0], CODEC_LZ4);
+    assert_eq!(&payload[1..4], &[0, 0, 0]);
+    assert_eq!(u32::from_le_bytes(payload[4..8].try_into().unwrap()) as usize, frames.len());
+    assert_eq!(decompress_frames(&payload, 1 << 20).unwrap(), frames);
+    // Bytes that do not shrink are left alone.
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let noise: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let mut out = vec![7u8];
+    assert!(!compress_frames(&noise, &mut out));
+    assert_eq!(out, [7]);
+}
+
+/// Every way the compressed payload can lie gets a typed error, and the
+/// claimed length is bounded before anything is allocated.
+#[cfg(feature = "compression")]
+#[test]
+fn compressed_frames_refuse_lies() {
+    let frames = text_frames(9, 1, 20);
+    let mut good = Vec::new();
+    assert!(compress_frames(&frames, &mut good));
+    let mut b = good.clone();
+    b[0] = 9;
+    assert_eq!(decompress_frames(&b, 1 << 20), Err(FormatError::UnsupportedCodec(9)));
+    let mut b = good.clone();
+    b[2] = 1;
+    assert_eq!(decompress_frames(&b, 1 << 20), Err(FormatError::BadField("reserved")));
+    let mut b = good.clone();
+    b[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(decompress_frames(&b, u64::from(u32::MAX)), Err(FormatError::TooLong { .. })));
+    assert!(
+        matches!(decompress_frames(&good, 100), Err(FormatError::TooLong { len, max: 100 }) if len == frames.len() as u64)
+    );
+    // One byte more or less than the data holds.
+    for delta in [-1i64, 1] {
+        let mut b = good.clone();
+        let claim = (frames.len() as i64 + delta) as u32;
+        b[4..8].copy_from_slice(&claim.to_le_bytes());
+        assert_eq!(decompress_frames(&b, 1 << 20), Err(FormatError::Decompress));
+    }
+    assert_eq!(decompress_frames(&good[..good.len() - 3], 1 << 20), Err(FormatError::Decompress));
+    assert_eq!(decompress_frames(&good[..5], 1 << 20), Err(FormatError::Truncated));
+}
+
+#[cfg(not(feature = "compression"))]
+#[test]
+fn without_the_feature_compressed_frames_are_unsupported() {
+    let mut payload = vec![CODEC_LZ4, 0, 0, 0];
+    payload.extend_from_slice(&16u32.to_le_bytes());
+    payload.extend_from_slice(&[0u8; 16]);
+    assert_eq!(decompress_frames(&payload, 1 << 20), Err(FormatError::UnsupportedCodec(CODEC_LZ4)));
+}
+
+#[test]
+fn compressed_kind_and_batch_flag_decode() {
+    assert_eq!(FrameKind::from_byte(7), Ok(FrameKind::Compressed));
+    assert!(!FrameKind::Compressed.is_record());
+    let bh = BatchHeader {
+        first_lsn: 5,
+        end_lsn: 9,
+        synced_lsn: 4,
+        acked_lsn: 4,
+        batch_bytes: 4096,
+        flags: BATCH_COMPRESSED,
+    };
+    let back = decode_frame(&bh.encode(3), 3, 64).and_then(|f| BatchHeader::from_frame(&f)).unwrap();
+    assert!(back.compressed() && !back.clean_end());
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_compressed_payloads_never_panic(b in proptest::collection::vec(any::<u8>(), 0..256), max in 0u64..1 << 16) {
+        let _ = decompress_frames(&b, max);
+    }
+
+    #[cfg(feature = "compression")]
+    #[test]
+    fn compressed_frames_round_trip(n in 1u64..40, salt: u64) {
+        let frames = text_frames(salt, 1, n);
+        let mut payload = Vec::new();
+        if compress_frames(&frames, &mut payload) {
+            prop_assert_eq!(decompress_frames(&payload, 1 << 24).unwrap(), frames);
+        }
+    }
 }

@@ -470,6 +470,13 @@ pub(crate) fn plan(vfs: &Vfs, dir: &Path, mode: RecoveryMode) -> Result<Plan> {
             Err(FormatError::UnsupportedVersion(v)) => {
                 return Err(Error::UnsupportedFormat { path: m.path.clone(), version: v });
             }
+            Err(FormatError::UnsupportedFlags(f))
+                if f & !(format::SEGMENT_CUTS | format::SEGMENT_COMPRESSED) == 0 =>
+            {
+                // Only the compressed flag is unknown: this build lacks the feature.
+                let path = m.path.clone();
+                return Err(Error::NeedsFeature { path, what: "compressed batches", feature: "compression" });
+            }
             Err(FormatError::UnsupportedFlags(_)) => {
                 return Err(Error::UnsupportedFormat { path: m.path.clone(), version: format::VERSION + 1 });
             }
@@ -885,7 +892,7 @@ pub(crate) fn copy_records(
             Step::Batch { .. } => {}
             Step::Record { lsn, kind, payload, .. } => {
                 if lsn >= from {
-                    f(lsn, kind, payload);
+                    f(lsn, kind, payload.bytes());
                 }
             }
             Step::Stop { pos, lsn, why } => {

@@ -1,5 +1,6 @@
 //! Reading records back: an iterator over durable records, straight from the
-//! memory-mapped segments (no copy until the caller asks for one).
+//! memory-mapped segments (no copy until the caller asks for one; a
+//! compressed batch is decompressed once, into memory its records share).
 //!
 //! The bytes a [`Record`] borrows never change: every segment a reader may
 //! map is pinned (see `registry`) from the moment its iterator is created,
@@ -9,7 +10,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::walk::{Step, Stop, Walker};
+use super::walk::{Payload, Step, Stop, Walker};
 use super::{SegmentMeta, map_shared};
 use crate::error::{CorruptKind, Error, Result};
 use crate::format::FormatError;
@@ -19,14 +20,25 @@ use crate::vfs::{Mapped, Vfs};
 
 /// One record read back from the log. Its bytes stay valid and unchanged
 /// for as long as it lives, whatever happens to the log meanwhile.
+///
+/// A record of an uncompressed batch borrows its bytes from the mapped
+/// segment; one of a compressed batch (see `Options::compression`) owns
+/// them, in memory shared with the other records of its batch.
 #[derive(Clone)]
 pub struct Record {
     lsn: Lsn,
-    map: Arc<Mapped>,
+    src: Source,
     start: usize,
     len: usize,
     /// Keeps the segment from being recycled while the record lives.
     _pin: Option<Arc<Pin>>,
+}
+
+/// Where a record's bytes live.
+#[derive(Clone)]
+enum Source {
+    Mapped(Arc<Mapped>),
+    Owned(Arc<[u8]>),
 }
 
 impl Record {
@@ -37,7 +49,11 @@ impl Record {
 
     /// The record's bytes, borrowed from the mapped segment.
     pub fn data(&self) -> &[u8] {
-        self.map.get(self.start..self.start + self.len).unwrap_or_default()
+        let all: &[u8] = match &self.src {
+            Source::Mapped(m) => m,
+            Source::Owned(b) => b,
+        };
+        all.get(self.start..self.start + self.len).unwrap_or_default()
     }
 
     /// The record's bytes, copied out.
@@ -193,10 +209,15 @@ impl Iterator for ReadIter {
                     self.next_lsn = lsn + 1;
                     self.ended_group = walker.at_group_boundary();
                     if lsn >= self.from {
-                        let start =
-                            usize::try_from(pos).unwrap_or(usize::MAX) + crate::format::FRAME_HEADER_LEN;
-                        let (map, len) = (Arc::clone(map), payload.len());
-                        return Some(Ok(Record { lsn: Lsn(lsn), map, start, len, _pin: self.pin.clone() }));
+                        let (src, start, len) = match payload {
+                            Payload::Mapped(b) => {
+                                let start = usize::try_from(pos).unwrap_or(usize::MAX)
+                                    + crate::format::FRAME_HEADER_LEN;
+                                (Source::Mapped(Arc::clone(map)), start, b.len())
+                            }
+                            Payload::Inflated { batch, start, len } => (Source::Owned(batch), start, len),
+                        };
+                        return Some(Ok(Record { lsn: Lsn(lsn), src, start, len, _pin: self.pin.clone() }));
                     }
                 }
                 Step::Stop { pos, why: Stop::Limit | Stop::Full, .. } => {

@@ -97,3 +97,21 @@ fn damage_is_corruption_only_when_something_proves_it_acknowledged() {
     damage(&mut seg, 5);
     assert!(matches!(class_of(&seg), (5, Class::Corrupt { .. })), "batch 6's watermark proves LSN 5");
 }
+
+/// A build without the `compression` feature refuses a log with a
+/// compressed segment, naming the feature, and leaves the file alone.
+#[cfg(not(feature = "compression"))]
+#[test]
+fn a_compressed_segment_needs_the_feature() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("00000000000000000001.wal");
+    let (mut seg, mut h) = segment(2, 4096);
+    h.flags = crate::format::SEGMENT_COMPRESSED;
+    seg[..crate::format::SEGMENT_HEADER_LEN].copy_from_slice(&h.encode());
+    std::fs::write(&path, &seg).unwrap();
+    match super::plan(&crate::vfs::Vfs::Os, dir.path(), crate::RecoveryMode::TolerateTornTail) {
+        Err(crate::Error::NeedsFeature { path: p, feature: "compression", .. }) => assert_eq!(p, path),
+        other => panic!("expected NeedsFeature: {:?}", other.map(|p| p.next_lsn)),
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), seg);
+}

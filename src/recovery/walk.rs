@@ -7,6 +7,14 @@
 //! batch ends (in bytes and in LSNs); its record frames follow, and zeroes
 //! fill it to its end. A v1 segment is a sequence of record and padding
 //! frames.
+//!
+//! A compressed batch (batch flag COMPRESSED) holds one compressed records
+//! frame in place of its record frames: the walk decompresses it when it
+//! reaches it and steps through the record frames it holds, which lend
+//! their payloads out as shared owned bytes ([`Payload::Inflated`]).
+
+use std::fmt;
+use std::sync::Arc;
 
 use crate::format::{
     self, BATCH_HEADER_LEN, BatchHeader, FRAME_HEADER_LEN, FormatError, FrameKind, SegmentHeader,
@@ -27,13 +35,50 @@ pub(crate) enum Stop {
     Bad(FormatError),
 }
 
+/// A record's bytes.
+#[derive(Clone)]
+pub(crate) enum Payload<'a> {
+    /// In the segment's bytes (at the frame's position + `FRAME_HEADER_LEN`).
+    Mapped(&'a [u8]),
+    /// In a compressed batch, decompressed: shared by the batch's records.
+    Inflated { batch: Arc<[u8]>, start: usize, len: usize },
+}
+
+impl Payload<'_> {
+    /// The record's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Payload::Mapped(b) => b,
+            Payload::Inflated { batch, start, len } => batch.get(*start..start + len).unwrap_or_default(),
+        }
+    }
+
+    /// The record's length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Payload::Mapped(b) => b.len(),
+            Payload::Inflated { len, .. } => *len,
+        }
+    }
+}
+
+impl fmt::Debug for Payload<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Payload::Mapped(b) => write!(f, "Mapped({} bytes)", b.len()),
+            Payload::Inflated { len, .. } => write!(f, "Inflated({len} bytes)"),
+        }
+    }
+}
+
 /// One step of a walk.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) enum Step<'a> {
     /// A v2 batch header at `pos`.
     Batch { pos: u64, header: BatchHeader },
-    /// A record frame at `pos`; its payload starts at `pos + FRAME_HEADER_LEN`.
-    Record { pos: u64, kind: FrameKind, lsn: u64, payload: &'a [u8] },
+    /// A record frame at `pos` (inside a compressed batch: the position of
+    /// the compressed records frame).
+    Record { pos: u64, kind: FrameKind, lsn: u64, payload: Payload<'a> },
     /// The walk ended at `pos`, expecting `lsn` there.
     Stop { pos: u64, lsn: u64, why: Stop },
 }
@@ -58,6 +103,25 @@ pub(crate) struct Walker {
     /// Inside an atomic batch (its `BatchEnd` not seen yet).
     atomic: bool,
     stopped: bool,
+    /// The segment's header allows compressed batches.
+    seg_compressed: bool,
+    /// The batch being read is compressed...
+    compressed: bool,
+    /// ...and these are its record frames, once decompressed.
+    inflated: Option<Inflated>,
+}
+
+/// A compressed batch's record frames and where the next one starts.
+#[derive(Clone)]
+struct Inflated {
+    frames: Arc<[u8]>,
+    pos: usize,
+}
+
+impl fmt::Debug for Inflated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inflated").field("len", &self.frames.len()).field("pos", &self.pos).finish()
+    }
 }
 
 fn slice_from(data: &[u8], pos: u64) -> &[u8] {
@@ -84,6 +148,9 @@ impl Walker {
             batch: None,
             atomic: false,
             stopped: false,
+            seg_compressed: h.flags & format::SEGMENT_COMPRESSED != 0,
+            compressed: false,
+            inflated: None,
         }
     }
 
@@ -121,9 +188,12 @@ impl Walker {
                     return self.stop(Stop::Bad(FormatError::BadField("batch ends inside an atomic batch")));
                 }
                 self.batch = None;
+                self.compressed = false;
+                self.inflated = None;
                 self.pos = end;
                 self.step(data)
             }
+            Some((end, _)) if self.compressed => self.inflated_record(data, end),
             Some((end, _)) => self.record(data, end),
             None => self.batch_header(data),
         }
@@ -151,6 +221,13 @@ impl Walker {
         if bytes % self.align != 0 || pos + bytes > self.seg_end {
             return self.stop(Stop::Bad(FormatError::BadField("batch_bytes")));
         }
+        // Compressed batches only where the segment says so (an older
+        // reader refuses such a segment instead of taking them for damage).
+        if header.compressed() && (!self.seg_compressed || header.records() == 0) {
+            return self.stop(Stop::Bad(FormatError::BadField("batch flags")));
+        }
+        self.compressed = header.compressed();
+        self.inflated = None;
         self.batch = Some((pos + bytes, header.end_lsn));
         self.pos = pos + BATCH_HEADER_LEN as u64;
         Step::Batch { pos, header }
@@ -169,24 +246,82 @@ impl Walker {
         self.accept(pos, frame, batch_end)
     }
 
-    /// Checks that `frame` at `pos` is the next record and steps past it.
-    fn accept<'a>(&mut self, pos: u64, frame: format::Frame<'a>, end: u64) -> Step<'a> {
+    /// Why `frame` at `pos` is not the next record of a batch ending at
+    /// `end`, if it is not.
+    fn misfit(&self, pos: u64, frame: &format::Frame<'_>, end: u64) -> Option<FormatError> {
         if !frame.kind.is_record() {
-            return self.stop(Stop::Bad(FormatError::BadField("frame kind")));
+            return Some(FormatError::BadField("frame kind"));
         }
         if frame.lsn != self.lsn {
-            return self.stop(Stop::Bad(FormatError::BadField("lsn")));
+            return Some(FormatError::BadField("lsn"));
         }
         if !frame.kind.follows(self.atomic) {
-            return self.stop(Stop::Bad(FormatError::BadField("frame order")));
+            return Some(FormatError::BadField("frame order"));
         }
         if pos + frame.len_on_disk > end {
-            return self.stop(Stop::Bad(FormatError::TooLong { len: frame.len_on_disk, max: end - pos }));
+            return Some(FormatError::TooLong { len: frame.len_on_disk, max: end - pos });
+        }
+        None
+    }
+
+    /// Checks that `frame` at `pos` is the next record and steps past it.
+    fn accept<'a>(&mut self, pos: u64, frame: format::Frame<'a>, end: u64) -> Step<'a> {
+        if let Some(e) = self.misfit(pos, &frame, end) {
+            return self.stop(Stop::Bad(e));
         }
         self.pos = pos + frame.len_on_disk;
         self.lsn += 1;
         self.atomic = frame.kind.opens_atomic();
-        Step::Record { pos, kind: frame.kind, lsn: frame.lsn, payload: frame.payload }
+        Step::Record { pos, kind: frame.kind, lsn: frame.lsn, payload: Payload::Mapped(frame.payload) }
+    }
+
+    /// The next record of a compressed batch ending at `batch_end`,
+    /// decompressing its records frame first if this is its first.
+    fn inflated_record<'a>(&mut self, data: &'a [u8], batch_end: u64) -> Step<'a> {
+        let pos = self.pos;
+        if self.inflated.is_none() {
+            let room = batch_end.saturating_sub(pos).saturating_sub(FRAME_HEADER_LEN as u64);
+            if pos + FRAME_HEADER_LEN as u64 > data.len() as u64 {
+                return self.stop(Stop::Eof);
+            }
+            let frame = match format::decode_frame(slice_from(data, pos), self.salt, room) {
+                Ok(f) => f,
+                Err(e) => return self.stop(Stop::Bad(e)),
+            };
+            if frame.kind != FrameKind::Compressed {
+                return self.stop(Stop::Bad(FormatError::BadField("frame kind")));
+            }
+            if frame.lsn != self.lsn {
+                return self.stop(Stop::Bad(FormatError::BadField("lsn")));
+            }
+            match format::decompress_frames(frame.payload, self.seg_end) {
+                Ok(frames) => self.inflated = Some(Inflated { frames: frames.into(), pos: 0 }),
+                Err(e) => return self.stop(Stop::Bad(e)),
+            }
+        }
+        let Some(inf) = self.inflated.as_ref() else {
+            return self.stop(Stop::Bad(FormatError::Decompress));
+        };
+        let (frames, at) = (Arc::clone(&inf.frames), inf.pos);
+        let rest = frames.get(at..).unwrap_or_default();
+        let room = (rest.len() as u64).saturating_sub(FRAME_HEADER_LEN as u64);
+        let frame = match format::decode_frame(rest, self.salt, room) {
+            Ok(f) => f,
+            Err(e) => return self.stop(Stop::Bad(e)),
+        };
+        let at64 = at as u64;
+        if let Some(e) = self.misfit(at64, &frame, frames.len() as u64) {
+            return self.stop(Stop::Bad(e));
+        }
+        let (kind, lsn, len) = (frame.kind, frame.lsn, frame.payload.len());
+        let next = at + usize::try_from(frame.len_on_disk).unwrap_or(usize::MAX);
+        if let Some(inf) = self.inflated.as_mut() {
+            inf.pos = next;
+        }
+        self.lsn += 1;
+        self.atomic = kind.opens_atomic();
+        let payload = Payload::Inflated { batch: frames, start: at + FRAME_HEADER_LEN, len };
+        Step::Record { pos, kind, lsn, payload }
     }
 
     fn step_v1<'a>(&mut self, data: &'a [u8]) -> Step<'a> {
