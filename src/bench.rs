@@ -222,6 +222,9 @@ pub struct Measurement {
     /// Bytes the log wrote to its segments (after compression, headers and
     /// padding included); `None` for the baseline.
     pub bytes_written: Option<u64>,
+    /// Median time from handing a batch to the backend to handling its
+    /// completed sync (`Stats::sync_latency_p50`); `None` for the baseline.
+    pub sync_p50: Option<Duration>,
 }
 
 impl Measurement {
@@ -438,7 +441,7 @@ pub fn baseline(dir: &Path, size: usize, n: usize, duration: Duration) -> Result
     let syncs = st.syncs;
     drop(st);
     let _ = std::fs::remove_file(&path);
-    Ok(Measurement { appends: total, elapsed, syncs, latency_ns, cpu, bytes_written: None })
+    Ok(Measurement { appends: total, elapsed, syncs, latency_ns, cpu, bytes_written: None, sync_p50: None })
 }
 
 fn baseline_writer(file: &File, shared: &(Mutex<Staged>, Condvar, Condvar), stop: &AtomicBool) {
@@ -579,8 +582,12 @@ pub fn wal(
         checkpointer.await.map_err(|e| bench_err("wal", e))??;
         let stats = wal.stats();
         wal.close().await?;
-        let (syncs, bytes_written) = (stats.syncs, Some(stats.bytes_written));
-        Ok::<_, Error>((Measurement { appends, elapsed, syncs, latency_ns, cpu, bytes_written }, name))
+        let (syncs, bytes_written, sync_p50) =
+            (stats.syncs, Some(stats.bytes_written), Some(stats.sync_latency_p50));
+        Ok::<_, Error>((
+            Measurement { appends, elapsed, syncs, latency_ns, cpu, bytes_written, sync_p50 },
+            name,
+        ))
     });
     let _ = std::fs::remove_dir_all(dir.join("wal"));
     r
@@ -725,7 +732,7 @@ fn progress_bar(cfg: &Config, total: usize) -> indicatif::ProgressBar {
 
 /// The header of `--csv` output: one line per run of each point.
 pub fn csv_header() -> &'static str {
-    "workload,backend,size,n,run,raw_per_s,raw_p50_us,raw_p99_us,wal_per_s,wal_p50_us,wal_p99_us,wal_records_per_sync,raw_cpu_us_per_record,wal_cpu_us_per_record,wal_bytes_written_per_record"
+    "workload,backend,size,n,run,raw_per_s,raw_p50_us,raw_p99_us,wal_per_s,wal_p50_us,wal_p99_us,wal_records_per_sync,raw_cpu_us_per_record,wal_cpu_us_per_record,wal_bytes_written_per_record,wal_sync_p50_us"
 }
 
 /// A point's runs as CSV lines (see [`csv_header`]), absolute numbers.
@@ -734,7 +741,7 @@ pub fn format_csv(r: &Row) -> String {
     for (i, (b, w)) in r.baseline.iter().zip(&r.wal).enumerate() {
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{:.0},{:.1},{:.1},{:.0},{:.1},{:.1},{:.1},{},{},{}",
+            "{},{},{},{},{},{:.0},{:.1},{:.1},{:.0},{:.1},{:.1},{:.1},{},{},{},{}",
             r.workload.name(),
             r.backend,
             r.size,
@@ -750,6 +757,7 @@ pub fn format_csv(r: &Row) -> String {
             b.cpu_us_per_record().map_or(String::new(), |c| format!("{c:.2}")),
             w.cpu_us_per_record().map_or(String::new(), |c| format!("{c:.2}")),
             w.written_per_record().map_or(String::new(), |c| format!("{c:.0}")),
+            w.sync_p50.map_or(String::new(), |d| format!("{:.1}", d.as_secs_f64() * 1e6)),
         );
     }
     s.pop();

@@ -112,11 +112,15 @@ impl Preallocate {
 /// compressed batch own their bytes (decompressed once per batch) instead
 /// of borrowing them from the mapped segment.
 ///
-/// The batch is compressed on the write path, under the pipeline's lock,
-/// at a few hundred MB/s on one core: on a disk faster than that, a
-/// compressed log commits fewer records per second than a plain one
-/// (measured in the README, "Compression"); it writes 2-2.6x fewer bytes
-/// of text-like records.
+/// The batch is compressed on the write path, under the pipeline's lock
+/// (on the thread that seals it: an appender's, or the one handling a
+/// completion), at a few hundred MB/s on one core: on a disk faster than
+/// that, a compressed log commits fewer records per second than a plain
+/// one (measured in the README, "Compression"); it writes 2-2.6x fewer
+/// bytes of text-like records. Under the relaxed durability levels a
+/// compressed log also syncs once about a segment's worth of uncompressed
+/// bytes went out unsynced, which bounds what `open` copies forward after
+/// a crash.
 ///
 /// Segments written with compression carry a flag that makes builds
 /// without the `compression` feature refuse them
@@ -429,7 +433,7 @@ impl Options {
     }
 
     /// Whether write batches are compressed (default [`Compression::None`];
-    /// [`Compression::Lz4`] needs the `compression` feature).
+    /// `Compression::Lz4` needs the `compression` feature).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

@@ -193,6 +193,7 @@ mod crashes {
     fn relaxed_levels_keep_every_synced_record_through_crashes() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let (mut crashes, mut synced_checked, mut lost_unsynced) = (0u64, 0u64, 0u64);
+        let mut compressed = 0u64;
         for seed in 0..200u64 {
             let level =
                 if seed % 2 == 0 { Durability::None } else { Durability::Periodic(Duration::from_millis(1)) };
@@ -201,12 +202,10 @@ mod crashes {
                 let mut disk = SimDisk::new(seed);
                 let checker = Arc::new(Mutex::new(Checker::new()));
                 for round in 0..3 {
-                    let mut o = opts(level);
+                    let o = opts(level);
                     // Half the seeds compress (their records do).
                     #[cfg(feature = "compression")]
-                    if seed % 4 < 2 {
-                        o = o.compression(aiowal::Compression::Lz4);
-                    }
+                    let o = if seed % 4 < 2 { o.compression(aiowal::Compression::Lz4) } else { o };
                     let wal = Wal::open(DIR, o.sim(&disk))
                         .await
                         .unwrap_or_else(|e| panic!("seed {seed} round {round}: reopen: {e}"));
@@ -254,6 +253,7 @@ mod crashes {
                         t.await.unwrap();
                     }
                     crashes += u64::from(disk.crashed());
+                    compressed += wal.stats().batches_compressed;
                     drop(wal);
                     disk = if rng.below(3) == 0 { disk.restart_process() } else { disk.restart() };
                 }
@@ -263,6 +263,8 @@ mod crashes {
             "200 seeds: {crashes} crashes, {synced_checked} synced records checked, {lost_unsynced} unsynced records lost"
         );
         assert!(crashes > 100 && synced_checked > 1000, "{crashes} crashes, {synced_checked} checked");
+        println!("{compressed} batches compressed");
+        assert!(!cfg!(feature = "compression") || compressed > 100, "{compressed} batches compressed");
     }
 
     #[test]

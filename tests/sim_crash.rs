@@ -26,45 +26,61 @@ fn options(rng: &mut Rng) -> Options {
     let blocks = if rng.below(4) == 0 { 0 } else { 6 + rng.below(10) }; // segments of 6..=15 blocks, or tiny
     // Room for a header block, the batch header and one record frame.
     let max_record = (batch - align - 128).min(1500) - 8 * rng.below(40) as u32;
-    let opts = Options::default()
+    Options::default()
         .alignment(align)
         .batch_bytes_max(batch.max(align * 2))
         .segment_bytes(u64::from(align) * blocks.max(u64::from(batch / align) + 2))
         .max_record_bytes(max_record)
-        .segments_recycled_max(rng.below(3) as usize);
-    // Half the seeds compress their batches (and an option change between
-    // opens may switch it): the records below compress half the time.
+        .segments_recycled_max(rng.below(3) as usize)
+}
+
+/// With the `compression` feature, half the time: batches compressed. Drawn
+/// from a stream of its own, so a seed runs the same operations whether the
+/// feature is built or not.
+fn with_compression(opts: Options, crng: &mut Rng, allowed: bool) -> Options {
+    let on = crng.below(2) == 0 && allowed;
     #[cfg(feature = "compression")]
-    if rng.below(2) == 0 {
+    if on {
         return opts.compression(aiowal::Compression::Lz4);
     }
+    let _ = on;
     opts
 }
 
-/// A record of random bytes, or (half the time) of a few random bytes
-/// repeated, which compresses.
-fn record(rng: &mut Rng, max: u64) -> Vec<u8> {
+/// A record of random bytes; half the time (drawn from `content`, a stream
+/// of its own) the first few of them repeated, which compresses.
+fn record(rng: &mut Rng, content: &mut Rng, max: u64) -> Vec<u8> {
     let len = match rng.below(4) {
         0 => rng.below(16),
         1 => rng.below(max + 1),
         _ => rng.below(200),
     };
-    if rng.below(2) == 0 {
-        let word: Vec<u8> = (0..1 + rng.below(6)).map(|_| rng.next_u64() as u8).collect();
-        return word.iter().copied().cycle().take(len as usize).collect();
+    let mut bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+    if content.below(2) == 0 {
+        let period = 1 + content.below(6) as usize;
+        for i in period..bytes.len() {
+            bytes[i] = bytes[i % period];
+        }
     }
-    (0..len).map(|_| rng.next_u64() as u8).collect()
+    bytes
 }
 
 /// One appender: stages single records and atomic batches, waits for each,
 /// sometimes syncs or truncates; stops at the first error (the crash).
-async fn appender(wal: Wal, checker: Arc<Mutex<Checker>>, mut rng: Rng, ops: u64, max: u64) {
+async fn appender(
+    wal: Wal,
+    checker: Arc<Mutex<Checker>>,
+    mut rng: Rng,
+    mut content: Rng,
+    ops: u64,
+    max: u64,
+) {
     for _ in 0..ops {
         let step = match rng.below(20) {
-            0..=12 => append_checked(&wal, &checker, &[record(&mut rng, max)], false).await,
+            0..=12 => append_checked(&wal, &checker, &[record(&mut rng, &mut content, max)], false).await,
             13..=16 => {
                 let n = 2 + rng.below(4);
-                let recs: Vec<Vec<u8>> = (0..n).map(|_| record(&mut rng, max / n)).collect();
+                let recs: Vec<Vec<u8>> = (0..n).map(|_| record(&mut rng, &mut content, max / n)).collect();
                 match append_checked(&wal, &checker, &recs, true).await {
                     Err(Error::BatchTooLarge { .. }) => continue,
                     r => r,
@@ -199,16 +215,17 @@ async fn open_through_crashes(
 /// operation (sometimes with a fault armed as well), each followed by
 /// recovery (itself sometimes cut by crashes and faults, with the options
 /// sometimes changed) and the check.
-async fn run_seed(seed: u64) -> Result<SeedRun, String> {
+async fn run_seed(seed: u64, compress: bool) -> Result<SeedRun, String> {
     let mut rng = Rng::new(seed);
-    let mut opts = options(&mut rng);
+    let mut crng = Rng::new(seed ^ 0x00C0_DEC0_0000_0000);
+    let mut opts = with_compression(options(&mut rng), &mut crng, compress);
     let mut disk = SimDisk::new(seed ^ 0x5EED);
     let checker = Arc::new(Mutex::new(Checker::new()));
     let mut run = SeedRun::default();
     let rounds = 2 + rng.below(3);
     for round in 0..rounds {
         if round > 0 && rng.below(4) == 0 {
-            opts = options(&mut rng);
+            opts = with_compression(options(&mut rng), &mut crng, compress);
             run.option_changes += 1;
         }
         let wal = if round > 0 {
@@ -232,8 +249,10 @@ async fn run_seed(seed: u64) -> Result<SeedRun, String> {
         let ops = 5 + rng.below(40);
         let mut handles = Vec::new();
         for t in 0..tasks {
-            let task_rng = Rng::new(rng.next_u64() ^ t);
-            handles.push(tokio::spawn(appender(wal.clone(), Arc::clone(&checker), task_rng, ops, max)));
+            let task_seed = rng.next_u64() ^ t;
+            let (task_rng, content) = (Rng::new(task_seed), Rng::new(task_seed ^ 0xC0FF_EE00_C0FF_EE00));
+            let task = appender(wal.clone(), Arc::clone(&checker), task_rng, content, ops, max);
+            handles.push(tokio::spawn(task));
         }
         for h in handles {
             h.await.map_err(|e| format!("appender panicked: {e}"))?;
@@ -270,8 +289,13 @@ async fn run_seed(seed: u64) -> Result<SeedRun, String> {
 }
 
 fn run_seed_blocking(seed: u64) -> Result<SeedRun, String> {
+    run_seed_compressing(seed, true)
+}
+
+/// One seed; `compress: false` keeps compression off whatever the draw.
+fn run_seed_compressing(seed: u64, compress: bool) -> Result<SeedRun, String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(run_seed(seed))
+    rt.block_on(run_seed(seed, compress))
 }
 
 fn run_seeds(seeds: std::ops::Range<u64>) {
@@ -346,12 +370,19 @@ fn crash_loop_100k_seeds() {
 }
 
 /// Replays the seed in `AIOWAL_SIM_SEED` (a failing seed the loop
-/// reported); without it, seed 1011946, which once found a recovery bug.
+/// reported); without it, seed 1011946, which once found a recovery bug
+/// (run as it was found, without compression, and as the loop runs it).
 #[test]
 fn replay_one_seed() {
-    let seed: u64 = std::env::var("AIOWAL_SIM_SEED")
-        .map(|s| s.parse().expect("AIOWAL_SIM_SEED is a number"))
-        .unwrap_or(1_011_946);
+    let (seed, plain_too) = match std::env::var("AIOWAL_SIM_SEED") {
+        Ok(s) => (s.parse().expect("AIOWAL_SIM_SEED is a number"), false),
+        Err(_) => (1_011_946, true),
+    };
+    if plain_too {
+        if let Err(e) = run_seed_compressing(seed, false) {
+            panic!("seed {seed} without compression failed: {e}");
+        }
+    }
     match run_seed_blocking(seed) {
         Ok(r) => println!("seed {seed} passed: {r:?}"),
         Err(e) => panic!("seed {seed} failed: {e}"),

@@ -109,6 +109,8 @@ struct Batch {
     cut: bool,
     /// Its record frames were replaced by one compressed records frame.
     compressed: bool,
+    /// Bytes of the batch before compression, padding included.
+    raw_bytes: u64,
 }
 
 impl Batch {
@@ -152,6 +154,9 @@ pub(crate) struct State {
     sync_to: u64,
     /// ...and a batch that syncs up to here was taken already.
     sync_taken: u64,
+    /// Under a relaxed level: bytes (before compression) of the batches
+    /// written since the last sync was taken.
+    unsynced_raw: u64,
     open: Option<Batch>,
     sealed: VecDeque<Batch>,
     /// Batches submitted and not yet completed, oldest first: id, last LSN
@@ -365,6 +370,7 @@ impl Core {
                 // What open found is synced (recovery made it so).
                 sync_to: start.next_lsn - 1,
                 sync_taken: start.next_lsn - 1,
+                unsynced_raw: 0,
                 next_batch_id: 1,
                 synced_lsn: start.next_lsn - 1,
                 spares: start.spares,
@@ -543,6 +549,7 @@ impl Core {
         st.next_batch_id += 1;
         let last = st.submitted_lsn;
         st.sync_taken = st.sync_taken.max(last);
+        st.unsynced_raw = 0;
         st.in_flight.push_back(Flight { id, last, done: false, syncs: true });
         st.writing = true;
         let meta = BatchMeta {
@@ -715,6 +722,7 @@ impl Core {
             clean_end: false,
             cut: false,
             compressed: false,
+            raw_bytes: 0,
         });
     }
 
@@ -723,6 +731,7 @@ impl Core {
     fn seal_open(&self, st: &mut State) {
         let Some(mut b) = st.open.take() else { return };
         let align = u64::from(self.opts.alignment);
+        b.raw_bytes = format::align_up(b.used(), align);
         #[cfg(feature = "compression")]
         if b.place.compress
             && b.records() > 0
@@ -794,10 +803,16 @@ impl Core {
         st.next_batch_id += 1;
         let sync = if !relaxed {
             SyncKind::Own
-        } else if batch.clean_end || batch.cut || st.sync_to > st.sync_taken {
+        } else if batch.clean_end
+            || batch.cut
+            || st.sync_to > st.sync_taken
+            || st.unsynced_raw + batch.raw_bytes > self.unsynced_raw_max()
+        {
             st.sync_taken = st.sync_taken.max(batch.end_lsn - 1);
+            st.unsynced_raw = 0;
             SyncKind::All
         } else {
+            st.unsynced_raw += batch.raw_bytes;
             SyncKind::None
         };
         st.in_flight.push_back(Flight {
@@ -849,6 +864,21 @@ impl Core {
 
     fn depth(&self) -> usize {
         self.backend.get().map_or(1, |b| b.depth())
+    }
+
+    /// Under a relaxed level, the most bytes (before compression) written
+    /// without a sync. A crash leaves what no sync covered for `open` to
+    /// copy forward, uncompressed, into one batch of a new segment: plain
+    /// batches are bounded by the segment switch's sync, compressed ones
+    /// could hold many segments' worth, so a sync is taken once a segment's
+    /// worth (less room for the batches around it) went out.
+    fn unsynced_raw_max(&self) -> u64 {
+        if self.opts.compression == crate::Compression::None {
+            return u64::MAX;
+        }
+        let batch = u64::from(self.opts.batch_bytes_max);
+        let room = self.opts.segment_bytes.saturating_sub(u64::from(self.opts.alignment) + 2 * batch);
+        room.max(batch)
     }
 
     /// The file for segment `seq`: the active one, or a new one that the
@@ -1507,8 +1537,9 @@ fn compress_batch(b: &mut Batch, scratch: &mut (Vec<u8>, Vec<u8>), align: u64) -
     let frames_at = b.header_at + BATCH_HEADER_LEN;
     let Some(frames) = b.buf.get(frames_at..) else { return false };
     let before = format::align_up(b.used(), align);
-    // A batch of one block cannot get shorter.
-    if before <= align {
+    // Not even an empty compressed frame would save a block.
+    let floor = (frames_at - b.start + format::FRAME_HEADER_LEN + format::COMPRESSED_PREFIX_LEN) as u64;
+    if before <= format::align_up(floor, align) {
         return false;
     }
     let (payload, frame) = (&mut scratch.0, &mut scratch.1);

@@ -44,7 +44,8 @@
 //!       4    4 len            u32 LE, payload length in bytes
 //!       8    8 lsn            u64 LE; a batch header: the batch's first LSN
 //!      16    1 kind           1 record, 2 batch begin, 3 batch middle, 4 batch end,
-//!                             5 padding (v1 only), 6 batch header (v2 only)
+//!                             5 padding (v1 only), 6 batch header (v2 only),
+//!                             7 compressed records (v2 only, see below)
 //!      17    7 reserved       zero
 //!      24  len payload
 //!
@@ -190,6 +191,7 @@ const _: () = assert!(BATCH_HEADER_LEN <= ALIGNMENT_MIN as usize);
 
 /// Why bytes failed to decode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FormatError {
     /// Fewer bytes than a header needs.
     Truncated,
@@ -691,7 +693,9 @@ pub fn compress_frames(frames: &[u8], out: &mut Vec<u8>) -> bool {
 
 /// Decompresses the payload of a compressed records frame: the record
 /// frames it holds. `max_raw` bounds the claimed length before anything is
-/// allocated.
+/// allocated: a writer compresses a batch only where its record frames,
+/// uncompressed, fit between the frame and the segment's end, so readers
+/// pass that room.
 ///
 /// # Errors
 /// `UnsupportedCodec` for a codec this build does not know (or any codec,

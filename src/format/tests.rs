@@ -389,6 +389,19 @@ proptest! {
         let _ = decompress_frames(&b, max);
     }
 
+    /// Past the prefix checks: an LZ4 codec byte, a length claim near the
+    /// data's, and arbitrary data for the decoder itself.
+    #[test]
+    fn arbitrary_lz4_data_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512), extra in 0u32..2048) {
+        let mut b = vec![CODEC_LZ4, 0, 0, 0];
+        b.extend_from_slice(&(data.len() as u32 + extra).to_le_bytes());
+        b.extend_from_slice(&data);
+        match decompress_frames(&b, 1 << 20) {
+            Ok(frames) => prop_assert_eq!(frames.len(), data.len() + extra as usize),
+            Err(e) => prop_assert!(matches!(e, FormatError::Decompress | FormatError::UnsupportedCodec(_) | FormatError::TooLong { .. }), "{:?}", e),
+        }
+    }
+
     #[cfg(feature = "compression")]
     #[test]
     fn compressed_frames_round_trip(n in 1u64..40, salt: u64) {

@@ -38,7 +38,7 @@ pub struct Record {
 #[derive(Clone)]
 enum Source {
     Mapped(Arc<Mapped>),
-    Owned(Arc<[u8]>),
+    Owned(Arc<Vec<u8>>),
 }
 
 impl Record {
@@ -47,7 +47,8 @@ impl Record {
         self.lsn
     }
 
-    /// The record's bytes, borrowed from the mapped segment.
+    /// The record's bytes: borrowed from the mapped segment, or (a record
+    /// of a compressed batch) from its batch's decompressed bytes.
     pub fn data(&self) -> &[u8] {
         let all: &[u8] = match &self.src {
             Source::Mapped(m) => m,

@@ -41,7 +41,7 @@ pub(crate) enum Payload<'a> {
     /// In the segment's bytes (at the frame's position + `FRAME_HEADER_LEN`).
     Mapped(&'a [u8]),
     /// In a compressed batch, decompressed: shared by the batch's records.
-    Inflated { batch: Arc<[u8]>, start: usize, len: usize },
+    Inflated { batch: Arc<Vec<u8>>, start: usize, len: usize },
 }
 
 impl Payload<'_> {
@@ -114,7 +114,7 @@ pub(crate) struct Walker {
 /// A compressed batch's record frames and where the next one starts.
 #[derive(Clone)]
 struct Inflated {
-    frames: Arc<[u8]>,
+    frames: Arc<Vec<u8>>,
     pos: usize,
 }
 
@@ -294,8 +294,10 @@ impl Walker {
             if frame.lsn != self.lsn {
                 return self.stop(Stop::Bad(FormatError::BadField("lsn")));
             }
-            match format::decompress_frames(frame.payload, self.seg_end) {
-                Ok(frames) => self.inflated = Some(Inflated { frames: frames.into(), pos: 0 }),
+            // The writer compresses only record frames that would have fit
+            // here uncompressed: a claim beyond that is not its.
+            match format::decompress_frames(frame.payload, self.seg_end.saturating_sub(pos)) {
+                Ok(frames) => self.inflated = Some(Inflated { frames: Arc::new(frames), pos: 0 }),
                 Err(e) => return self.stop(Stop::Bad(e)),
             }
         }
@@ -314,7 +316,7 @@ impl Walker {
             return self.stop(Stop::Bad(e));
         }
         let (kind, lsn, len) = (frame.kind, frame.lsn, frame.payload.len());
-        let next = at + usize::try_from(frame.len_on_disk).unwrap_or(usize::MAX);
+        let next = at.saturating_add(usize::try_from(frame.len_on_disk).unwrap_or(usize::MAX));
         if let Some(inf) = self.inflated.as_mut() {
             inf.pos = next;
         }
