@@ -117,10 +117,15 @@ impl Preallocate {
 /// completion), at a few hundred MB/s on one core: on a disk faster than
 /// that, a compressed log commits fewer records per second than a plain
 /// one (measured in the README, "Compression"); it writes 2-2.6x fewer
-/// bytes of text-like records. Under the relaxed durability levels a
-/// compressed log also syncs once about a segment's worth of uncompressed
-/// bytes went out unsynced, which bounds what `open` copies forward after
-/// a crash.
+/// bytes of text-like records.
+///
+/// After a crash `open` copies what no sync proves forward, uncompressed,
+/// in one batch that must fit a segment: with compression, `segment_bytes`
+/// must hold a header block plus three `batch_bytes_max` (`open` refuses
+/// smaller ones with [`Error::InvalidOption`](crate::Error::InvalidOption)),
+/// and under the relaxed durability levels the log also syncs once the
+/// uncompressed bytes written since the last sync would no longer fit
+/// (those appends then wait for that sync).
 ///
 /// Segments written with compression carry a flag that makes builds
 /// without the `compression` feature refuse them
@@ -147,7 +152,7 @@ pub enum Compression {
 /// |---|---|---|
 /// | `Immediate` (default) | durable (its batch synced) | every batch |
 /// | `Periodic(d)` | written (in the page cache, or on a device that may still cache it) | at least every `d`, at a segment switch, on `sync()` and `close` |
-/// | `None` | written | only at a segment switch, on `sync()` and `close` |
+/// | `None` | written | only at a segment switch, on `sync()` and `close` (compressed: also once a segment's worth of uncompressed bytes is unsynced) |
 ///
 /// Under the relaxed levels a power loss (or a kernel crash) can lose
 /// acknowledged records that no sync covered yet: after recovery the log
@@ -486,6 +491,16 @@ impl Options {
         self.recovery_mode
     }
 
+    /// The configured block alignment ([`Options::alignment`]).
+    pub fn get_alignment(&self) -> u32 {
+        self.alignment
+    }
+
+    /// The configured largest write batch ([`Options::batch_bytes_max`]).
+    pub fn get_batch_bytes_max(&self) -> u32 {
+        self.batch_bytes_max
+    }
+
     /// The configured compression ([`Options::compression`]).
     pub fn get_compression(&self) -> Compression {
         self.compression
@@ -530,6 +545,19 @@ impl Options {
         }
         if self.segment_bytes > u64::from(u32::MAX) {
             return invalid("segment_bytes", format!("{} exceeds 4 GiB - 1", self.segment_bytes));
+        }
+        // After a crash `open` copies what no sync covered forward, in one
+        // uncompressed batch: up to two batches and what a relaxed level
+        // left unsynced, which a compressed log bounds by the room left.
+        let batch = u64::from(self.batch_bytes_max);
+        if self.compression != Compression::None && self.segment_bytes < a + 3 * batch {
+            return invalid(
+                "segment_bytes",
+                format!(
+                    "with compression, {} must hold a header block plus three batch_bytes_max ({}): lower batch_bytes_max or raise segment_bytes",
+                    self.segment_bytes, self.batch_bytes_max
+                ),
+            );
         }
         Ok(())
     }

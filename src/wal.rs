@@ -779,10 +779,13 @@ fn copy_forward(
         end_lsn: next_lsn,
         synced_lsn: from - 1,
         acked_lsn: from - 1,
-        batch_bytes: u32::try_from(batch_bytes).map_err(|_| Error::InvalidOption {
-            name: "segment_bytes",
-            reason: format!("{batch_bytes} bytes of records to copy forward exceed 4 GiB"),
-        })?,
+        batch_bytes: u32::try_from(batch_bytes)
+            .ok()
+            .filter(|_| segment_bytes <= u64::from(u32::MAX))
+            .ok_or_else(|| Error::InvalidOption {
+                name: "segment_bytes",
+                reason: format!("{batch_bytes} bytes of records to copy forward exceed 4 GiB"),
+            })?,
         flags: 0,
     };
     let mut buf = header.encode().to_vec();

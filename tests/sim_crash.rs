@@ -34,11 +34,14 @@ fn options(rng: &mut Rng) -> Options {
         .segments_recycled_max(rng.below(3) as usize)
 }
 
-/// With the `compression` feature, half the time: batches compressed. Drawn
+/// With the `compression` feature, half the time (where the segments are
+/// large enough): batches compressed. Drawn
 /// from a stream of its own, so a seed runs the same operations whether the
 /// feature is built or not.
 fn with_compression(opts: Options, crng: &mut Rng, allowed: bool) -> Options {
-    let on = crng.below(2) == 0 && allowed;
+    // (Compression needs room for three batches in a segment.)
+    let (a, b) = (u64::from(opts.get_alignment()), u64::from(opts.get_batch_bytes_max()));
+    let on = crng.below(2) == 0 && allowed && opts.get_segment_bytes() >= a + 3 * b;
     #[cfg(feature = "compression")]
     if on {
         return opts.compression(aiowal::Compression::Lz4);
@@ -316,7 +319,8 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
                 add_stats(&mut stats, &r.stats);
             }
             Err(e) => panic!(
-                "seed {seed} failed: {e}\nreplay: AIOWAL_SIM_SEED={seed} cargo test --features sim,compression --test sim_crash replay_one_seed -- --nocapture"
+                "seed {seed} failed: {e}\nreplay: AIOWAL_SIM_SEED={seed} cargo test --features {} --test sim_crash replay_one_seed -- --nocapture",
+                if cfg!(feature = "compression") { "sim,compression" } else { "sim" }
             ),
         }
     }

@@ -157,6 +157,7 @@ pub(crate) struct State {
     /// Under a relaxed level: bytes (before compression) of the batches
     /// written since the last sync was taken.
     unsynced_raw: u64,
+
     open: Option<Batch>,
     sealed: VecDeque<Batch>,
     /// Batches submitted and not yet completed, oldest first: id, last LSN
@@ -371,6 +372,7 @@ impl Core {
                 sync_to: start.next_lsn - 1,
                 sync_taken: start.next_lsn - 1,
                 unsynced_raw: 0,
+
                 next_batch_id: 1,
                 synced_lsn: start.next_lsn - 1,
                 spares: start.spares,
@@ -867,18 +869,19 @@ impl Core {
     }
 
     /// Under a relaxed level, the most bytes (before compression) written
-    /// without a sync. A crash leaves what no sync covered for `open` to
-    /// copy forward, uncompressed, into one batch of a new segment: plain
-    /// batches are bounded by the segment switch's sync, compressed ones
-    /// could hold many segments' worth, so a sync is taken once a segment's
-    /// worth (less room for the batches around it) went out.
+    /// without a sync. A crash leaves what no sync proves for `open` to copy
+    /// forward, uncompressed, into one batch of a new segment: the batches
+    /// since the last sync, the one that took it and (depth 2) one more.
+    /// Plain batches are bounded by the segment switch's sync; compressed
+    /// ones could hold many segments' worth, so a sync is taken once the
+    /// copy could outgrow a segment (`validate` leaves room for at least a
+    /// batch).
     fn unsynced_raw_max(&self) -> u64 {
         if self.opts.compression == crate::Compression::None {
             return u64::MAX;
         }
         let batch = u64::from(self.opts.batch_bytes_max);
-        let room = self.opts.segment_bytes.saturating_sub(u64::from(self.opts.alignment) + 2 * batch);
-        room.max(batch)
+        self.opts.segment_bytes.saturating_sub(u64::from(self.opts.alignment) + 2 * batch)
     }
 
     /// The file for segment `seq`: the active one, or a new one that the
