@@ -324,8 +324,10 @@ impl Wal {
     ///
     /// # Errors
     /// [`Error::Closed`] after `close` (or once the last handle was
-    /// dropped). The iterator's items fail with [`Error::Corrupt`] or
-    /// [`Error::Io`] if a segment was damaged or removed after open.
+    /// dropped). The iterator's items fail with [`Error::Truncated`] if
+    /// `truncate_before` removed a segment before the iterator reached it
+    /// (segments it is reading stay readable), and with [`Error::Corrupt`]
+    /// or [`Error::Io`] if a segment was damaged or removed otherwise.
     pub fn read_from(&self, from: Lsn) -> Result<ReadIter> {
         let core = &self.handle.core;
         core.ensure_open()?;
@@ -921,5 +923,5 @@ pub fn dump(dir: impl AsRef<Path>, opts: &Options, from: Lsn) -> Result<(Recover
         .first()
         .zip(plan.segments.last())
         .map(|(f, l)| DirEntry::of(&opts.vfs, dir.as_ref()).pin(f.seq, l.seq));
-    Ok((plan.report, ReadIter::new(opts.vfs.clone(), plan.segments, from.0, until, pin)))
+    Ok((plan.report, ReadIter::new(opts.vfs.clone(), plan.segments, from.0, until, pin, None)))
 }

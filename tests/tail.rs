@@ -14,6 +14,7 @@ per_backend_and_sim!(
     sim: [
         tail_follows_appends_rotations_and_checkpoints,
         tail_that_falls_behind_a_checkpoint_errors,
+        a_reader_that_falls_behind_a_checkpoint_errors,
         tail_ends_when_the_log_closes,
         idle_tail_does_not_hold_appends_back,
     ],
@@ -119,6 +120,40 @@ async fn tail_that_falls_behind_a_checkpoint_errors(backend: Backend) {
     // A tail from the new start reads on.
     let mut ok = wal.tail(Lsn::new(first));
     assert_eq!(ok.next().await.unwrap().unwrap().lsn().get(), first);
+    wal.close().await.unwrap();
+}
+
+/// A reader (`read_from`) that a checkpoint passes reads on through the
+/// segment it was in, then gets `Error::Truncated` (naming the LSN it
+/// needed and where the log starts now) at a segment `truncate_before`
+/// removed: not an I/O error about a missing file.
+async fn a_reader_that_falls_behind_a_checkpoint_errors(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path().join("log"), small(backend)).await.unwrap();
+    for i in 0..400u64 {
+        wal.append(&record(1, i, 2000)).await.unwrap();
+    }
+    let mut it = wal.read_from(Lsn::FIRST).unwrap();
+    assert_eq!(it.next().unwrap().unwrap().lsn(), Lsn::FIRST);
+    let retired = wal.truncate_before(Lsn::new(300)).await.unwrap();
+    let first = wal.first_lsn().get();
+    assert!(retired >= 2 && first > 200, "{retired} retired, log starts at {first}");
+    let mut last = 1u64;
+    let err = loop {
+        match it.next() {
+            Some(Ok(r)) => {
+                assert_eq!((r.lsn().get(), r.data()), (last + 1, &record(1, last, 2000)[..]));
+                last += 1;
+            }
+            Some(Err(e)) => break e,
+            None => panic!("ended after LSN {last} without an error"),
+        }
+    };
+    match err {
+        Error::Truncated { lsn, first: f } => assert_eq!((lsn, f), (last + 1, first)),
+        other => panic!("expected Truncated after LSN {last}, got {other:?}"),
+    }
+    assert!(it.next().is_none(), "ends after the error");
     wal.close().await.unwrap();
 }
 

@@ -1068,7 +1068,10 @@ impl Core {
         let until = until.min(self.durable_lsn.load(Ordering::Acquire));
         let (segments, pin) = self.segments_pinned(from);
         drop(st);
-        ReadIter::new(self.opts.vfs.clone(), segments, from, until, Some(pin))
+        let me = self.me.clone();
+        let log_start: crate::recovery::LogStart =
+            Arc::new(move || me.upgrade().and_then(|core| core.first_segment_lsn()));
+        ReadIter::new(self.opts.vfs.clone(), segments, from, until, Some(pin), Some(log_start))
     }
 
     pub(crate) fn segments_pinned(&self, from: u64) -> (Vec<SegmentMeta>, Arc<Pin>) {

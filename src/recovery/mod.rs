@@ -46,6 +46,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub(crate) use read::LogStart;
 pub use read::{ReadIter, Record};
 
 use crate::error::{CorruptKind, Error, IoOp, Result};

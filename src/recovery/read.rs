@@ -99,7 +99,14 @@ pub struct ReadIter {
     /// Whether the record returned last ends a group (is not followed by
     /// more records of its atomic batch).
     ended_group: bool,
+    /// Where the log starts now, for a reader of a live log: a segment that
+    /// is gone when the reader reaches it was retired by `truncate_before`
+    /// if the log now starts above it.
+    log_start: Option<LogStart>,
 }
+
+/// Tells where a live log starts now (`None` once it is gone).
+pub(crate) type LogStart = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
 
 impl fmt::Debug for ReadIter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -121,6 +128,7 @@ impl ReadIter {
         from: u64,
         until: u64,
         pin: Option<Arc<Pin>>,
+        log_start: Option<LogStart>,
     ) -> ReadIter {
         let idx = segments.iter().rposition(|s| s.header.first_lsn <= from).unwrap_or(0);
         let next_lsn = segments.get(idx).map_or(from, |s| s.header.first_lsn);
@@ -136,6 +144,7 @@ impl ReadIter {
             failed: false,
             pin,
             ended_group: true,
+            log_start,
         }
     }
 
@@ -171,6 +180,13 @@ impl ReadIter {
             Ok(m) => m,
             Err(e) => {
                 self.failed = true;
+                // Gone, and the log starts above it now: a checkpoint passed
+                // this reader (as a tail reports it).
+                let start = self.log_start.as_ref().and_then(|f| f());
+                let e = match start.filter(|&first| self.next_lsn < first) {
+                    Some(first) => Error::Truncated { lsn: self.next_lsn, first },
+                    None => e,
+                };
                 return Err(Some(Err(e)));
             }
         };

@@ -71,9 +71,9 @@ fn seeking_past_the_durable_end_yields_nothing() {
     let marks = Arc::new(SeekMarks::default());
     marks.add(2, 8192);
     let meta = SegmentMeta { seq: 1, path, header, marks };
-    let mut from_next = ReadIter::new(crate::vfs::Vfs::Os, vec![meta.clone()], 2, 1, None);
+    let mut from_next = ReadIter::new(crate::vfs::Vfs::Os, vec![meta.clone()], 2, 1, None, None);
     assert!(from_next.next().is_none());
-    let mut from_first = ReadIter::new(crate::vfs::Vfs::Os, vec![meta], 1, 1, None);
+    let mut from_first = ReadIter::new(crate::vfs::Vfs::Os, vec![meta], 1, 1, None, None);
     assert_eq!(from_first.next().unwrap().unwrap().data(), b"rec 1");
     assert!(from_first.next().is_none());
 }
