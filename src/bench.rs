@@ -306,6 +306,18 @@ struct CpuTicks {
     ours: u64,
 }
 
+/// utime + stime from a `/proc/<pid>/stat` line. The fields after the
+/// command name (which may hold spaces and parentheses) are counted from
+/// its closing parenthesis: state is field 3, utime field 14, stime field
+/// 15. (They are taken by position: some fields before them, such as
+/// tpgid, are -1 without a controlling terminal.)
+fn utime_stime(stat: &str) -> u64 {
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| f.get(n - 3).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    field(14) + field(15)
+}
+
 impl CpuTicks {
     fn now() -> CpuTicks {
         let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -321,11 +333,7 @@ impl CpuTicks {
         // user nice system idle iowait irq softirq steal
         let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
         let me = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-        // Fields after the command name (which may hold spaces): utime is
-        // the 14th field of the line, stime the 15th.
-        let rest = me.rsplit(')').next().unwrap_or("");
-        let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-        let ours = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+        let ours = utime_stime(&me);
         CpuTicks { total, busy: total.saturating_sub(idle), ours }
     }
 
@@ -728,6 +736,16 @@ fn progress_bar(cfg: &Config, total: usize) -> indicatif::ProgressBar {
     bar.set_style(style.progress_chars("=> "));
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cpu_times_come_from_their_fields_whatever_comes_before() {
+        // tpgid (field 8) is -1 without a controlling terminal.
+        let line = "4242 (aio wal (x)) S 1 4242 4242 0 -1 4194560 9000 0 0 0 731 95 0 0 20 0 5 0 100 0 0";
+        assert_eq!(super::utime_stime(line), 731 + 95);
+    }
 }
 
 /// The header of `--csv` output: one line per run of each point.
