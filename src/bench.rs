@@ -511,6 +511,14 @@ pub fn wal(
         .compression(cfg.compression)
         .segment_bytes(cfg.segment_bytes)
         .max_record_bytes(u32::try_from(size.max(1 << 16)).unwrap_or(u32::MAX));
+    // Compression needs segments of three batches: smaller segments get
+    // smaller batches (at most the default 2 MiB).
+    let opts = if cfg.compression == crate::Compression::None {
+        opts
+    } else {
+        let third = cfg.segment_bytes.saturating_sub(4096) / 3 / 4096 * 4096;
+        opts.batch_bytes_max(u32::try_from(third.min(2 << 20)).unwrap_or(2 << 20))
+    };
     let duration = cfg.duration;
     let r = rt.block_on(async move {
         let wal = Wal::open(&log, opts).await?;

@@ -194,7 +194,9 @@ pub enum Error {
     #[error("the log is closed")]
     Closed,
     /// Records a reader needs were removed by `truncate_before` (a live
-    /// tail fell behind a checkpoint, or started before the log's start).
+    /// tail fell behind a checkpoint, or started before the log's start; a
+    /// `read_from` iterator reached a segment a checkpoint removed after
+    /// it was created).
     #[error(
         "LSN {lsn} was truncated away (the log now starts at {first}): read from {first} or later, or checkpoint less eagerly"
     )]

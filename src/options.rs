@@ -125,7 +125,9 @@ impl Preallocate {
 /// smaller ones with [`Error::InvalidOption`](crate::Error::InvalidOption)),
 /// and under the relaxed durability levels the log also syncs once the
 /// uncompressed bytes written since the last sync would no longer fit
-/// (those appends then wait for that sync).
+/// (`segment_bytes - alignment - 2 * batch_bytes_max` of them; the
+/// appends of that batch, and of those behind it, then wait for that
+/// sync).
 ///
 /// Segments written with compression carry a flag that makes builds
 /// without the `compression` feature refuse them
@@ -152,7 +154,7 @@ pub enum Compression {
 /// |---|---|---|
 /// | `Immediate` (default) | durable (its batch synced) | every batch |
 /// | `Periodic(d)` | written (in the page cache, or on a device that may still cache it) | at least every `d`, at a segment switch, on `sync()` and `close` |
-/// | `None` | written | only at a segment switch, on `sync()` and `close` (compressed: also once a segment's worth of uncompressed bytes is unsynced) |
+/// | `None` | written | only at a segment switch, on `sync()` and `close` (compressed: also once `segment_bytes - alignment - 2 * batch_bytes_max` uncompressed bytes are unsynced) |
 ///
 /// Under the relaxed levels a power loss (or a kernel crash) can lose
 /// acknowledged records that no sync covered yet: after recovery the log
@@ -324,7 +326,9 @@ impl Options {
         self
     }
 
-    /// Size each segment file is preallocated to (default 64 MiB).
+    /// Size each segment file is preallocated to (default 64 MiB). It must
+    /// hold a header block plus `batch_bytes_max`; with compression, a
+    /// header block plus three `batch_bytes_max`.
     pub fn segment_bytes(mut self, bytes: u64) -> Self {
         self.segment_bytes = bytes;
         self

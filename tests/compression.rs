@@ -372,6 +372,7 @@ async fn relaxed_levels_sync_a_compressed_log_every_segment_worth() {
 #[test]
 fn a_crash_in_a_relaxed_compressed_log_copies_forward_within_a_segment() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut copied = 0;
     for (seed, kill) in [(11u64, false), (12, true), (13, true)] {
         rt.block_on(async {
             let disk = aiowal::sim::SimDisk::new(seed);
@@ -407,6 +408,7 @@ fn a_crash_in_a_relaxed_compressed_log_copies_forward_within_a_segment() {
             let got = read_all(&wal, Lsn::new(1));
             assert!(got.len() as u64 >= durable.get(), "{} recovered, {durable} were durable", got.len());
             assert!(got.iter().all(|(_, r)| r.len() == 1500 && r.iter().all(|&b| b == r[0])));
+            copied += wal.recovery_report().copied_forward;
             for (path, _) in disk.files() {
                 let bytes = disk.contents(&path).unwrap_or_default();
                 if let Ok(h) = SegmentHeader::decode(&bytes) {
@@ -422,6 +424,7 @@ fn a_crash_in_a_relaxed_compressed_log_copies_forward_within_a_segment() {
             wal.close().await.unwrap();
         });
     }
+    assert!(copied > 0, "no crash left records to copy forward");
 }
 
 /// Compression needs segments that hold three batches (what a crash can

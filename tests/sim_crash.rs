@@ -34,17 +34,19 @@ fn options(rng: &mut Rng) -> Options {
         .segments_recycled_max(rng.below(3) as usize)
 }
 
-/// With the `compression` feature, half the time (where the segments are
-/// large enough): batches compressed. Drawn
+/// With the `compression` feature, half the time: batches compressed (in
+/// segments grown to hold three batches where they are smaller). Drawn
 /// from a stream of its own, so a seed runs the same operations whether the
 /// feature is built or not.
 fn with_compression(opts: Options, crng: &mut Rng, allowed: bool) -> Options {
     // (Compression needs room for three batches in a segment.)
-    let (a, b) = (u64::from(opts.get_alignment()), u64::from(opts.get_batch_bytes_max()));
-    let on = crng.below(2) == 0 && allowed && opts.get_segment_bytes() >= a + 3 * b;
+    let on = crng.below(2) == 0 && allowed;
     #[cfg(feature = "compression")]
     if on {
-        return opts.compression(aiowal::Compression::Lz4);
+        // Compression needs segments that hold three batches.
+        let (a, b) = (u64::from(opts.get_alignment()), u64::from(opts.get_batch_bytes_max()));
+        let segment = opts.get_segment_bytes().max(a + 3 * b);
+        return opts.segment_bytes(segment).compression(aiowal::Compression::Lz4);
     }
     let _ = on;
     opts

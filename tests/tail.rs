@@ -135,6 +135,8 @@ async fn a_reader_that_falls_behind_a_checkpoint_errors(backend: Backend) {
     }
     let mut it = wal.read_from(Lsn::FIRST).unwrap();
     assert_eq!(it.next().unwrap().unwrap().lsn(), Lsn::FIRST);
+    // One that has not read yet, from inside a segment about to go.
+    let mut unread = wal.read_from(Lsn::new(150)).unwrap();
     let retired = wal.truncate_before(Lsn::new(300)).await.unwrap();
     let first = wal.first_lsn().get();
     assert!(retired >= 2 && first > 200, "{retired} retired, log starts at {first}");
@@ -154,6 +156,10 @@ async fn a_reader_that_falls_behind_a_checkpoint_errors(backend: Backend) {
         other => panic!("expected Truncated after LSN {last}, got {other:?}"),
     }
     assert!(it.next().is_none(), "ends after the error");
+    match unread.next() {
+        Some(Err(Error::Truncated { lsn, first: f })) => assert_eq!((lsn, f), (150, first)),
+        other => panic!("expected Truncated at LSN 150, got {other:?}"),
+    }
     wal.close().await.unwrap();
 }
 

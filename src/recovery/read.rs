@@ -184,7 +184,7 @@ impl ReadIter {
                 // this reader (as a tail reports it).
                 let start = self.log_start.as_ref().and_then(|f| f());
                 let e = match start.filter(|&first| self.next_lsn < first) {
-                    Some(first) => Error::Truncated { lsn: self.next_lsn, first },
+                    Some(first) => Error::Truncated { lsn: self.next_lsn.max(self.from), first },
                     None => e,
                 };
                 return Err(Some(Err(e)));
