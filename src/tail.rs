@@ -87,15 +87,9 @@ impl Tail {
                         let first = r.lsn().get();
                         return self.fail(Error::Truncated { lsn: self.next, first });
                     }
-                    // A segment deleted by a `truncate_before` after the
-                    // iterator listed it fails to map: behind a truncation.
-                    Some(Err(e)) => {
-                        let e = match self.first_lsn().filter(|&f| self.next < f) {
-                            Some(first) => Error::Truncated { lsn: self.next, first },
-                            None => e,
-                        };
-                        return self.fail(e);
-                    }
+                    // A segment a `truncate_before` deleted after the
+                    // iterator listed it: the iterator says Truncated.
+                    Some(Err(e)) => return self.fail(e),
                     None => self.iter = None,
                 }
                 continue;

@@ -233,17 +233,22 @@ impl Walker {
         Step::Batch { pos, header }
     }
 
-    fn record<'a>(&mut self, data: &'a [u8], batch_end: u64) -> Step<'a> {
+    /// The frame at the walk's position inside a batch ending at
+    /// `batch_end`, or why there is none.
+    fn frame_at<'a>(&self, data: &'a [u8], batch_end: u64) -> Result<format::Frame<'a>, Stop> {
         let pos = self.pos;
         let room = batch_end.saturating_sub(pos).saturating_sub(FRAME_HEADER_LEN as u64);
         if pos + FRAME_HEADER_LEN as u64 > data.len() as u64 {
-            return self.stop(Stop::Eof);
+            return Err(Stop::Eof);
         }
-        let frame = match format::decode_frame(slice_from(data, pos), self.salt, room) {
-            Ok(f) => f,
-            Err(e) => return self.stop(Stop::Bad(e)),
-        };
-        self.accept(pos, frame, batch_end)
+        format::decode_frame(slice_from(data, pos), self.salt, room).map_err(Stop::Bad)
+    }
+
+    fn record<'a>(&mut self, data: &'a [u8], batch_end: u64) -> Step<'a> {
+        match self.frame_at(data, batch_end) {
+            Ok(frame) => self.accept(self.pos, frame, batch_end),
+            Err(why) => self.stop(why),
+        }
     }
 
     /// Why `frame` at `pos` is not the next record of a batch ending at
@@ -280,13 +285,9 @@ impl Walker {
     fn inflated_record<'a>(&mut self, data: &'a [u8], batch_end: u64) -> Step<'a> {
         let pos = self.pos;
         if self.inflated.is_none() {
-            let room = batch_end.saturating_sub(pos).saturating_sub(FRAME_HEADER_LEN as u64);
-            if pos + FRAME_HEADER_LEN as u64 > data.len() as u64 {
-                return self.stop(Stop::Eof);
-            }
-            let frame = match format::decode_frame(slice_from(data, pos), self.salt, room) {
+            let frame = match self.frame_at(data, batch_end) {
                 Ok(f) => f,
-                Err(e) => return self.stop(Stop::Bad(e)),
+                Err(why) => return self.stop(why),
             };
             if frame.kind != FrameKind::Compressed {
                 return self.stop(Stop::Bad(FormatError::BadField("frame kind")));
